@@ -1,0 +1,1 @@
+"""gvc_train.data"""

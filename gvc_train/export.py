@@ -1,0 +1,88 @@
+"""``gvc-export``: training checkpoint -> exported component folder(s).
+
+    gvc-export runs/tokenizer_tiny/checkpoints/last.ckpt --out exports/tokenizer_tiny
+
+For each component the checkpoint names (see ``lit/checkpoint_meta.py``), writes
+``NAME.json`` (class, constructor config, provenance, weights fingerprint) beside
+``NAME.safetensors``. The result loads with :func:`gvc_train.components.load_component`,
+which needs neither Lightning nor pickle. Reading the training checkpoint itself does
+unpickle (Lightning's format), so export only checkpoints you trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gvc_train.components import ComponentError, build_component, save_component
+from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise ExportError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ExportError(f"{path} is not a Lightning training checkpoint (no state_dict)")
+    if CHECKPOINT_KEY not in ckpt:
+        raise ExportError(f"{path} was not written by a gvc_train stage (no '{CHECKPOINT_KEY}' entry)")
+    return ckpt
+
+
+def export_checkpoint(
+    ckpt_path: str | Path, out_dir: str | Path, names: list[str] | None = None
+) -> dict[str, Path]:
+    """Export the named components (all by default); return name -> JSON path."""
+    ckpt = read_training_checkpoint(ckpt_path)
+    meta = ckpt[CHECKPOINT_KEY]
+    components: dict[str, Any] = meta["components"]
+    wanted = names or list(components)
+    unknown = [n for n in wanted if n not in components]
+    if unknown:
+        raise ExportError(f"{ckpt_path} has no component {unknown}; it has {sorted(components)}")
+    provenance = dict(meta.get("provenance", {}))
+    provenance["checkpoint"] = str(ckpt_path)
+    written = {}
+    for name in wanted:
+        spec = components[name]
+        prefix = spec["state_prefix"]
+        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        module = build_component(spec["class"], spec["config"])
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ExportError(f"component {name}: checkpoint weights do not fit {spec['class']} "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        written[name] = save_component(module, out_dir, name, provenance=provenance)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gvc-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a training checkpoint (.ckpt) written by gvc-train")
+    parser.add_argument("--out", required=True, help="folder to write the component(s) into")
+    parser.add_argument("--component", action="append", help="export only this component (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        written = export_checkpoint(args.checkpoint, args.out, args.component)
+    except (ExportError, ComponentError) as e:
+        print(f"gvc-export: error: {e}", file=sys.stderr)
+        return 2
+    for name, path in written.items():
+        print(f"exported {name}: {path} + {path.with_suffix('.safetensors').name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The tokenizer training stage: a video VAE with L1, MS-SSIM, KL and optional LPIPS and GAN terms.
+
+The stage trains whichever video VAE it is given (the project's ``CausalVAE`` or a diffusers
+video VAE through ``DiffusersVAE``); both expose the same encode/decode/forward API.
+Optimization is manual because the optional discriminator needs its own optimizer and step;
+with ``discriminator=None`` it is a plain single-optimizer loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from gvc_train.eval.metrics import ms_ssim, psnr
+from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
+from gvc_train.models.discriminator import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+
+
+class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
+    """Train a video tokenizer (VAE).
+
+    Args:
+        vae: the video VAE (``gvc_train.models.CausalVAE`` or ``DiffusersVAE``).
+        l1_weight, ms_ssim_weight: reconstruction terms; MS-SSIM is ``1 - ms_ssim``.
+        kl_weight: weight of the KL term, itself the per-sample KL summed over the latent and
+            divided by the number of input values, so the weight does not depend on clip size.
+        lpips_weight, lpips_backbone: an LPIPS term, used only when the path to local backbone
+            weights is given (nothing can be downloaded at run time).
+        discriminator: an optional 3D patch discriminator; hinge loss, VQGAN's adaptive weight
+            times ``gan_weight``, switched on at ``gan_start_step``.
+        lr, disc_lr, betas, weight_decay, warmup_steps: AdamW with linear warm-up.
+        grad_clip: clip the gradient norm of each optimizer's parameters (manual optimization
+            means the Trainer's gradient_clip_val does not apply).
+    """
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        l1_weight: float = 1.0,
+        ms_ssim_weight: float = 0.2,
+        kl_weight: float = 1e-6,
+        lpips_weight: float = 0.0,
+        lpips_backbone: str | None = None,
+        discriminator: nn.Module | None = None,
+        gan_weight: float = 0.1,
+        gan_start_step: int = 2000,
+        lr: float = 1e-4,
+        disc_lr: float | None = None,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        grad_clip: float | None = 1.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["vae", "discriminator"])
+        self.automatic_optimization = False
+        self.vae = vae
+        self.discriminator = discriminator
+        self.lpips = None
+        if lpips_weight > 0:
+            if not lpips_backbone:
+                raise ValueError("lpips_weight > 0 needs lpips_backbone: a local path to backbone weights")
+            from gvc_train.models.lpips import LPIPS
+
+            self.lpips = LPIPS(backbone_path=lpips_backbone).eval().requires_grad_(False)
+        self.components = {"tokenizer": "vae"}
+
+    # ---- losses -------------------------------------------------------------------------
+    def _reconstruction_terms(self, x_BCThw: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon_BCThw, posterior = self.vae(x_BCThw)
+        hp = self.hparams
+        l1 = (recon_BCThw - x_BCThw).abs().mean()
+        terms = {"recon": recon_BCThw, "l1": l1}
+        nll = hp.l1_weight * l1
+        if hp.ms_ssim_weight > 0:
+            ssim = ms_ssim(recon_BCThw.clamp(0, 1), x_BCThw).mean()
+            terms["ms_ssim"] = ssim
+            nll = nll + hp.ms_ssim_weight * (1 - ssim)
+        if self.lpips is not None:
+            lp = self.lpips(recon_BCThw, x_BCThw).mean()
+            terms["lpips"] = lp
+            nll = nll + hp.lpips_weight * lp
+        terms["nll"] = nll
+        values_per_sample = x_BCThw[0].numel()
+        terms["kl"] = posterior.kl().mean() / values_per_sample
+        return terms
+
+    def _gan_active(self) -> bool:
+        return self.discriminator is not None and self.global_step >= self.hparams.gan_start_step
+
+    # ---- training -----------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x_BCThw = batch["video"]
+        opts = self.optimizers()
+        opt_g, opt_d = (opts if isinstance(opts, (list, tuple)) else (opts, None))
+        scheds = self.lr_schedulers()
+        scheds = scheds if isinstance(scheds, (list, tuple)) else [scheds] if scheds else []
+
+        terms = self._reconstruction_terms(x_BCThw)
+        loss = terms["nll"] + self.hparams.kl_weight * terms["kl"]
+        gan_on = self._gan_active()
+        if gan_on:
+            g_loss = hinge_g_loss(self.discriminator(terms["recon"]))
+            weight = adaptive_gan_weight(terms["nll"], g_loss, self.vae.last_layer_weight)
+            loss = loss + self.hparams.gan_weight * weight * g_loss
+            self.log("train/g_loss", g_loss.detach())
+            self.log("train/gan_adaptive_weight", weight)
+
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self._clip(opt_g)
+        opt_g.step()
+
+        if gan_on and opt_d is not None:
+            logits_real = self.discriminator(x_BCThw)
+            logits_fake = self.discriminator(terms["recon"].detach())
+            d_loss = hinge_d_loss(logits_real, logits_fake)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            self._clip(opt_d)
+            opt_d.step()
+            self.log("train/d_loss", d_loss.detach())
+        for sched in scheds:
+            sched.step()
+
+        with torch.no_grad():
+            train_psnr = psnr(terms["recon"].detach().clamp(0, 1), x_BCThw).mean()
+        self.log_dict(
+            {
+                "train/loss": loss.detach(),
+                "train/l1": terms["l1"].detach(),
+                "train/kl": terms["kl"].detach(),
+                "train/psnr": train_psnr,
+                **({"train/ms_ssim": terms["ms_ssim"].detach()} if "ms_ssim" in terms else {}),
+            },
+            prog_bar=False,
+            batch_size=x_BCThw.shape[0],
+        )
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=x_BCThw.shape[0])
+        return loss.detach()
+
+    def _clip(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.hparams.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def _eval_step(self, batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+        x_BCThw = batch["video"]
+        posterior = self.vae.encode(x_BCThw)
+        recon_BCThw = self.vae.decode(posterior.mode()).clamp(0, 1)
+        metrics = {
+            f"{prefix}/psnr": psnr(recon_BCThw, x_BCThw).mean(),
+            f"{prefix}/ms_ssim": ms_ssim(recon_BCThw, x_BCThw).mean(),
+            f"{prefix}/l1": (recon_BCThw - x_BCThw).abs().mean(),
+        }
+        self.log_dict(metrics, prog_bar=prefix == "val", sync_dist=True, batch_size=x_BCThw.shape[0])
+        return {"recon": recon_BCThw, **metrics}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "test")
+
+    # ---- optimizers ---------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt_g = torch.optim.AdamW(self.vae.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        optimizers = [opt_g]
+        if self.discriminator is not None:
+            optimizers.append(
+                torch.optim.AdamW(
+                    self.discriminator.parameters(), lr=hp.disc_lr or hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+                )
+            )
+        if hp.warmup_steps > 0:
+            warmup = max(1, hp.warmup_steps)
+            schedulers = [
+                {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warmup)), "interval": "step"}
+                for o in optimizers
+            ]
+            return optimizers, schedulers
+        return optimizers
