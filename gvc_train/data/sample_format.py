@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from typing import Any
 
@@ -44,9 +45,13 @@ class ClipMeta:
         return cls(**{k: raw[k] for k in fields})
 
 
+def safe_stem(source_stem: str) -> str:
+    """The stem as it appears in keys: runs of characters other than ``[A-Za-z0-9_-]`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", source_stem)
+
+
 def sample_key(source_stem: str, first_frame: int) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", source_stem)
-    return f"{stem}-{first_frame:06d}"
+    return f"{safe_stem(source_stem)}-{first_frame:06d}"
 
 
 def frames_field(sample: dict[str, Any]) -> str | None:
@@ -55,3 +60,67 @@ def frames_field(sample: dict[str, Any]) -> str | None:
         if key.startswith(FRAMES_PREFIX):
             return key
     return None
+
+
+# ---- the shard directory index --------------------------------------------------------------
+
+INDEX_FILE = "index.json"
+INDEX_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    name: str  # file name inside the shard directory
+    samples: int
+    frames: int
+    bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardIndex:
+    """``index.json`` beside the shards: what ``gvc-shard`` wrote and what it skipped.
+
+    ``sources`` has one entry per input that gave clips (``source``, ``clips``, ``frames``,
+    ``frames_read``, ``width``, ``height``, ``fps``, ``caption``, ``error``: why reading stopped
+    early, or None); ``skipped`` one per input that gave none (``source``, ``reason``).
+    ``total_frames`` counts stored frames (a frame shared by two overlapping clips twice).
+    """
+
+    shards: list[ShardInfo]
+    frame_format: str
+    clip_frames: int
+    overlap: int
+    resize_short: int | None
+    total_clips: int
+    total_frames: int
+    total_bytes: int
+    sources: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    version: int = INDEX_VERSION
+
+    def shard_paths(self, shard_dir: str | os.PathLike) -> list[str]:
+        return [os.path.join(os.fspath(shard_dir), shard.name) for shard in self.shards]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, data: bytes | str | dict[str, Any]) -> "ShardIndex":
+        raw = dict(data) if isinstance(data, dict) else json.loads(data)
+        if raw.get("version") != INDEX_VERSION:
+            raise ValueError(f"shard index version {raw.get('version')!r} is not {INDEX_VERSION}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = names - set(raw)
+        if missing:
+            raise ValueError(f"shard index lacks {sorted(missing)}")
+        raw["shards"] = [ShardInfo(**shard) for shard in raw["shards"]]
+        return cls(**{k: raw[k] for k in names})
+
+    @classmethod
+    def load(cls, shard_dir: str | os.PathLike) -> "ShardIndex":
+        path = os.path.join(os.fspath(shard_dir), INDEX_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_json(f.read())
+        except (OSError, ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: not a readable shard index ({exc})") from None

@@ -1,0 +1,157 @@
+"""``gvc-shard``: cut videos into clips and write them as WebDataset shards.
+
+    gvc-shard INPUT... --out DIR [--clip-frames 17] [--overlap 0] [--maxcount N] [--maxsize 1G]
+              [--workers W] [--resize-short S] [--max-frames-per-video N] [--prefix NAME]
+              [--inputs-from FILE] [--relative] [--overwrite] [--level 6] [--png-fps 30]
+
+INPUTs are video files (mp4, mkv, webm, y4m, ...), folders of PNG frames (one video each), or
+directories walked for both. A ``.txt`` beside a video (same stem) or beside a PNG folder
+(``folder.txt``) is carried as the caption of each of its clips. Unreadable inputs are
+reported and skipped; the exit status is non-zero only if nothing was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from gvc_train.data.sample_format import ShardIndex
+from gvc_train.data.shard_writer import NothingWrittenError, ShardOptions, write_shards
+from gvc_train.data.video_io import DEFAULT_PNG_FPS
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``1G`` / ``500M`` / ``1e9`` -> bytes (K, M, G, T are powers of 1024)."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1G, 500M, 100000000)")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def format_summary(index: ShardIndex, out_dir: str) -> str:
+    """A few lines for the end of a run: what was written, what was skipped and why."""
+    lines = [
+        f"wrote {index.total_clips} clips ({index.total_frames} frames) from {len(index.sources)} inputs "
+        f"into {len(index.shards)} shards, {index.total_bytes / 1e6:.1f} MB, in {out_dir}"
+    ]
+    damaged = [s for s in index.sources if s["error"]]
+    if damaged:
+        lines.append(f"damaged ({len(damaged)}; clips before the damage kept):")
+        lines += [f"  {s['source']}: {s['error']}" for s in damaged]
+    if index.skipped:
+        lines.append(f"skipped ({len(index.skipped)}):")
+        lines += [f"  {s['source']}: {s['reason']}" for s in index.skipped]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = ShardOptions()
+    p = argparse.ArgumentParser(
+        prog="gvc-shard",
+        description="Cut videos into clips, code them losslessly and write WebDataset tar shards.",
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="video files, PNG-frame folders or directories to walk")
+    p.add_argument("--inputs-from", metavar="FILE", default=None,
+                   help="more INPUTs, one per line (blank lines and # comments skipped): for lists too long "
+                        "for a command line, like Vimeo-90k's sep_trainlist.txt")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory for the shards and index.json")
+    p.add_argument("--clip-frames", type=_positive, default=defaults.clip_frames, help="frames per clip (default %(default)s)")
+    p.add_argument("--overlap", type=_non_negative, default=defaults.overlap,
+                   help="frames shared by consecutive clips (default %(default)s)")
+    p.add_argument("--maxcount", type=_positive, default=defaults.maxcount, help="samples per shard (default %(default)s)")
+    p.add_argument("--maxsize", type=parse_size, default=defaults.maxsize,
+                   help="bytes per shard, e.g. 500M or 1G (default 1G)")
+    p.add_argument("--workers", type=_positive, default=min(4, os.cpu_count() or 1),
+                   help="worker processes reading videos (default min(4, CPUs) = %(default)s)")
+    p.add_argument("--resize-short", type=_positive, default=None, metavar="S",
+                   help="area-downscale so the short side is S pixels (never upscales; default: source pixels)")
+    p.add_argument("--max-frames-per-video", type=_positive, default=None, metavar="N",
+                   help="read at most the first N frames of each video")
+    p.add_argument("--prefix", default=defaults.prefix, help="shard names are PREFIX-000000.tar ... (default %(default)s)")
+    p.add_argument("--relative", action="store_true",
+                   help="record sources relative to their INPUT (a file INPUT: its basename) instead of as given")
+    p.add_argument("--png-fps", type=float, default=DEFAULT_PNG_FPS,
+                   help="frame rate recorded for PNG folders (default %(default)s)")
+    p.add_argument("--level", type=int, default=defaults.level, help="zstd level of the clip coder (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace shards and index.json already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def read_input_list(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        lines = (line.strip() for line in f)
+        return [line for line in lines if line and not line.startswith("#")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    inputs = list(args.inputs)
+    if args.inputs_from:
+        try:
+            inputs += read_input_list(args.inputs_from)
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.error(f"--inputs-from {args.inputs_from}: {getattr(exc, 'strerror', None) or exc}")
+    if not inputs:
+        parser.error("no INPUT given (name files or directories, or --inputs-from FILE)")
+    options = ShardOptions(
+        clip_frames=args.clip_frames,
+        overlap=args.overlap,
+        maxcount=args.maxcount,
+        maxsize=args.maxsize,
+        workers=args.workers,
+        resize_short=args.resize_short,
+        max_frames_per_video=args.max_frames_per_video,
+        prefix=args.prefix,
+        relative=args.relative,
+        png_fps=args.png_fps,
+        level=args.level,
+        overwrite=args.overwrite,
+    )
+    try:
+        index = write_shards(inputs, args.out, options, progress=False if args.no_progress else None)
+    except NothingWrittenError as exc:
+        print(format_summary(exc.index, args.out), file=sys.stderr)
+        print(f"gvc-shard: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, FileExistsError, OSError) as exc:
+        print(f"gvc-shard: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gvc-shard: interrupted; finished shards are kept, no index.json written", file=sys.stderr)
+        return 130
+    print(format_summary(index, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
