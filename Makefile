@@ -26,9 +26,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 samples: setup
-	$(PY) -m gvc_train.data.samples
+	$(MAKE) -C data samples PY=$(abspath $(PY))
 
-demo: setup
+demo: samples
 	$(PY) -m gvc_train.demo
 
 test: setup

@@ -10,9 +10,12 @@ every stage of every codec family.
 
 from __future__ import annotations
 
+import netrc
 import os
+import sys
 import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 
 class RecordConfigCallback(SaveConfigCallback):
@@ -24,17 +27,29 @@ class RecordConfigCallback(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 def _quiet_defaults() -> None:
-    # wandb runs offline unless the user has logged in and switched it on (WANDB_MODE=online).
-    os.environ.setdefault("WANDB_MODE", "offline")
+    # wandb runs offline unless the user has logged in (`wandb login`) or set WANDB_MODE.
+    # Recipes in recipes/tiny/ pin offline mode: they are for CPUs, tests and the demo.
+    if not _wandb_logged_in():
+        os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     # No hub downloads can happen here; fail fast instead of retrying.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
+def run(args: list[str] | None = None) -> LightningCLI:
+    """Run the CLI and return it (its trainer and model), for the demo and the tests."""
     _quiet_defaults()
-    return LightningCLI(
+    cli = LightningCLI(
         model_class=None,
         datamodule_class=None,
         subclass_mode_model=True,
@@ -44,7 +59,21 @@ def main(args: list[str] | None = None) -> LightningCLI:
         args=args,
         auto_configure_optimizers=False,
     )
+    _finish_wandb(cli.trainer)
+    return cli
+
+
+def _finish_wandb(trainer: L.Trainer) -> None:
+    """Close the wandb run so the next run in this process (tests, the demo) gets its own."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
+
+
+def main(args: list[str] | None = None) -> int:
+    run(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

