@@ -32,8 +32,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from gvc_train.data.clip_codec import decode_clip
-from gvc_train.data.pipeline import ClipStream, StreamConfig, expand_shards
+from gvc_train.data.pipeline import ClipStream, StreamConfig
 from gvc_train.data.sample_format import FRAMES_PREFIX, ClipMeta, frames_field
+from gvc_train.data.shard_split import expand_shards
 from gvc_train.data.transforms import ClipSampler, as_hw, to_video_batch
 
 

@@ -13,8 +13,9 @@ import webdataset as wds
 
 from gvc_train.data.clip_codec import encode_clip
 from gvc_train.data.datamodule import SkipStatsLogger, VideoDataModule
-from gvc_train.data.pipeline import NoUsableSamples, expand_shards
+from gvc_train.data.pipeline import NoUsableSamples
 from gvc_train.data.sample_format import ClipMeta, sample_key
+from gvc_train.data.shard_split import expand_shards
 
 H, W = 20, 24  # frame size of the synthetic clips
 CLIP_LEN = 9  # frames per stored clip

@@ -43,7 +43,14 @@ def test_gan_term_trains_the_discriminator(tiny_shards, tmp_path, monkeypatch) -
     cli = _fit(tiny_shards, "--trainer.max_steps=2", "--model.init_args.gan_start_step=0")
     metrics = cli.trainer.logged_metrics
     assert "train/d_loss" in metrics and "train/g_loss" in metrics
+    # one global step per batch, GAN or not (Lightning would count each optimizer's step)
+    assert cli.trainer.global_step == 2
+    assert cli.trainer.fit_loop.epoch_loop.batch_progress.total.completed == 2
     assert torch.isfinite(metrics["train/gan_adaptive_weight"])
+    before = {k: v.clone() for k, v in cli.model.discriminator.state_dict().items()}
+    _fit(tiny_shards, "--trainer.max_steps=3", "--model.init_args.gan_start_step=0", "--ckpt_path=last")
+    after = torch.load(Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)["state_dict"]
+    assert any(not torch.equal(before[k], after["discriminator." + k]) for k in before), "discriminator did not train"
 
 
 def test_resume_from_last_continues_the_step_count(tiny_shards, tmp_path, monkeypatch) -> None:
@@ -60,6 +67,28 @@ def test_resume_from_last_continues_the_step_count(tiny_shards, tmp_path, monkey
     assert after["gvc"]["provenance"]["train_seconds"] >= saved["gvc"]["provenance"]["train_seconds"]
     # a best checkpoint beside last, chosen on val/psnr
     assert list(last.parent.glob("best-*.ckpt"))
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_validate_and_test_subcommands_run_on_a_checkpoint(tiny_shards, tmp_path, monkeypatch, subcommand) -> None:
+    monkeypatch.chdir(tmp_path)
+    fitted = _fit(tiny_shards, "--trainer.max_steps=1")
+    last = Path(fitted.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    cli = gvc_train_cli(
+        [
+            subcommand,
+            "--config",
+            RECIPE,
+            f"--data.init_args.{'val' if subcommand == 'validate' else 'test'}_shards={tiny_shards['val']}",
+            "--data.init_args.clip_frames=5",
+            "--data.init_args.crop_size=32",
+            "--data.init_args.num_workers=0",
+            "--trainer.accelerator=cpu",
+            f"--ckpt_path={last}",
+        ]
+    )
+    prefix = "val" if subcommand == "validate" else "test"
+    assert 5 < float(cli.trainer.callback_metrics[f"{prefix}/psnr"]) < 100
 
 
 def test_reconstructions_are_logged_as_video(tiny_shards, tmp_path, monkeypatch) -> None:
@@ -126,6 +155,7 @@ def test_export_reloads_without_lightning_and_matches(tiny_shards, tmp_path, mon
     meta = json.loads((out_dir / "tokenizer.json").read_text())
     assert meta["class"] == "CausalVAE" and meta["config"]["latent_channels"] == 16
     assert meta["provenance"]["global_step"] == 2
+    assert meta["provenance"]["data"]["train"] == tiny_shards["train"]
     assert "TokenizerModule" in meta["provenance"]["recipe"]
     assert (out_dir / "tokenizer.safetensors").is_file()
 

@@ -29,16 +29,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from gvc_train.data.pipeline import (
-    REASONS,
-    ClipStream,
-    SkipTotals,
-    StreamConfig,
-    batches_per_stream,
-    check_splittable,
-    expand_shards,
-    is_stats_only,
-)
+from gvc_train.data.pipeline import ClipStream, StreamConfig, is_stats_only
+from gvc_train.data.shard_split import batches_per_stream, check_splittable, expand_shards
+from gvc_train.data.skip_stats import REASONS, SkipTotals
 from gvc_train.data.transforms import ClipSampler, as_hw
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ process. Its stages, in order:
 
 1. shard URLs: resampled with replacement (``wds.ResampledShards``, seeded per stream), or the
    shard list split explicitly by rank and then by worker (our own splitting, from the rank and
-   world size we are given: no reliance on webdataset reading env vars);
+   world size we are given: no reliance on webdataset reading env vars; the spec expansion and
+   the split are :mod:`gvc_train.data.shard_split`);
 2. tar -> raw samples (``wds.tarfile_samples``), one shard at a time, with a ``handler`` that
    counts and skips unreadable or truncated tars;
 3. a shuffle buffer over the *raw* (still compressed) samples, so the buffer costs little memory;
@@ -15,213 +16,37 @@ process. Its stages, in order:
 
 Skips are counted per stream. Each batch carries ``skipped``, the counts since the previous
 batch of that stream, and a stream that ends with counts not yet carried sends one last
-stats-only item; the main process adds them up (:class:`SkipTotals`) and never yields the
-stats-only items, so the totals are exact whatever the number of workers.
+stats-only item; the main process adds them up
+(:class:`~gvc_train.data.skip_stats.SkipTotals`) and never yields the stats-only items, so the
+totals are exact whatever the number of workers.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import glob
 import hashlib
 import logging
-import math
-import os
 import random
-import re
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-import braceexpand
 import numpy as np
-import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from gvc_train.data.clip_codec import ClipDecodeError, decode_clip
 from gvc_train.data.sample_format import CAPTION_KEY, FRAMES_PREFIX, META_KEY, ClipMeta, frames_field
+from gvc_train.data.shard_split import batches_per_stream, split_for_stream, stable_seed
+from gvc_train.data.skip_stats import SkipCounter
 from gvc_train.data.transforms import ClipSampler, ClipTooShort, ClipTooSmall, to_video_batch
 
 log = logging.getLogger(__name__)
 
-# Why a sample (or a whole tar) was skipped. Fixed, so every rank logs the same metric names.
-REASONS = (
-    "tar_error",  # a shard that cannot be opened or read to its end (truncated, corrupt, missing)
-    "bad_meta",  # json missing, unparsable, incomplete, or disagreeing with the decoded frames
-    "missing_frames",  # no frames.<fmt> member (e.g. the tail of a truncated tar)
-    "decode_error",  # ClipDecodeError: the frames payload is damaged or of an unknown format
-    "too_short",  # fewer frames than clip_frames at frame_stride need
-    "too_small",  # frames smaller than the crop
-    "size_mismatch",  # full-frame batches (crop_size=None) whose clips differ in size
-    "other",  # any other exception while decoding one sample (logged with its traceback)
-)
 STATS_ONLY = "__stats_only__"  # marks the last item of a stream that only carries skip counts
-_DETAIL_LOGS_PER_REASON = 5  # per process: the first few skips are logged with key and error
 
 
 class NoUsableSamples(RuntimeError):
     """An endless stream (resampled, or cycling to fill an epoch) found nothing it could use."""
-
-
-# ---------------------------------------------------------------------------- shard specs
-
-
-_REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # pipe:, s3://, http://; not C:\ paths
-
-
-def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Shard specs -> the ordered list of shard URLs.
-
-    Each spec is brace-expanded (``shard-{000000..000009}.tar``), then a local one is globbed
-    (webdataset does not glob); a directory stands for the ``*.tar`` files in it. ``pipe:``
-    and ``scheme://`` URLs are passed through after brace expansion. Glob matches are sorted so
-    every rank builds the same list, which the rank/worker split relies on; duplicates are
-    dropped for the same reason (a shard listed twice would be read twice).
-    """
-    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
-    if not specs:
-        raise ValueError("no shard spec given")
-    urls: list[str] = []
-    for one in specs:
-        for item in braceexpand.braceexpand(os.fspath(one)):
-            if _REMOTE.match(item):
-                urls.append(item)
-                continue
-            path = os.path.expanduser(item)
-            if os.path.isdir(path):
-                found = sorted(glob.glob(os.path.join(glob.escape(path), "*.tar")))
-                if not found:
-                    raise FileNotFoundError(f"shard directory {item!r} holds no *.tar file")
-            elif glob.has_magic(path):
-                found = sorted(p for p in glob.glob(path) if os.path.isfile(p))
-                if not found:
-                    raise FileNotFoundError(f"no shard matches {item!r}")
-            elif os.path.isfile(path):
-                found = [path]
-            else:
-                raise FileNotFoundError(f"shard {item!r} does not exist")
-            urls.extend(found)
-    unique = list(dict.fromkeys(urls))
-    if len(unique) < len(urls):
-        log.info("shard specs name %d shard(s) more than once; each is read once", len(urls) - len(unique))
-    return unique
-
-
-def streams_per_epoch(world_size: int, num_workers: int) -> int:
-    """Independent streams feeding one epoch: every DataLoader worker of every rank."""
-    return world_size * max(1, num_workers)
-
-
-def batches_per_stream(samples_per_epoch: int, world_size: int, num_workers: int, batch_size: int) -> int:
-    """Batches each stream yields so that the epoch is (at most) ``samples_per_epoch`` samples.
-
-    ``samples_per_epoch`` is global (all ranks). Each of the ``world_size * num_workers``
-    streams yields ``samples_per_epoch // (world_size * num_workers * batch_size)`` batches;
-    the floor makes the count the same on every rank (it depends on nothing rank-specific), so
-    no rank reaches the epoch end while another still waits in a gradient all-reduce. The real
-    epoch is that count times ``world_size * num_workers * batch_size`` samples, rounded down
-    from the request by less than one batch per stream.
-    """
-    per = samples_per_epoch // (streams_per_epoch(world_size, num_workers) * batch_size)
-    if per < 1:
-        raise ValueError(
-            f"samples_per_epoch={samples_per_epoch} is less than one batch for each of "
-            f"{world_size} rank(s) x {max(1, num_workers)} worker(s) x batch_size {batch_size}"
-        )
-    return per
-
-
-def split_for_stream(urls: Sequence[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
-    """This stream's shards: every ``world_size``-th from ``rank``, then every worker-th of those.
-
-    Over all (rank, worker) pairs this is a partition of ``urls``: disjoint, covering all.
-    """
-    return list(urls)[rank::world_size][worker::num_workers]
-
-
-def check_splittable(num_shards: int, world_size: int, num_workers: int) -> None:
-    """Refuse (clearly, at setup) a split that would leave a training stream without shards."""
-    streams = streams_per_epoch(world_size, num_workers)
-    if num_shards < streams:
-        raise ValueError(
-            f"{num_shards} shards cannot be split over {world_size} ranks x {max(1, num_workers)} "
-            "workers; make more shards with gvc-shard --maxcount or use resampled=True"
-        )
-
-
-def stable_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, the same in every process (``hash()`` of str is not)."""
-    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-# ---------------------------------------------------------------------------- skip counting
-
-
-_logged_per_reason: collections.Counter[str] = collections.Counter()  # this process's detail logs
-
-
-class SkipCounter:
-    """One stream's skips not yet carried by a batch.
-
-    One per stream iteration, never module-global: counts cannot leak from a stream that was
-    abandoned (an exception, a ``break``) into another, or into a forked worker.
-    """
-
-    def __init__(self, split: str) -> None:
-        self.split = split
-        self._pending: collections.Counter[str] = collections.Counter()
-
-    def add(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
-        self._pending[reason] += 1
-        _logged_per_reason[reason] += 1
-        logged = _logged_per_reason[reason]
-        log.log(
-            logging.WARNING if logged <= _DETAIL_LOGS_PER_REASON else logging.DEBUG,
-            "%s data: skipped (%s): %s", self.split, reason, detail,
-        )
-        if logged == _DETAIL_LOGS_PER_REASON:
-            log.warning("%s data: further %s skips in this process are logged at DEBUG", self.split, reason)
-
-    def drain(self) -> dict[str, int]:
-        counts, self._pending = dict(self._pending), collections.Counter()
-        return counts
-
-
-class SkipTotals:
-    """Skip totals of the main process, fed by the counts that batches carry.
-
-    Warns when new skips arrive, at most once per ``warn_every_s`` seconds.
-    """
-
-    def __init__(self, warn_every_s: float = 60.0) -> None:
-        self.warn_every_s = warn_every_s
-        self._counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        self._last_warning = -math.inf
-
-    def add(self, split: str, counts: dict[str, int]) -> None:
-        if not counts:
-            return
-        self._counts[split].update(counts)
-        now = time.monotonic()
-        if now - self._last_warning >= self.warn_every_s:
-            self._last_warning = now
-            totals = self.totals(split)
-            detail = ", ".join(f"{r}={totals[r]}" for r in REASONS if totals[r])
-            log.warning("%s data: %d sample(s)/tar(s) skipped so far (%s)", split, totals["total"], detail)
-
-    def totals(self, split: str | None = None) -> dict[str, int]:
-        """Counts per reason (every reason, zeros included) and ``total``; all splits if None."""
-        merged: collections.Counter[str] = collections.Counter()
-        for name, counts in self._counts.items():
-            if split is None or name == split:
-                merged.update(counts)
-        out = {reason: merged[reason] for reason in REASONS}
-        out["total"] = sum(out.values())
-        return out
 
 
 class _CountTarErrors:

@@ -1,9 +1,10 @@
 """Cut videos into clips, code them losslessly and write WebDataset shards: ``write_shards``.
 
-Each input video is read and its clips encoded in a worker process; the shards are written by
-the calling process, always in input order (clips of input 0, then input 1, ...), so a given
-input list gives the same shards byte for byte whatever the worker count. Clips of sources
-ahead of the one being written are held up to ``_HELD_BYTES``, which keeps memory bounded.
+Each input video is read and its clips encoded in a worker process (the pool is
+:mod:`gvc_train.data.shard_workers`); the shards are written by the calling process, always in
+input order (clips of input 0, then input 1, ...), so a given input list gives the same shards
+byte for byte whatever the worker count. Clips of sources ahead of the one being written are
+held up to ``shard_workers.HELD_BYTES``, which keeps memory bounded.
 
 Shards are ``{prefix}-%06d.tar``, each written as ``.partial`` and renamed when complete;
 ``index.json`` (:class:`~gvc_train.data.sample_format.ShardIndex`) is written last, also by
@@ -14,20 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import multiprocessing as mp
 import os
 import re
-import signal
 import sys
 import tarfile
-from collections import defaultdict, deque
-from multiprocessing.connection import Connection, wait
+from collections import defaultdict
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from gvc_train.data import clip_codec
+from gvc_train.data import clip_codec, shard_workers
 from gvc_train.data.sample_format import (
     CAPTION_KEY,
     FRAMES_PREFIX,
@@ -41,7 +39,6 @@ from gvc_train.data.sample_format import (
 )
 from gvc_train.data.video_io import DEFAULT_PNG_FPS, VideoReader, VideoReadError, find_sources
 
-_HELD_BYTES = 512 << 20  # encoded clips held for sources ahead of the writer (keeps workers busy)
 _TAR_BLOCK = 512
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -269,117 +266,22 @@ def shard_source(source: Source, opts: ShardOptions) -> Iterator[EncodedClip | S
     )
 
 
-# ---- many sources, in order, through worker processes ----------------------------------------
+# ---- many sources, in order, through worker processes (gvc_train.data.shard_workers) -----
 
 
-def _worker(conn: Connection, opts: ShardOptions) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    try:
-        while True:
-            source = conn.recv()
-            if source is None:
-                return
-            for item in shard_source(source, opts):
-                conn.send(item)
-    except (EOFError, BrokenPipeError):
-        return  # the parent has gone
-
-
-class _Worker:
-    """One worker process and its pipe; ``source`` is the index of the source it is reading."""
-
-    def __init__(self, ctx: Any, opts: ShardOptions) -> None:
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, opts), daemon=True)
-        self.proc.start()
-        # Only the worker keeps its end: if it dies, even half-way through sending a clip,
-        # our recv() sees EOF instead of waiting forever for the rest of the message.
-        child.close()
-        self.source: int | None = None
-
-    def stop(self, graceful: bool) -> None:
-        if graceful and self.proc.is_alive():
-            try:
-                self.conn.send(None)
-            except OSError:
-                pass
-            self.proc.join(timeout=10)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(timeout=5)
-        self.conn.close()
-
-
-def _run_parallel(sources: list[Source], opts: ShardOptions, workers: int) -> Iterator[EncodedClip | SourceReport]:
-    """Like ``_run_inline`` (same items, same order) with sources read by worker processes.
-
-    Workers take the next source as soon as they finish one. Items of sources ahead of the
-    writer's are held here up to ``_HELD_BYTES``; beyond that only the worker on the source
-    being written is read, and the others wait on their pipes (bounded memory).
-    """
-    # spawn, not fork: the parent may hold threads (tqdm, torch) that fork would copy mid-state
-    ctx = mp.get_context("spawn")
-    todo = iter(enumerate(sources))
-    held: dict[int, deque[EncodedClip | SourceReport]] = defaultdict(deque)
-    held_bytes = 0
-    received: dict[int, int] = defaultdict(int)  # clips per source, for the report if its worker dies
-    written = 0  # index of the source whose items go out next
-    pool: list[_Worker] = []
-    finished = False
-
-    def feed(worker: _Worker) -> None:
-        task = next(todo, None)
-        worker.source = None if task is None else task[0]
-        if task is not None:
-            worker.conn.send(task[1])
-
-    try:
-        pool = [_Worker(ctx, opts) for _ in range(workers)]
-        for worker in pool:
-            feed(worker)
-        while written < len(sources):
-            queue_ = held.get(written)
-            while queue_:
-                item = queue_.popleft()
-                if isinstance(item, EncodedClip):
-                    held_bytes -= len(item.payload)
-                yield item
-                if isinstance(item, SourceReport):
-                    del held[written]
-                    written += 1
-                    queue_ = held.get(written)
-            if written == len(sources):
-                break
-            busy = [w for w in pool if w.source is not None]
-            if held_bytes > _HELD_BYTES:
-                busy = [w for w in busy if w.source == written]
-            if not busy:  # cannot happen: the source being written is always with a worker
-                raise RuntimeError(f"internal error: no worker holds source {written}")
-            for conn in wait([w.conn for w in busy]):
-                worker = next(w for w in busy if w.conn is conn)
-                index = worker.source
-                assert index is not None
-                try:
-                    item = conn.recv()
-                except (EOFError, OSError):
-                    worker.proc.join(timeout=5)
-                    code = worker.proc.exitcode
-                    item = _lost(
-                        sources[index], f"worker process died while reading it (exit code {code})", opts, received[index]
-                    )
-                    worker.stop(graceful=False)
-                    slot = pool.index(worker)
-                    worker = pool[slot] = _Worker(ctx, opts)
-                held[index].append(item)
-                if isinstance(item, EncodedClip):
-                    held_bytes += len(item.payload)
-                    received[index] += 1
-                else:
-                    feed(worker)
-        finished = True
-    finally:
-        for worker in pool:
-            worker.stop(graceful=finished)
+def _run(sources: list[Source], opts: ShardOptions, workers: int) -> Iterator[EncodedClip | SourceReport]:
+    """Every source's clips then its report, in input order; ``workers > 1``: in worker processes."""
+    if workers <= 1:
+        return shard_workers.run_inline(sources, shard_source, opts)
+    return shard_workers.run_parallel(
+        sources,
+        shard_source,
+        opts,
+        workers,
+        is_last=lambda item: isinstance(item, SourceReport),
+        held_bytes=lambda item: len(item.payload) if isinstance(item, EncodedClip) else 0,
+        lost=lambda index, clips, reason: _lost(sources[index], reason, opts, clips),
+    )
 
 
 def _lost(source: Source, reason: str, opts: ShardOptions, clips: int) -> SourceReport:
@@ -387,11 +289,6 @@ def _lost(source: Source, reason: str, opts: ShardOptions, clips: int) -> Source
     n, stride = opts.clip_frames, opts.clip_frames - opts.overlap
     frames_read = (clips - 1) * stride + n if clips else 0
     return SourceReport(source.name, clips, clips * n, frames_read, None, None, None, source.caption is not None, reason)
-
-
-def _run_inline(sources: list[Source], opts: ShardOptions) -> Iterator[EncodedClip | SourceReport]:
-    for source in sources:
-        yield from shard_source(source, opts)
 
 
 # ---- shards -------------------------------------------------------------------------------
@@ -513,7 +410,7 @@ def write_shards(
     sink = ShardSink(out_dir, opts.prefix, opts.maxcount, opts.maxsize)
     reports: list[SourceReport] = []
     workers = min(opts.workers, len(sources))
-    items = _run_parallel(sources, opts, workers) if workers > 1 else _run_inline(sources, opts)
+    items = _run(sources, opts, workers)
     bar = tqdm(total=len(sources), unit="video", disable=None if progress is None else not progress, file=sys.stderr)
     clips = 0
     try:

@@ -42,7 +42,7 @@ class ComponentCheckpointMixin:
             "provenance": {
                 "git_commit": getattr(self, "_git_commit", None) or git_commit(),
                 "recipe": self.run_config,
-                "data": getattr(datamodule, "train_shards", None),
+                "data": getattr(datamodule, "shard_specs", None),
                 "global_step": self.global_step if self._trainer is not None else 0,
                 "epoch": self.current_epoch if self._trainer is not None else 0,
                 "train_seconds": round(previous + elapsed, 1),

