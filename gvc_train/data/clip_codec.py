@@ -3,10 +3,12 @@
 The format, ``rgbdz`` (chosen by measurement, see ``benchmarks/clip_formats.py`` and
 ``data/README.md``): the clip as R, G, B planes in ``3 x T x H x W`` order, each row replaced by
 its difference from the row above (mod 256), R and B replaced by their difference from G
-(mod 256), then zstd. Every step is a whole-array numpy operation or one vectorised add per
-row, so decoding runs at ~1,700 frames/s for 640x272 on one core (about twice PyAV decoding
-the source mp4), against 160-400 for PNG, WebP or FFV1, while compressing 3-6x (FFV1 does
-3.7-8.4x, PNG 2-4x).
+(mod 256), then zstd. Decoding is zstd straight into the result array, then the predictions
+undone in place with vectorised adds (one per row, one per band of rows for the colours), so it
+runs at ~1,700 frames/s for 640x272 on one core (about twice PyAV decoding the source mp4),
+against 160-400 for PNG, WebP or FFV1, while compressing 3-6x (FFV1 does 3.7-8.4x, PNG 2-4x).
+At 1280x720 (~270 frames/s, about PyAV's one-thread speed) zstd's own decoding is ~80 % of
+the time.
 
 Payload layout (little-endian)::
 
