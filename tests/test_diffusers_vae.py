@@ -5,24 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import diffusers
 import pytest
 import torch
+from conftest import TINY_WAN_CONFIG as TINY_WAN
 
 from gvc_train.components import load_component, save_component
 from gvc_train.models import DiffusersVAE
-
-diffusers = pytest.importorskip("diffusers")
-
-TINY_WAN = dict(
-    base_dim=8,
-    z_dim=4,
-    dim_mult=[1, 2, 2, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[False, True, True],
-    latents_mean=[0.0] * 4,
-    latents_std=[1.0] * 4,
-)
 
 
 @pytest.fixture(scope="module")

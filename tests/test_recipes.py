@@ -9,7 +9,7 @@ import yaml
 
 from gvc_train.cli import run as gvc_train_cli
 
-from conftest import REPO
+from conftest import REPO, tiny_fit_args
 
 RECIPES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "recipes").rglob("*.yaml"))
 
@@ -44,20 +44,7 @@ def _shrink(recipe: str, config: dict) -> list[str]:
 def _run(recipe: str, shards: dict[str, str], extra: list[str]):
     config = yaml.safe_load((REPO / recipe).read_text())
     args = [
-        "fit",
-        "--config",
-        str(REPO / recipe),
-        f"--data.init_args.train_shards={shards['train']}",
-        f"--data.init_args.val_shards={shards['val']}",
-        "--data.init_args.clip_frames=5",
-        "--data.init_args.crop_size=32",
-        "--data.init_args.batch_size=2",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.samples_per_epoch=4",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.precision=32-true",
-        "--trainer.limit_val_batches=1",
+        *tiny_fit_args(REPO / recipe, shards),
         *_shrink(recipe, config),
         *extra,
     ]

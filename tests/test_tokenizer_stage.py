@@ -13,29 +13,13 @@ import torch
 from gvc_train.cli import run as gvc_train_cli
 from gvc_train.export import main as gvc_export_main
 
-from conftest import REPO
+from conftest import REPO, tiny_fit_args
 
 RECIPE = str(REPO / "recipes/tiny/tokenizer.yaml")
 
 
 def _fit(shards: dict[str, str], *extra: str):
-    return gvc_train_cli(
-        [
-            "fit",
-            "--config",
-            RECIPE,
-            f"--data.init_args.train_shards={shards['train']}",
-            f"--data.init_args.val_shards={shards['val']}",
-            "--data.init_args.clip_frames=5",
-            "--data.init_args.crop_size=32",
-            "--data.init_args.batch_size=2",
-            "--data.init_args.num_workers=0",
-            "--data.init_args.samples_per_epoch=4",
-            "--trainer.accelerator=cpu",
-            "--trainer.limit_val_batches=1",
-            *extra,
-        ]
-    )
+    return gvc_train_cli([*tiny_fit_args(RECIPE, shards), *extra])
 
 
 def test_gan_term_trains_the_discriminator(tiny_shards, tmp_path, monkeypatch) -> None:
