@@ -85,3 +85,9 @@ def test_export_holds_the_diffusers_config_and_round_trips(tmp_path) -> None:
 def test_builds_from_config_dict() -> None:
     model = DiffusersVAE(config=TINY_WAN)
     assert model.latent_channels == 4 and model.config["config"]["dim_mult"] == [1, 2, 2, 2]
+
+
+def test_pretrained_model_starts_in_train_mode(wan_folder) -> None:
+    # diffusers' from_pretrained switches to eval mode; fine-tuning must not run in it silently.
+    model = DiffusersVAE(pretrained_path=str(wan_folder))
+    assert all(m.training for m in model.modules())

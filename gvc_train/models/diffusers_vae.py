@@ -80,7 +80,9 @@ class DiffusersVAE(nn.Module):
             folder = Path(pretrained_path) / (subfolder or "")
             if not (folder / "config.json").is_file():
                 raise FileNotFoundError(f"no diffusers model at {folder} (config.json missing); give a local folder")
-            self.vae = cls.from_pretrained(str(pretrained_path), subfolder=subfolder, local_files_only=True)
+            # from_pretrained returns the model in eval mode; a module starts in train mode and
+            # its owner (a Trainer, an inference loader) decides, so fine-tuning trains for real.
+            self.vae = cls.from_pretrained(str(pretrained_path), subfolder=subfolder, local_files_only=True).train()
         else:
             self.vae = cls.from_config(dict(config))
         self._spatial_stride, self._temporal_stride = _infer_strides(self.vae)
