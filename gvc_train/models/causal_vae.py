@@ -17,10 +17,11 @@ from gvc_train.components import register_component
 from gvc_train.models.causal_layers import StreamContext, StreamState, assign_cache_keys
 from gvc_train.models.causal_vae_nets import CausalDecoder, CausalEncoder
 from gvc_train.models.distributions import DiagonalGaussian
+from gvc_train.models.video_vae_geometry import VideoVAEGeometry
 
 
 @register_component
-class CausalVAE(nn.Module):
+class CausalVAE(VideoVAEGeometry, nn.Module):
     """Causal 3D convolutional VAE over ``B x 3 x T x H x W`` video in [0, 1].
 
     ``channel_mults`` has one entry per resolution level; each level but the last halves H and
@@ -78,46 +79,14 @@ class CausalVAE(nn.Module):
     # ---- geometry -------------------------------------------------------------------------
 
     @property
-    def spatial_stride(self) -> int:
-        return self._spatial_stride
-
-    @property
-    def temporal_stride(self) -> int:
-        return self._temporal_stride
-
-    @property
-    def latent_channels(self) -> int:
-        return self._latent_channels
-
-    @property
     def last_layer_weight(self) -> torch.Tensor:
         """The decoder's final conv weight: VQGAN's adaptive GAN weight differentiates w.r.t. it."""
         return self.decoder.conv_out.weight
-
-    def num_latent_frames(self, num_frames: int) -> int:
-        return 1 + (num_frames - 1) // self._temporal_stride
-
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(C, t, h, w)`` of the latent of a valid ``T x H x W`` video."""
-        s = self._spatial_stride
-        return (self._latent_channels, self.num_latent_frames(num_frames), height // s, width // s)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute res-block activations in backward (whole-video training passes only)."""
         self.encoder.gradient_checkpointing = enabled
         self.decoder.gradient_checkpointing = enabled
-
-    def check_video_shape(self, x_BCThw: torch.Tensor) -> None:
-        if x_BCThw.dim() != 5:
-            raise ValueError(f"expected video B x C x T x H x W, got shape {tuple(x_BCThw.shape)}")
-        _, c, t, h, w = x_BCThw.shape
-        ts, s = self._temporal_stride, self._spatial_stride
-        if c != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} channels, got {c} (shape {tuple(x_BCThw.shape)})")
-        if t < 1 or (t - 1) % ts:
-            raise ValueError(f"frame count must be 1 + {ts}k (1, {1 + ts}, {1 + 2 * ts}, ...), got T={t}")
-        if h % s or w % s or h == 0 or w == 0:
-            raise ValueError(f"height and width must be positive multiples of {s}, got {h}x{w}")
 
     def _check_latent_shape(self, z_BCthw: torch.Tensor) -> None:
         if z_BCthw.dim() != 5 or z_BCthw.shape[1] != self._latent_channels:

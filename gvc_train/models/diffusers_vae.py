@@ -22,6 +22,7 @@ from torch import nn
 
 from gvc_train.components import register_component
 from gvc_train.models.distributions import DiagonalGaussian
+from gvc_train.models.video_vae_geometry import VideoVAEGeometry
 
 
 def _diffusers_vae_class(class_name: str) -> type[nn.Module]:
@@ -58,7 +59,7 @@ def _infer_strides(vae: nn.Module) -> tuple[int, int]:
 
 
 @register_component
-class DiffusersVAE(nn.Module):
+class DiffusersVAE(VideoVAEGeometry, nn.Module):
     """Wrap ``diffusers.<class_name>``; give exactly one of ``config`` or ``pretrained_path``.
 
     ``pretrained_path``: a local folder saved by diffusers' ``save_pretrained`` (``subfolder``
@@ -102,37 +103,12 @@ class DiffusersVAE(nn.Module):
         self._export_config = exported
 
     @property
-    def spatial_stride(self) -> int:
-        return self._spatial_stride
-
-    @property
-    def temporal_stride(self) -> int:
-        return self._temporal_stride
-
-    @property
-    def latent_channels(self) -> int:
-        return self._latent_channels
-
-    @property
     def last_layer_weight(self) -> torch.Tensor:
         """Weight of the decoder's output conv (``decoder.conv_out``), for the adaptive GAN weight."""
         named = [(n, p) for n, p in self.vae.named_parameters() if n.startswith("decoder.conv_out") and n.endswith("weight")]
         if not named:
             raise AttributeError(f"{type(self.vae).__name__} has no decoder.conv_out weight")
         return named[-1][1]
-
-    def num_latent_frames(self, num_frames: int) -> int:
-        return 1 + (num_frames - 1) // self._temporal_stride
-
-    def check_video_shape(self, x_BCThw: torch.Tensor) -> None:
-        if x_BCThw.dim() != 5:
-            raise ValueError(f"expected video B x C x T x H x W, got shape {tuple(x_BCThw.shape)}")
-        _, _, t, h, w = x_BCThw.shape
-        ts, s = self._temporal_stride, self._spatial_stride
-        if t < 1 or (t - 1) % ts:
-            raise ValueError(f"frame count must be 1 + {ts}k, got T={t}")
-        if h % s or w % s or h == 0 or w == 0:
-            raise ValueError(f"height and width must be positive multiples of {s}, got {h}x{w}")
 
     def encode(self, x_BCThw: torch.Tensor, chunk_frames: int | None = None) -> DiagonalGaussian:
         """Video in [0, 1] -> posterior (the wrapped ``latent_dist``'s mean and logvar).
