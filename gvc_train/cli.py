@@ -15,7 +15,6 @@ import os
 import sys
 import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
 
 
 class RecordConfigCallback(SaveConfigCallback):
@@ -49,29 +48,42 @@ def _quiet_defaults() -> None:
 def run(args: list[str] | None = None) -> LightningCLI:
     """Run the CLI and return it (its trainer and model), for the demo and the tests."""
     _quiet_defaults()
-    cli = LightningCLI(
-        model_class=None,
-        datamodule_class=None,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=RecordConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        auto_configure_optimizers=False,
-    )
-    _finish_wandb(cli.trainer)
-    return cli
+    try:
+        return LightningCLI(
+            model_class=None,
+            datamodule_class=None,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=RecordConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            auto_configure_optimizers=False,
+        )
+    finally:
+        _finish_wandb()
 
 
-def _finish_wandb(trainer: L.Trainer) -> None:
-    """Close the wandb run so the next run in this process (tests, the demo) gets its own."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()
+def _finish_wandb() -> None:
+    """Close the wandb run, also after a failure, so the next run in this process (tests, the
+    demo) gets its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def main(args: list[str] | None = None) -> int:
-    run(args)
+    """The console script: bad input (missing shards, a recipe that does not fit) ends in one
+    line and exit status 2; ``GVC_DEBUG=1`` shows the traceback instead."""
+    from gvc_train.components import ComponentError
+    from gvc_train.data.pipeline import NoUsableSamples
+
+    try:
+        run(args)
+    except (FileNotFoundError, NoUsableSamples, ComponentError, ValueError) as e:
+        if os.environ.get("GVC_DEBUG"):
+            raise
+        print(f"gvc-train: error: {type(e).__name__}: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
     return 0
 
 

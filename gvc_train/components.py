@@ -66,7 +66,26 @@ def build_component(class_name: str, config: dict[str, Any]) -> torch.nn.Module:
     registry = registered_components()
     if class_name not in registry:
         raise ComponentError(f"unknown component class {class_name!r}; known: {sorted(registry)}")
-    return registry[class_name](**config)
+    if not isinstance(config, dict):
+        raise ComponentError(f"{class_name}: config must be a JSON object, got {type(config).__name__}")
+    try:
+        return registry[class_name](**config)
+    except (TypeError, ValueError) as e:  # unknown keys, bad values: the config does not fit
+        raise ComponentError(f"{class_name}: config does not fit the constructor: {e}") from None
+
+
+def build_and_load(class_name: str, config: dict[str, Any], state: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
+    """Build a component and load ``state`` into it, strictly; any misfit is a ComponentError."""
+    module = build_component(class_name, config)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ComponentError(f"{what}: weights do not fit {class_name}: {str(e).splitlines()[-1].strip()}") from None
+    if missing or unexpected:
+        raise ComponentError(
+            f"{what}: weights do not fit {class_name} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return module
 
 
 def _jsonable(value: Any) -> Any:
@@ -89,7 +108,7 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -143,6 +162,8 @@ def read_component_meta(folder: str | Path, name: str) -> dict[str, Any]:
     for key in ("format_version", "class", "config", "weights", "fingerprint"):
         if key not in meta:
             raise ComponentError(f"{json_path} lacks the field {key!r}")
+    if not isinstance(meta["format_version"], int) or meta["format_version"] < 1:
+        raise ComponentError(f"{json_path}: format_version must be a positive integer")
     if meta["format_version"] > FORMAT_VERSION:
         raise ComponentError(
             f"{json_path} has format version {meta['format_version']}; this gvc_train reads "
@@ -168,13 +189,7 @@ def load_component(
         raise ComponentError(f"component {name!r}: cannot read {weights_path}: {e}") from None
     if verify and weights_fingerprint(state) != meta["fingerprint"]:
         raise ComponentError(f"component {name!r}: weights do not match the fingerprint in {name}.json")
-    module = build_component(meta["class"], meta["config"])
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ComponentError(
-            f"component {name!r}: weights do not fit {meta['class']} "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    module = build_and_load(meta["class"], meta["config"], state, f"component {name!r}")
     return module.to(map_location).eval()
 
 

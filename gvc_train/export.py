@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gvc_train.components import ComponentError, build_component, save_component
+from gvc_train.components import ComponentError, build_and_load, save_component
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY
 
 
@@ -59,11 +59,7 @@ def export_checkpoint(
         spec = components[name]
         prefix = spec["state_prefix"]
         state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        module = build_component(spec["class"], spec["config"])
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ExportError(f"component {name}: checkpoint weights do not fit {spec['class']} "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        module = build_and_load(spec["class"], spec["config"], state, f"component {name}")
         written[name] = save_component(module, out_dir, name, provenance=provenance)
     return written
 

@@ -86,8 +86,24 @@ def test_unknown_class_and_wrong_config_are_refused(tmp_path) -> None:
     path.write_text(json.dumps(meta))
     with pytest.raises(ComponentError, match="unknown component class"):
         load_component(tmp_path, "tiny")
-    meta["class"] = "_TinyNet"
-    meta["config"]["depth"] = 5
+    for config, message in [
+        ({"depth": 5}, "do not fit"),  # missing weights
+        ({"width": 8}, "do not fit"),  # shape mismatch
+        ({"colour": "red"}, "config does not fit"),  # unknown constructor argument
+    ]:
+        meta["class"] = "_TinyNet"
+        meta["config"] = {"width": 4, "depth": 2, "act": "relu", **config}
+        path.write_text(json.dumps(meta))
+        with pytest.raises(ComponentError, match=message):
+            load_component(tmp_path, "tiny")
+    meta["config"] = {"width": 4, "depth": 2, "act": "relu"}
+    meta["format_version"] = "1"
     path.write_text(json.dumps(meta))
-    with pytest.raises(ComponentError, match="do not fit"):
+    with pytest.raises(ComponentError, match="format_version"):
         load_component(tmp_path, "tiny")
+
+
+def test_fingerprint_covers_scalar_tensors() -> None:
+    a = {"scale": torch.tensor(1.0), "w": torch.zeros(2)}
+    b = {"scale": torch.tensor(2.0), "w": torch.zeros(2)}
+    assert weights_fingerprint(a) != weights_fingerprint(b)

@@ -167,3 +167,27 @@ def test_export_refuses_bad_checkpoints_in_one_line(tmp_path, capsys, content) -
     err = capsys.readouterr().err.strip()
     assert err.startswith("gvc-export: error:") and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_gvc_train_reports_missing_shards_in_one_line(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gvc_train.cli", "fit", "--config", RECIPE,
+         f"--data.init_args.train_shards={tmp_path}/nothing-*.tar", "--trainer.max_steps=1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("gvc-train: error:") and "nothing-" in last
+    assert "Traceback" not in proc.stderr
+
+
+def test_gan_under_ddp_needs_find_unused_parameters(tiny_shards, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
+        _fit(tiny_shards, "--trainer.max_steps=1", "--trainer.strategy=ddp")
+    # what the message asks for trains, GAN steps included (one gloo process on the CPU)
+    cli = _fit(
+        tiny_shards, "--trainer.max_steps=2", "--trainer.strategy=ddp_find_unused_parameters_true",
+        "--model.init_args.gan_start_step=1",
+    )
+    assert cli.trainer.global_step == 2 and "train/d_loss" in cli.trainer.logged_metrics

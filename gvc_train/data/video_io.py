@@ -161,8 +161,15 @@ class VideoReader:
             raise VideoReadError(self.path, _invalid_data_reason(self.path)) from None
         except (av.error.FFmpegError, OSError) as exc:
             raise VideoReadError(self.path, f"cannot open: {_ffmpeg_reason(exc)}") from None
+        try:
+            self._open_stream(resize_short, threads)
+        except BaseException:
+            self.close()  # whatever failed after av.open, the container is not leaked
+            raise
+
+    def _open_stream(self, resize_short: int | None, threads: int) -> None:
+        assert self._container is not None
         if not self._container.streams.video:
-            self.close()
             raise VideoReadError(self.path, "has no video stream")
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threads: the fastest PyAV decode measured
@@ -171,13 +178,8 @@ class VideoReader:
         self._stream = stream
         self._declared = _declared_frames(self._container, stream)
         self._stream_iter = self._container.decode(stream)
-        try:
-            frame = self._next_video_frame(0)
-        except VideoReadError:
-            self.close()
-            raise
+        frame = self._next_video_frame(0)
         if frame is None:
-            self.close()
             raise VideoReadError(self.path, "no frame could be decoded")
         self._src_size = (frame.width, frame.height)
         self._out_size = scaled_size(frame.width, frame.height, resize_short)

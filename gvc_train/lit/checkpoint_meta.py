@@ -40,7 +40,7 @@ class ComponentCheckpointMixin:
                 for name, attr in self.components.items()
             },
             "provenance": {
-                "git_commit": getattr(self, "_git_commit", None) or git_commit(),
+                "git_commit": self._git_commit if hasattr(self, "_git_commit") else git_commit(),
                 "recipe": self.run_config,
                 "data": getattr(datamodule, "shard_specs", None),
                 "global_step": self.global_step if self._trainer is not None else 0,

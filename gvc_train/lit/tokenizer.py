@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from gvc_train.eval.metrics import ms_ssim, psnr
+from gvc_train.eval.metrics import frame_psnr, ms_ssim, psnr
 from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
 from gvc_train.models.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
 
@@ -70,6 +70,24 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
             self._lpips.append(LPIPS(backbone_path=lpips_backbone).eval().requires_grad_(False))
         self.components = {"tokenizer": "vae"}
 
+    def setup(self, stage: str) -> None:
+        if self._trainer is None:
+            return
+        precision = str(self.trainer.precision)
+        if precision.startswith("16"):
+            # Manual optimization clips before the grad scaler unscales and would update the
+            # scaler twice per GAN batch; bf16 needs no scaler.
+            raise ValueError(f"the tokenizer stage does not support precision={precision}; use bf16-mixed or 32-true")
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters", False):
+            if self.discriminator is not None:
+                # Two backward passes a step, each leaving one sub-network without gradients.
+                raise ValueError(
+                    "training with a discriminator under DDP needs --trainer.strategy=ddp_find_unused_parameters_true"
+                )
+
     # ---- losses -------------------------------------------------------------------------
     def _reconstruction_terms(self, x_BCThw: torch.Tensor) -> dict[str, torch.Tensor]:
         recon_BCThw, posterior = self.vae(x_BCThw)
@@ -106,6 +124,9 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         loss = terms["nll"] + self.hparams.kl_weight * terms["kl"]
         gan_on = self._gan_active()
         if gan_on:
+            # The discriminator is frozen for the generator's backward: its gradients there
+            # would be computed (and all-reduced under DDP) only to be thrown away.
+            self.discriminator.requires_grad_(False)
             g_loss = hinge_g_loss(self.discriminator(terms["recon"]))
             weight = adaptive_gan_weight(terms["nll"], g_loss, self.vae.last_layer_weight)
             loss = loss + self.hparams.gan_weight * weight * g_loss
@@ -118,6 +139,7 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         opt_g.step()
 
         if gan_on and opt_d is not None:
+            self.discriminator.requires_grad_(True)
             logits_real = self.discriminator(x_BCThw)
             logits_fake = self.discriminator(terms["recon"].detach())
             d_loss = hinge_d_loss(logits_real, logits_fake)
@@ -139,7 +161,7 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
                 "train/l1": terms["l1"].detach(),
                 "train/kl": terms["kl"].detach(),
                 "train/psnr": train_psnr,
-                **({"train/ms_ssim": terms["ms_ssim"].detach()} if "ms_ssim" in terms else {}),
+                **{f"train/{k}": terms[k].detach() for k in ("ms_ssim", "lpips") if k in terms},
             },
             prog_bar=False,
             batch_size=x_BCThw.shape[0],
@@ -167,7 +189,8 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         posterior = self.vae.encode(x_BCThw)
         recon_BCThw = self.vae.decode(posterior.mode()).clamp(0, 1)
         metrics = {
-            f"{prefix}/psnr": psnr(recon_BCThw, x_BCThw).mean(),
+            # per-frame PSNR averaged, as video-coding papers report it
+            f"{prefix}/psnr": frame_psnr(recon_BCThw, x_BCThw).mean(),
             f"{prefix}/ms_ssim": ms_ssim(recon_BCThw, x_BCThw).mean(),
             f"{prefix}/l1": (recon_BCThw - x_BCThw).abs().mean(),
         }
@@ -188,11 +211,11 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         if self.discriminator is not None:
             optimizers.append(
                 torch.optim.AdamW(
-                    self.discriminator.parameters(), lr=hp.disc_lr or hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+                    self.discriminator.parameters(), lr=hp.lr if hp.disc_lr is None else hp.disc_lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
                 )
             )
         if hp.warmup_steps > 0:
-            warmup = max(1, hp.warmup_steps)
+            warmup = hp.warmup_steps
             schedulers = [
                 {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warmup)), "interval": "step"}
                 for o in optimizers

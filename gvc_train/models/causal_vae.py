@@ -30,7 +30,7 @@ class CausalVAE(VideoVAEGeometry, nn.Module):
     does it at the two coarser steps, where it is cheap); the temporal stride is
     ``2 ** sum(temporal_downsample)`` (4 by default). The decoder mirrors the encoder.
 
-    Defaults are Wan-VAE's sizes (base 96, mults 1-2-4-4, 2 blocks, ~125M parameters). A CPU
+    Defaults are Wan-VAE's sizes (base 96, mults 1-2-4-4, 2 blocks, ~132M parameters). A CPU
     test size is ``base_channels=8, num_res_blocks=1``.
     """
 
@@ -148,8 +148,8 @@ class CausalVAE(VideoVAEGeometry, nn.Module):
     def init_encoder_state(self) -> StreamState:
         return StreamState(cache={}, frames_seen=0)
 
-    def init_decoder_state(self) -> StreamState:
-        return StreamState(cache={}, frames_seen=0)
+    # The decoder's state has the same (empty) shape at the start of a stream.
+    init_decoder_state = init_encoder_state
 
     def encode_chunk(
         self, x_BCThw: torch.Tensor, state: StreamState

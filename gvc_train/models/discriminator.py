@@ -15,11 +15,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from gvc_train.components import register_component
 
-# The GAN losses live in gan_losses.py; re-exported here so the discriminator and its losses
-# can be imported together.
-from gvc_train.models.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
-
-__all__ = ["PatchDiscriminator3D", "adaptive_gan_weight", "hinge_d_loss", "hinge_g_loss"]
+__all__ = ["PatchDiscriminator3D"]
 
 
 @register_component
