@@ -19,8 +19,6 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from gvc_train.eval.metrics import ms_ssim
-
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes/tiny/tokenizer.yaml"
 
@@ -90,7 +88,7 @@ def lightning_steps_per_second(model_args: dict, batches: list[dict], steps: int
 
 
 def plain_steps_per_second(model_args: dict, batches: list[dict], steps: int, warmup: int = 3) -> float:
-    """The same step written by hand: forward, L1 + MS-SSIM + KL, backward, clip, AdamW."""
+    """The same step by hand: the stage's loss terms, backward, clip, AdamW, scheduler."""
     torch.manual_seed(0)
     module = _build_module(model_args)
     vae, hp = module.vae, module.hparams
@@ -102,12 +100,9 @@ def plain_steps_per_second(model_args: dict, batches: list[dict], steps: int, wa
         if i == warmup:
             start = time.perf_counter()
         x = batches[i % len(batches)]["video"]
-        recon, posterior = vae(x)
-        loss = (
-            hp.l1_weight * (recon - x).abs().mean()
-            + hp.ms_ssim_weight * (1 - ms_ssim(recon.clamp(0, 1), x).mean())
-            + hp.kl_weight * posterior.kl().mean() / x[0].numel()
-        )
+        # the stage's own loss terms, so the baseline cannot drift from what Lightning runs
+        terms = module._reconstruction_terms(x)
+        loss = terms["nll"] + hp.kl_weight * terms["kl"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), hp.grad_clip)
