@@ -37,7 +37,7 @@ def reconstruct_held_out(export_dir: Path, frames: int = HELD_OUT_FRAMES, chunk_
     """Tokenize and detokenize the held-out clip with the exported component (no Lightning)."""
     from gvc_train.components import load_component
     from gvc_train.data.video_io import read_frames
-    from gvc_train.eval.metrics import ms_ssim, psnr
+    from gvc_train.eval.metrics import frame_psnr, ms_ssim
 
     vae = load_component(export_dir, "tokenizer")
     frames_THWC = read_frames(held_out_video(), count=frames)
@@ -51,7 +51,7 @@ def reconstruct_held_out(export_dir: Path, frames: int = HELD_OUT_FRAMES, chunk_
         "width": x_BCThw.shape[4],
         "height": x_BCThw.shape[3],
         "latent_shape": list(z.shape[1:]),
-        "psnr": float(psnr(recon_BCThw, x_BCThw).mean()),
+        "psnr": float(frame_psnr(recon_BCThw, x_BCThw).mean()),  # per frame, averaged
         "ms_ssim": float(ms_ssim(recon_BCThw, x_BCThw).mean()),
         "fps": x_BCThw.shape[2] / seconds,
     }

@@ -247,3 +247,16 @@ def test_rms_norm_variant_streams_exactly() -> None:
         torch.testing.assert_close(model.encode(x, chunk_frames=4).mean, model.encode(x).mean, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="norm must be"):
         CausalVAE(**TINY, norm="batch")
+
+
+def test_adaptive_gan_weight_is_the_gradient_norm_ratio() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, requires_grad=True)
+    out = torch.randn(5, 4) @ w
+    nll, g_loss = out.pow(2).mean(), -out.mean()
+    g_nll = torch.autograd.grad(nll, w, retain_graph=True)[0]
+    g_g = torch.autograd.grad(g_loss, w, retain_graph=True)[0]
+    expected = g_nll.norm() / (g_g.norm() + 1e-4)
+    torch.testing.assert_close(adaptive_gan_weight(nll, g_loss, w), expected)
+    # clamped at max_weight when the GAN gradient vanishes
+    assert float(adaptive_gan_weight(nll, 0 * out.sum(), w, max_weight=7.0)) == 7.0
