@@ -17,11 +17,11 @@ from gvc_train.components import register_component
 from gvc_train.models.causal_layers import StreamContext, StreamState, assign_cache_keys
 from gvc_train.models.causal_vae_nets import CausalDecoder, CausalEncoder
 from gvc_train.models.distributions import DiagonalGaussian
-from gvc_train.models.video_vae_geometry import VideoVAEGeometry
+from gvc_train.models.video_vae_base import VideoVAEBase
 
 
 @register_component
-class CausalVAE(VideoVAEGeometry, nn.Module):
+class CausalVAE(VideoVAEBase, nn.Module):
     """Causal 3D convolutional VAE over ``B x 3 x T x H x W`` video in [0, 1].
 
     ``channel_mults`` has one entry per resolution level; each level but the last halves H and
@@ -132,16 +132,6 @@ class CausalVAE(VideoVAEGeometry, nn.Module):
             x_chunk, state = self.decode_chunk(z_BCthw[:, :, start:stop], state)
             parts.append(x_chunk)
         return torch.cat(parts, dim=2)
-
-    def forward(
-        self,
-        x_BCThw: torch.Tensor,
-        sample_posterior: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, DiagonalGaussian]:
-        posterior = self.encode(x_BCThw)
-        z_BCthw = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode(z_BCthw), posterior
 
     # ---- streaming API --------------------------------------------------------------------
 

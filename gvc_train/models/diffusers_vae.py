@@ -22,7 +22,7 @@ from torch import nn
 
 from gvc_train.components import register_component
 from gvc_train.models.distributions import DiagonalGaussian
-from gvc_train.models.video_vae_geometry import VideoVAEGeometry
+from gvc_train.models.video_vae_base import VideoVAEBase
 
 
 def _diffusers_vae_class(class_name: str) -> type[nn.Module]:
@@ -59,7 +59,7 @@ def _infer_strides(vae: nn.Module) -> tuple[int, int]:
 
 
 @register_component
-class DiffusersVAE(VideoVAEGeometry, nn.Module):
+class DiffusersVAE(VideoVAEBase, nn.Module):
     """Wrap ``diffusers.<class_name>``; give exactly one of ``config`` or ``pretrained_path``.
 
     ``pretrained_path``: a local folder saved by diffusers' ``save_pretrained`` (``subfolder``
@@ -129,12 +129,3 @@ class DiffusersVAE(VideoVAEGeometry, nn.Module):
             raise ValueError(f"expected latent B x {self._latent_channels} x t x h x w, got {tuple(z_BCthw.shape)}")
         return (self.vae.decode(z_BCthw).sample + 1.0) * 0.5
 
-    def forward(
-        self,
-        x_BCThw: torch.Tensor,
-        sample_posterior: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, DiagonalGaussian]:
-        posterior = self.encode(x_BCThw)
-        z_BCthw = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode(z_BCthw), posterior

@@ -1,15 +1,18 @@
-"""Geometry shared by the video VAEs: strides, latent shapes and the input-shape check.
+"""What the video VAEs share: strides, latent shapes, the input-shape check and ``forward``.
 
-A class using it sets ``_spatial_stride``, ``_temporal_stride`` and ``_latent_channels`` (and
-``in_channels`` where it knows its input channels) in its constructor.
+A class using it implements ``encode`` (video -> DiagonalGaussian) and ``decode``, and sets
+``_spatial_stride``, ``_temporal_stride`` and ``_latent_channels`` (and ``in_channels`` where it
+knows its input channels) in its constructor.
 """
 
 from __future__ import annotations
 
 import torch
 
+from gvc_train.models.distributions import DiagonalGaussian
 
-class VideoVAEGeometry:
+
+class VideoVAEBase:
     _spatial_stride: int
     _temporal_stride: int
     _latent_channels: int
@@ -47,3 +50,14 @@ class VideoVAEGeometry:
             raise ValueError(f"frame count must be 1 + {ts}k (1, {1 + ts}, {1 + 2 * ts}, ...), got T={t}")
         if h % s or w % s or h == 0 or w == 0:
             raise ValueError(f"height and width must be positive multiples of {s}, got {h}x{w}")
+
+    def forward(
+        self,
+        x_BCThw: torch.Tensor,
+        sample_posterior: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """Encode, take a posterior sample (or the mode), decode: ``(recon_BCThw, posterior)``."""
+        posterior = self.encode(x_BCThw)  # type: ignore[attr-defined]
+        z_BCthw = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode(z_BCthw), posterior  # type: ignore[attr-defined]
