@@ -9,6 +9,7 @@ from gvc_train.models.diffusers_vae import DiffusersVAE
 from gvc_train.models.discriminator import PatchDiscriminator3D
 from gvc_train.models.distributions import DiagonalGaussian
 from gvc_train.models.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+from gvc_train.models.latent_codec import LatentVideoCodec
 from gvc_train.models.lpips import LPIPS
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DiagonalGaussian",
     "DiffusersVAE",
     "LPIPS",
+    "LatentVideoCodec",
     "PatchDiscriminator3D",
     "adaptive_gan_weight",
     "hinge_d_loss",

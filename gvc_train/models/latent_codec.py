@@ -1,0 +1,232 @@
+"""LatentVideoCodec: codes the tokenizer's latent, one latent frame at a time (GLVC family).
+
+One network codes every latent frame (no separate intra model), DCVC-style conditional coding:
+
+    ctx_t   = no_past embedding (all-zero context)               if t == 0
+            = ctx_net([x_hat_{t-1}, m_{t-1}])                     otherwise
+    y_t     = g_a([x_t, ctx_t]) * gain[q]                         (stride 1, M channels)
+    z_t     = h_a(y_t)                                            (stride 2)
+    z_hat   = EntropyBottleneck(z_t)
+    mu, s   = entropy_params([h_s(z_hat), ctx_t])
+    y_hat   = GaussianConditional(y_t, s, mu)
+    x_hat_t = g_s([y_hat * inv_gain[q], ctx_t])
+    m_t     = ConvGRU(x_hat_t, m_{t-1})                           (the recurrent memory)
+
+**Stride.** g_a and g_s work at stride 1: the tokenizer latent is already 8x smaller than the
+video (176 x 144 gives 22 x 18), so a further stride would cost detail and padding at odd sizes.
+The hyperprior is stride 2 (subpixel up, cropped to y's size: any h, w work, odd included).
+
+**Quantization.** Training uses additive uniform noise for both likelihoods and y_hat (compressai's
+train mode); ``train_quantizer="ste"`` instead feeds g_s the straight-through rounded
+``round(y - mu) + mu`` while the likelihoods still see noise (DCVC-HEM/ELIC's mixed quantizer).
+In eval, y_hat is the mean-subtracted rounding ``round(y - mu) + mu`` and z_hat is
+``round(z - median) + median``: exactly what compressai's ``compress``/``decompress`` give the
+decoder, so the context and the memory are built from the decoder's own reconstruction.
+
+**Variable rate.** ``quality`` in ``[0, num_qualities)`` selects a learned per-channel gain
+(applied to y before quantization) and inverse gain (applied to y_hat before g_s), as DCVC's
+q_scale. Gains are initialised geometrically increasing with the index, so a **higher quality
+index means a larger gain, finer effective quantization, a higher rate and a higher quality**;
+training with a lambda that increases with the index keeps it that way.
+
+Life cycle as any compressai ``CompressionModel``: train (``aux_loss()`` in its own optimizer),
+``update()`` to build the entropy tables, then code. ``load_state_dict`` resizes the tables.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models import CompressionModel
+from torch import nn
+
+from gvc_train.components import register_component
+from gvc_train.models.latent_codec_parts import (
+    ConvGRUCell,
+    HyperAnalysis,
+    HyperSynthesis,
+    LatentCodecState,
+    trunk,
+)
+
+Quality = int | torch.Tensor
+
+
+@register_component
+class LatentVideoCodec(CompressionModel):
+    """Conditional latent-frame codec with hyperprior, ConvGRU memory and a quality index.
+
+    ``latent_channels``: the tokenizer's latent channels (16 for CausalVAE's default).
+    ``channels``: width of the transforms and of the temporal context. ``y_channels`` (M) and
+    ``z_channels``: channels of the coded latent and of the side information.
+    ``memory_channels``: ConvGRU hidden channels. ``num_qualities``: rate points in one model;
+    ``gain_range``: (lowest, highest) initial gain, spaced geometrically.
+    A CPU test size is ``channels=16, y_channels=8, z_channels=8, memory_channels=8``.
+    """
+
+    def __init__(
+        self,
+        latent_channels: int = 16,
+        channels: int = 64,
+        y_channels: int = 64,
+        z_channels: int = 32,
+        memory_channels: int = 32,
+        num_res_blocks: int = 2,
+        num_qualities: int = 4,
+        gain_range: tuple[float, float] = (0.5, 4.0),
+        train_quantizer: str = "noise",
+    ) -> None:
+        super().__init__()
+        if num_qualities < 1:
+            raise ValueError(f"num_qualities must be at least 1, got {num_qualities}")
+        if train_quantizer not in ("noise", "ste"):
+            raise ValueError(f"train_quantizer must be 'noise' or 'ste', got {train_quantizer!r}")
+        lo, hi = (float(g) for g in gain_range)
+        if not 0 < lo <= hi:
+            raise ValueError(f"gain_range must be 0 < low <= high, got {gain_range}")
+        self.latent_channels = latent_channels
+        self.y_channels = y_channels
+        self.num_qualities = num_qualities
+        self.train_quantizer = train_quantizer
+
+        # Temporal context: from [previous decoded latent, memory]; first frame: learned embedding.
+        self.ctx_net = trunk(latent_channels + memory_channels, channels, channels, num_res_blocks)
+        self.no_past = nn.Parameter(torch.zeros(channels))
+        self.memory = ConvGRUCell(latent_channels, memory_channels)
+
+        self.g_a = trunk(latent_channels + channels, channels, y_channels, num_res_blocks)
+        self.g_s = trunk(y_channels + channels, channels, latent_channels, num_res_blocks)
+        self.h_a = HyperAnalysis(y_channels, channels, z_channels)
+        self.h_s = HyperSynthesis(z_channels, channels)
+        self.entropy_params = trunk(2 * channels, channels, 2 * y_channels, 1)
+        self.entropy_bottleneck = EntropyBottleneck(z_channels)
+        self.gaussian_conditional = GaussianConditional(None)
+
+        gains = torch.logspace(math.log10(lo), math.log10(hi), num_qualities)
+        self.y_gain = nn.Parameter(gains[:, None].repeat(1, y_channels))
+        self.y_inv_gain = nn.Parameter(1.0 / gains[:, None].repeat(1, y_channels))
+
+    # ---- pieces the future compress/decompress share with forward ---------------------------
+
+    def init_state(self) -> LatentCodecState:
+        """The state before the first latent frame: no past, empty memory."""
+        return LatentCodecState()
+
+    def gains(self, quality: Quality, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gain, inv_gain)``, each ``(1 or B) x M x 1 x 1``, for an int or a ``B`` tensor of indexes."""
+        if isinstance(quality, torch.Tensor):
+            q = quality.to(device=self.y_gain.device, dtype=torch.long).reshape(-1)
+            if q.numel() not in (1, batch):
+                raise ValueError(f"quality tensor must hold 1 or {batch} indexes, got {q.numel()}")
+            lo, hi = int(q.min()), int(q.max())
+        elif isinstance(quality, int) and not isinstance(quality, bool):
+            q = torch.tensor([quality], device=self.y_gain.device)
+            lo = hi = quality
+        else:
+            raise TypeError(f"quality must be an int or a tensor of ints, got {type(quality).__name__}")
+        if lo < 0 or hi >= self.num_qualities:
+            raise ValueError(f"quality index must be in [0, {self.num_qualities}), got {quality}")
+        return self.y_gain[q][:, :, None, None], self.y_inv_gain[q][:, :, None, None]
+
+    def context(self, state: LatentCodecState, like: torch.Tensor) -> torch.Tensor:
+        """Temporal context ``B x channels x h x w`` for the next frame (``like``: that frame)."""
+        if state.frames_seen == 0 or state.prev is None or state.memory is None:
+            b, _, h, w = like.shape
+            return self.no_past.to(like.dtype)[None, :, None, None].expand(b, -1, h, w)
+        return self.ctx_net(torch.cat([state.prev, state.memory], dim=1))
+
+    def entropy_parameters(self, z_hat: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scales, means)`` of y (in the gained domain) from the hyperprior and the context."""
+        hyper = self.h_s(z_hat, (ctx.shape[-2], ctx.shape[-1]))
+        scales, means = self.entropy_params(torch.cat([hyper, ctx], dim=1)).chunk(2, dim=1)
+        return scales, means
+
+    def synthesize(self, y_hat: torch.Tensor, inv_gain: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """g_s: gained-domain y_hat and context -> reconstructed latent frame."""
+        return self.g_s(torch.cat([y_hat * inv_gain, ctx], dim=1))
+
+    def advance(self, state: LatentCodecState, recon: torch.Tensor) -> LatentCodecState:
+        """The state after decoding ``recon``: it becomes ``prev`` and updates the memory."""
+        memory = state.memory
+        if memory is None:
+            b, _, h, w = recon.shape
+            memory = recon.new_zeros(b, self.memory.hidden_channels, h, w)
+        return LatentCodecState(recon, self.memory(recon, memory), state.frames_seen + 1)
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def forward_frame(
+        self, frame_BChw: torch.Tensor, state: LatentCodecState, quality: Quality
+    ) -> tuple[dict[str, Any], LatentCodecState]:
+        """Code one latent frame. Returns ``({"recon", "likelihoods": {"y", "z"}, "bits"}, new_state)``.
+
+        ``bits`` is ``B``: the model's bits (y and z) of each batch element's frame. ``state`` is
+        not modified.
+        """
+        if frame_BChw.dim() != 4 or frame_BChw.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"expected a latent frame B x {self.latent_channels} x h x w, got shape {tuple(frame_BChw.shape)}"
+            )
+        gain, inv_gain = self.gains(quality, frame_BChw.shape[0])
+        ctx = self.context(state, frame_BChw)
+        y = self.g_a(torch.cat([frame_BChw, ctx], dim=1)) * gain
+        z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        scales, means = self.entropy_parameters(z_hat, ctx)
+        y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means)
+        if self.training and self.train_quantizer == "ste":
+            centred = y - means
+            y_hat = centred + (torch.round(centred) - centred).detach() + means
+        recon = self.synthesize(y_hat, inv_gain, ctx)
+        bits = _bits_per_item(y_likelihoods) + _bits_per_item(z_likelihoods)
+        out = {"recon": recon, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}, "bits": bits}
+        return out, self.advance(state, recon)
+
+    def forward(self, latent_BCthw: torch.Tensor, quality: Quality) -> dict[str, Any]:
+        """Code a latent ``B x C x t x h x w`` frame by frame from an empty state.
+
+        Returns ``recon`` (same shape), ``likelihoods`` ``{"y": [t tensors], "z": [t tensors]}``
+        and ``bits`` (``B x t``, the model's bits per latent frame).
+        """
+        if latent_BCthw.dim() != 5 or latent_BCthw.shape[1] != self.latent_channels or latent_BCthw.shape[2] < 1:
+            raise ValueError(
+                f"expected latent B x {self.latent_channels} x t x h x w with t >= 1, got shape {tuple(latent_BCthw.shape)}"
+            )
+        state = self.init_state()
+        recons, y_lik, z_lik, bits = [], [], [], []
+        for i in range(latent_BCthw.shape[2]):
+            out, state = self.forward_frame(latent_BCthw[:, :, i], state, quality)
+            recons.append(out["recon"])
+            y_lik.append(out["likelihoods"]["y"])
+            z_lik.append(out["likelihoods"]["z"])
+            bits.append(out["bits"])
+        return {
+            "recon": torch.stack(recons, dim=2),
+            "likelihoods": {"y": y_lik, "z": z_lik},
+            "bits": torch.stack(bits, dim=1),
+        }
+
+    @staticmethod
+    def rate_bits(likelihoods: Any) -> torch.Tensor:
+        """Total bits ``-sum log2 p`` over a likelihood tensor or any dict/list nesting of them."""
+        if isinstance(likelihoods, torch.Tensor):
+            return torch.log(likelihoods).sum() / -math.log(2.0)
+        if isinstance(likelihoods, dict):
+            parts = list(likelihoods.values())
+        elif isinstance(likelihoods, (list, tuple)):
+            parts = list(likelihoods)
+        else:
+            raise TypeError(f"likelihoods must be tensors in dicts/lists, got {type(likelihoods).__name__}")
+        if not parts:
+            raise ValueError("no likelihoods")
+        return torch.stack([LatentVideoCodec.rate_bits(p) for p in parts]).sum()
+
+    # aux_loss() and update(scale_table=None, force=False) come from CompressionModel:
+    # the entropy bottleneck's aux loss, and the CDF tables of both entropy models.
+
+
+def _bits_per_item(likelihoods: torch.Tensor) -> torch.Tensor:
+    return torch.log(likelihoods).flatten(1).sum(dim=1) / -math.log(2.0)
