@@ -4,7 +4,10 @@
 
 For each component the checkpoint names (see ``lit/checkpoint_meta.py``), writes
 ``NAME.json`` (class, constructor config, provenance, weights fingerprint) beside
-``NAME.safetensors``. The result loads with :func:`gvc_train.components.load_component`,
+``NAME.safetensors``. Entropy models (compressai ``CompressionModel``s) get ``update(force=True)``
+first, so their CDF tables travel in the safetensors. When the components make a whole codec
+(tokenizer + latent_codec), ``codec.json`` is written too: the folder is then what ``gvc
+encode``/``gvc decode`` take. The result loads with :func:`gvc_train.components.load_component`,
 which needs neither Lightning nor pickle. Reading the training checkpoint itself does
 unpickle (Lightning's format), so export only checkpoints you trust.
 """
@@ -18,6 +21,7 @@ from typing import Any
 
 import torch
 
+from gvc_train.codecs.codec_folder import FAMILY_COMPONENTS, write_codec_json
 from gvc_train.components import ComponentError, build_and_load, save_component
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY
 
@@ -54,13 +58,24 @@ def export_checkpoint(
         raise ExportError(f"{ckpt_path} has no component {unknown}; it has {sorted(components)}")
     provenance = dict(meta.get("provenance", {}))
     provenance["checkpoint"] = str(ckpt_path)
-    written = {}
+    written: dict[str, Path] = {}
+    extra: dict[str, Any] = {
+        "quality_direction": "a higher quality index gives more bits and a better reconstruction",
+        "entropy_coder": "compressai rANS, one stream per chunk; CDF tables from update() in the safetensors",
+    }
     for name in wanted:
         spec = components[name]
         prefix = spec["state_prefix"]
         state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         module = build_and_load(spec["class"], spec["config"], state, f"component {name}")
+        if callable(getattr(module, "update", None)) and hasattr(module, "aux_loss"):
+            module.update(force=True)  # compressai life cycle: tables before coding
         written[name] = save_component(module, out_dir, name, provenance=provenance)
+        if hasattr(module, "num_qualities"):
+            extra["qualities"] = module.num_qualities
+    for family, needed in FAMILY_COMPONENTS.items():
+        if set(needed) <= set(written):
+            written["codec"] = write_codec_json(out_dir, family, extra, provenance)
     return written
 
 
@@ -76,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gvc-export: error: {e}", file=sys.stderr)
         return 2
     for name, path in written.items():
-        print(f"exported {name}: {path} + {path.with_suffix('.safetensors').name}")
+        print(f"exported {name}: {path}" + ("" if name == "codec" else f" + {path.with_suffix('.safetensors').name}"))
     return 0
 
 

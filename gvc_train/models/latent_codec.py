@@ -43,6 +43,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
 from torch import nn
 
+from gvc_train.coding.rans import CdfTables, SymbolDecoder, SymbolEncoder
 from gvc_train.components import register_component
 from gvc_train.models.latent_codec_parts import (
     ConvGRUCell,
@@ -208,6 +209,73 @@ class LatentVideoCodec(CompressionModel):
             "likelihoods": {"y": y_lik, "z": z_lik},
             "bits": torch.stack(bits, dim=1),
         }
+
+    # ---- entropy coding (after update()) ------------------------------------------------------
+    # compress_frame and decompress_frame run the same arithmetic as forward_frame in eval mode
+    # (z_hat = round(z - median) + median, y_hat = round(y - mu) + mu), so the reconstruction,
+    # the context and the memory are the same at both ends; only the symbols travel.
+
+    def cdf_tables(self) -> dict[str, CdfTables]:
+        """The coder's view of both entropy models' tables (build once, after update())."""
+        return {"z": CdfTables.of(self.entropy_bottleneck), "y": CdfTables.of(self.gaussian_conditional)}
+
+    def symbols_per_frame(self, height: int, width: int) -> int:
+        """Symbols one latent frame of ``height x width`` puts in the stream (y and z)."""
+        zh, zw = (height + 1) // 2, (width + 1) // 2
+        return self.y_channels * height * width + self.entropy_bottleneck.channels * zh * zw
+
+    @torch.no_grad()
+    def compress_frame(
+        self,
+        frame_BChw: torch.Tensor,
+        state: LatentCodecState,
+        quality: int,
+        coder: SymbolEncoder,
+        tables: dict[str, CdfTables],
+    ) -> tuple[torch.Tensor, LatentCodecState, float]:
+        """Put one latent frame's symbols (z, then y) into ``coder``. Returns the decoder's
+        reconstruction of the frame, the next state and the bits the model's likelihoods
+        predict for the frame (to compare with what the coder wrote)."""
+        gain, inv_gain = self.gains(quality, frame_BChw.shape[0])
+        ctx = self.context(state, frame_BChw)
+        y = self.g_a(torch.cat([frame_BChw, ctx], dim=1)) * gain
+        z = self.h_a(y)
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        medians = eb._get_medians().detach()
+        z_symbols = eb.quantize(z, "symbols", medians)
+        coder.put(z_symbols.cpu(), eb._build_indexes(z.size()), tables["z"])
+        z_hat = eb.dequantize(z_symbols, medians)
+        scales, means = self.entropy_parameters(z_hat, ctx)
+        y_symbols = gc.quantize(y, "symbols", means)
+        coder.put(y_symbols.cpu(), gc.build_indexes(scales).cpu(), tables["y"])
+        recon = self.synthesize(gc.dequantize(y_symbols, means), inv_gain, ctx)
+        _, z_likelihoods = eb(z, training=False)
+        _, y_likelihoods = gc(y, scales, means, training=False)
+        bits = float(self.rate_bits([z_likelihoods, y_likelihoods]))
+        return recon, self.advance(state, recon), bits
+
+    @torch.no_grad()
+    def decompress_frame(
+        self,
+        state: LatentCodecState,
+        quality: int,
+        size_hw: tuple[int, int],
+        decoder: SymbolDecoder,
+        tables: dict[str, CdfTables],
+    ) -> tuple[torch.Tensor, LatentCodecState]:
+        """Read one latent frame (batch 1) of ``size_hw`` from ``decoder``; return it and the next state."""
+        h, w = size_hw
+        device = self.y_gain.device
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        z_size = (1, eb.channels, (h + 1) // 2, (w + 1) // 2)
+        z_symbols = decoder.get(eb._build_indexes(z_size), tables["z"]).to(device)
+        z_hat = eb.dequantize(z_symbols, eb._get_medians().detach())
+        _, inv_gain = self.gains(quality, 1)
+        ctx = self.context(state, z_hat.new_empty(1, self.latent_channels, h, w))
+        scales, means = self.entropy_parameters(z_hat, ctx)
+        y_symbols = decoder.get(gc.build_indexes(scales).cpu(), tables["y"]).to(device)
+        recon = self.synthesize(gc.dequantize(y_symbols, means), inv_gain, ctx)
+        return recon, self.advance(state, recon)
 
     @staticmethod
     def rate_bits(likelihoods: Any) -> torch.Tensor:

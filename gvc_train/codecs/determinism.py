@@ -1,0 +1,39 @@
+"""The one switch for deterministic inference (after DCVC's): the same bits and frames anywhere
+the same build of the code runs, whatever the caller's thread count.
+
+Why a switch is needed: PyTorch's CPU kernels do not promise the same floating-point result for
+different intra-op thread counts. Measured here (torch 2.14, 2 cores): every 3x3 convolution
+of the latent codec gave identical results with 1 and 2 threads, but the tokenizer decoder's
+1x1 Conv3d shortcut did not (max difference 6e-6), enough to flip ~1 in 10^4 output pixels by
+one level. A flip in the networks that produce the entropy model's means and scales would be
+worse: the decoder would pick other CDFs and lose sync with the encoder.
+
+So encoding and decoding run every network on one intra-op thread (the result then depends on
+the build and the CPU's instruction set, not on the thread setting). Scale indexes are then
+bit-exact because the scales that compressai's ``build_indexes`` compares against its table
+come from the same float arithmetic at both ends; the means enter only through
+``round(y - mu)`` at the encoder and ``symbol + mu`` at both ends. ``deterministic=False``
+lets torch use its threads: faster on many cores, exact only between runs with equal thread
+counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def inference_mode(deterministic: bool = True) -> Iterator[None]:
+    """``torch.inference_mode`` plus, when ``deterministic``, one intra-op thread (restored after)."""
+    previous = torch.get_num_threads()
+    if deterministic:
+        torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        if deterministic:
+            torch.set_num_threads(previous)

@@ -1,0 +1,392 @@
+"""The latent codec (GLVC family) at inference: a video file to a bitstream file and back.
+
+Encoding streams: frames are read one at a time, the tokenizer encodes the first frame alone
+and then ``4 x latents_per_chunk`` frames at a time through its causal cache, the latent codec
+codes each latent frame into a shared rANS stream, and every ``latents_per_chunk`` latent frames
+become one FRAMES chunk. Memory is bounded by one chunk of frames, whatever the video's length.
+
+Geometry: frames are padded to a multiple of the tokenizer's spatial stride (8) by repeating
+the last row and column, and cropped back after decoding; a frame count that is not ``1 + 4k``
+is padded by repeating the last frame, and the decoder emits exactly the header's count.
+
+Stream (inside the container of ``coding/container.py``, family LATENT)::
+
+    CONFIG   varints: stream version, quality, latents per chunk, latent frames, latent h, latent w
+    FRAMES   one per chunk of latent frames: compressai rANS, per latent frame z then y symbols
+    END
+
+The CONFIG fields the header also implies (latent count and size) are checked against it, so a
+stream whose header was rewritten with a valid CRC is still refused before decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gvc_train.coding.container import (
+    BitstreamError,
+    Chunk,
+    ChunkType,
+    Family,
+    StreamHeader,
+    _read_varint,
+    chunk_bytes,
+    encode_varint,
+    fingerprint_prefix,
+    fps_fraction,
+    header_bytes,
+    iter_chunks,
+    read_header,
+)
+from gvc_train.coding.rans import SymbolDecoder, SymbolEncoder
+from gvc_train.codecs.codec_folder import CodecFolderError, load_codec_components
+from gvc_train.codecs.determinism import inference_mode
+from gvc_train.data.video_io import VideoReader
+
+STREAM_VERSION = 1
+DEFAULT_LATENTS_PER_CHUNK = 8
+MAX_LATENTS_PER_CHUNK = 64
+FrameCallback = Callable[[np.ndarray], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    quality: int
+    latents_per_chunk: int
+    latent_frames: int
+    latent_height: int
+    latent_width: int
+
+    def payload(self) -> bytes:
+        values = (STREAM_VERSION, self.quality, self.latents_per_chunk, self.latent_frames, self.latent_height, self.latent_width)
+        return b"".join(encode_varint(v) for v in values)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> "StreamConfig":
+        import io
+
+        stream = io.BytesIO(payload)
+        version = _read_varint(stream, "CONFIG chunk")
+        if version != STREAM_VERSION:
+            raise BitstreamError(f"latent stream version {version}; this gvc_train reads {STREAM_VERSION}")
+        fields = [_read_varint(stream, "CONFIG chunk") for _ in range(5)]
+        if stream.read(1):
+            raise BitstreamError("CONFIG chunk is longer than its fields")
+        return cls(*fields)
+
+    def num_chunks(self) -> int:
+        return math.ceil(self.latent_frames / self.latents_per_chunk)
+
+
+def latent_frames_for(frames: int, temporal_stride: int = 4) -> int:
+    """Latent frames that cover ``frames`` video frames (the first alone, then 4 per latent)."""
+    return 1 + math.ceil((frames - 1) / temporal_stride)
+
+
+def video_frames_of_chunk(index: int, latents_per_chunk: int, frames: int, temporal_stride: int = 4) -> tuple[int, int]:
+    """``[first, stop)`` video frames that chunk ``index`` decodes to (after the count is cut to ``frames``)."""
+    first_latent, stop_latent = index * latents_per_chunk, (index + 1) * latents_per_chunk
+
+    def start_of(latent: int) -> int:
+        return 0 if latent == 0 else 1 + (latent - 1) * temporal_stride
+
+    return min(start_of(first_latent), frames), min(start_of(stop_latent), frames)
+
+
+@dataclasses.dataclass
+class CodingReport:
+    """What one encode or decode did; bits are real file bits."""
+
+    path: str
+    frames: int
+    width: int
+    height: int
+    fps: float
+    quality: int
+    file_bytes: int
+    payload_bytes: int  # the rANS strings alone
+    chunks: int
+    seconds: float
+    model_bits: float | None = None  # encoder only: -sum log2 p of what was coded
+
+    @property
+    def bpp(self) -> float:
+        return self.file_bytes * 8 / (self.frames * self.width * self.height)
+
+    @property
+    def overhead_bytes(self) -> int:
+        return self.file_bytes - self.payload_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "bpp": self.bpp, "overhead_bytes": self.overhead_bytes}
+
+
+class LatentCodec:
+    """An exported latent codec folder, ready to encode and decode.
+
+    ``deterministic`` (the default) runs the networks on one intra-op thread so that decoding
+    is bit-exact whatever the thread settings (see ``codecs/determinism.py``).
+    """
+
+    family = Family.LATENT
+
+    def __init__(self, folder: str | os.PathLike, deterministic: bool = True) -> None:
+        meta, modules = load_codec_components(folder)
+        if meta["family"] != "latent":
+            raise CodecFolderError(f"{folder} holds a {meta['family']!r} codec, not a latent one")
+        self.folder = Path(folder)
+        self.meta = meta
+        self.tokenizer = modules["tokenizer"].eval()
+        self.codec = modules["latent_codec"].eval()
+        if self.codec.latent_channels != self.tokenizer.latent_channels:
+            raise CodecFolderError(
+                f"{folder}: latent codec takes {self.codec.latent_channels} channels, tokenizer makes {self.tokenizer.latent_channels}"
+            )
+        try:
+            self.tables = self.codec.cdf_tables()
+        except ValueError as e:
+            raise CodecFolderError(f"{folder}: {e}") from None
+        self.deterministic = deterministic
+        self.fingerprint = meta["fingerprint"]
+        self.spatial = self.tokenizer.spatial_stride
+        self.temporal = self.tokenizer.temporal_stride
+
+    @property
+    def num_qualities(self) -> int:
+        return self.codec.num_qualities
+
+    # ---- encoding -----------------------------------------------------------------------------
+
+    def encode(
+        self,
+        source: str | os.PathLike,
+        output: str | os.PathLike,
+        quality: int,
+        max_frames: int | None = None,
+        latents_per_chunk: int = DEFAULT_LATENTS_PER_CHUNK,
+        on_recon: FrameCallback | None = None,
+    ) -> CodingReport:
+        """Code ``source`` (a video file or PNG folder) into ``output``.
+
+        ``on_recon`` receives the decoder's reconstruction, frame by frame (uint8 H x W x 3),
+        exactly what ``decode`` will produce. The file appears only when complete.
+        """
+        if not (isinstance(quality, int) and 0 <= quality < self.num_qualities):
+            raise ValueError(f"quality must be an integer in [0, {self.num_qualities}), got {quality!r}")
+        if not 1 <= latents_per_chunk <= MAX_LATENTS_PER_CHUNK:
+            raise ValueError(f"latents_per_chunk must be in 1..{MAX_LATENTS_PER_CHUNK}, got {latents_per_chunk}")
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        body_path = output.with_name(output.name + ".body.part")
+        started = time.perf_counter()
+        try:
+            with VideoReader(source) as reader, open(body_path, "wb") as body, inference_mode(self.deterministic):
+                info = reader.info
+                run = _EncodeRun(self, quality, latents_per_chunk, info.width, info.height, body, on_recon)
+                for frame in reader.frames(max_frames):
+                    run.add_frame(frame)
+                run.finish()
+            fps_num, fps_den = fps_fraction(info.fps if info.fps > 0 else 30.0)
+            header = StreamHeader(Family.LATENT, fingerprint_prefix(self.fingerprint), info.width, info.height, run.frames, fps_num, fps_den)
+            config = StreamConfig(quality, latents_per_chunk, run.latents, *run.latent_hw)
+            _assemble(output, header_bytes(header) + chunk_bytes(ChunkType.CONFIG, config.payload()), body_path)
+        finally:
+            body_path.unlink(missing_ok=True)
+        return CodingReport(
+            str(output), run.frames, info.width, info.height, fps_num / fps_den, quality,
+            output.stat().st_size, run.payload_bytes, run.chunks, time.perf_counter() - started, run.model_bits,
+        )  # fmt: skip
+
+    # ---- decoding -----------------------------------------------------------------------------
+
+    def decode(self, bitstream: str | os.PathLike, on_frame: FrameCallback) -> CodingReport:
+        """Decode ``bitstream`` and hand every frame to ``on_frame``; BitstreamError on bad input."""
+        started = time.perf_counter()
+        path = Path(bitstream)
+        if not path.is_file():
+            raise BitstreamError(f"no bitstream at {path}")
+        with open(path, "rb") as f, inference_mode(self.deterministic):
+            header, config, chunks = self._open_stream(f)
+            payload_bytes = self._decode_chunks(header, config, chunks, on_frame)
+        return CodingReport(
+            str(path), header.frames, header.width, header.height, header.fps, config.quality,
+            path.stat().st_size, payload_bytes, config.num_chunks(), time.perf_counter() - started,
+        )  # fmt: skip
+
+    def _open_stream(self, f: BinaryIO) -> tuple[StreamHeader, StreamConfig, Iterator[Chunk]]:
+        header = read_header(f, expected_fingerprint=fingerprint_prefix(self.fingerprint))
+        if header.family != Family.LATENT:
+            raise BitstreamError(f"a {header.family.name.lower()} stream, not a latent codec stream")
+        # A chunk holds at most MAX_LATENTS_PER_CHUNK latent frames at (far less than) 8 bytes a
+        # symbol: a damaged length above that is refused before it is read.
+        max_chunk = 64 * 1024 + 8 * self._symbols_per_latent(header) * MAX_LATENTS_PER_CHUNK
+        chunks = iter_chunks(f, offset=f.tell(), max_chunk_bytes=max_chunk)
+        first = next(chunks, None)
+        if first is None or first.type != ChunkType.CONFIG:
+            raise BitstreamError("stream does not start with a CONFIG chunk")
+        config = StreamConfig.parse(first.payload)
+        expected = (
+            latent_frames_for(header.frames, self.temporal),
+            math.ceil(header.height / self.spatial),
+            math.ceil(header.width / self.spatial),
+        )
+        if (config.latent_frames, config.latent_height, config.latent_width) != expected:
+            raise BitstreamError("CONFIG chunk does not match the header's size and frame count")
+        if not 0 <= config.quality < self.num_qualities:
+            raise BitstreamError(f"quality {config.quality} is outside this codec's 0..{self.num_qualities - 1}")
+        if not 1 <= config.latents_per_chunk <= MAX_LATENTS_PER_CHUNK:
+            raise BitstreamError(f"latents per chunk {config.latents_per_chunk} is out of bounds")
+        return header, config, chunks
+
+    def _symbols_per_latent(self, header: StreamHeader) -> int:
+        return self.codec.symbols_per_frame(math.ceil(header.height / self.spatial), math.ceil(header.width / self.spatial))
+
+    def _decode_chunks(self, header: StreamHeader, config: StreamConfig, chunks: Iterator[Chunk], on_frame: FrameCallback) -> int:
+        size_hw = (config.latent_height, config.latent_width)
+        per_latent = self.codec.symbols_per_frame(*size_hw)
+        codec_state, pixel_state = self.codec.init_state(), self.tokenizer.init_decoder_state()
+        emitted = payload_bytes = 0
+        for index in range(config.num_chunks()):
+            chunk = next(chunks, None)
+            if chunk is None:
+                raise BitstreamError(f"stream ends after {index} of {config.num_chunks()} frame chunks")
+            if chunk.type != ChunkType.FRAMES:
+                raise BitstreamError(f"chunk at byte {chunk.offset} is {chunk.type.name}, expected FRAMES")
+            payload_bytes += len(chunk.payload)
+            count = min(config.latents_per_chunk, config.latent_frames - index * config.latents_per_chunk)
+            decoder = SymbolDecoder(chunk.payload, count * per_latent)
+            latents = []
+            for _ in range(count):
+                latent, codec_state = self.codec.decompress_frame(codec_state, config.quality, size_hw, decoder, self.tables)
+                latents.append(latent)
+            pixels, pixel_state = self.tokenizer.decode_chunk(torch.stack(latents, dim=2), pixel_state)
+            emitted += _emit(pixels, header.height, header.width, header.frames - emitted, on_frame)
+        if next(chunks, None) is not None:
+            raise BitstreamError(f"more chunks than the {config.num_chunks()} the stream announces")
+        return payload_bytes
+
+
+class _EncodeRun:
+    """The state of one streaming encode: pending frames, coder states, counters."""
+
+    def __init__(
+        self, owner: LatentCodec, quality: int, latents_per_chunk: int, width: int, height: int, body: BinaryIO, on_recon: FrameCallback | None
+    ) -> None:
+        self.o, self.quality, self.per_chunk = owner, quality, latents_per_chunk
+        self.width, self.height, self.body, self.on_recon = width, height, body, on_recon
+        s = owner.spatial
+        self.pad_hw = (-height % s, -width % s)
+        self.latent_hw = (math.ceil(height / s), math.ceil(width / s))
+        self.pending: list[torch.Tensor] = []
+        self.tok_state = owner.tokenizer.init_encoder_state()
+        self.pix_state = owner.tokenizer.init_decoder_state()
+        self.codec_state = owner.codec.init_state()
+        self.coder = SymbolEncoder()
+        self.in_chunk = self.frames = self.latents = self.chunks = self.payload_bytes = self.emitted = 0
+        self.model_bits = 0.0
+        self.recon_latents: list[torch.Tensor] = []
+
+    def add_frame(self, frame_HWC: np.ndarray) -> None:
+        x = torch.from_numpy(np.ascontiguousarray(frame_HWC)).permute(2, 0, 1)[None].float() / 255.0
+        if any(self.pad_hw):
+            x = F.pad(x, (0, self.pad_hw[1], 0, self.pad_hw[0]), mode="replicate")
+        self.pending.append(x)
+        self.frames += 1
+        if self.frames == 1 or len(self.pending) == self.o.temporal * self.per_chunk:
+            self._tokenize()
+
+    def finish(self) -> None:
+        if self.frames == 0:
+            raise ValueError("the input has no frames")
+        if self.pending:
+            self.pending += [self.pending[-1]] * (-len(self.pending) % self.o.temporal)
+            self._tokenize()
+        if self.in_chunk:
+            self._flush()
+
+    def _tokenize(self) -> None:
+        x_BCThw = torch.stack(self.pending, dim=2)
+        self.pending = []
+        posterior, self.tok_state = self.o.tokenizer.encode_chunk(x_BCThw, self.tok_state)
+        latent_BCthw = posterior.mode()
+        for i in range(latent_BCthw.shape[2]):
+            recon, self.codec_state, bits = self.o.codec.compress_frame(
+                latent_BCthw[:, :, i], self.codec_state, self.quality, self.coder, self.o.tables
+            )
+            self.model_bits += bits
+            self.latents += 1
+            self.in_chunk += 1
+            if self.on_recon is not None:
+                self.recon_latents.append(recon)
+            if self.in_chunk == self.per_chunk:
+                self._flush()
+
+    def _flush(self) -> None:
+        payload = self.coder.flush()
+        self.body.write(chunk_bytes(ChunkType.FRAMES, payload))
+        self.payload_bytes += len(payload)
+        self.chunks += 1
+        self.in_chunk = 0
+        self._emit_recon()
+
+    def _emit_recon(self) -> None:
+        # Pixels are decoded one chunk's latents at a time, as the decoder does: the same
+        # calls on the same tensors, so the same floats (other groupings agree only to ~1e-6).
+        if self.on_recon is None or not self.recon_latents:
+            return
+        pixels, self.pix_state = self.o.tokenizer.decode_chunk(torch.stack(self.recon_latents, dim=2), self.pix_state)
+        self.recon_latents = []
+        self.emitted += _emit(pixels, self.height, self.width, self.frames - self.emitted, self.on_recon)
+
+
+def _emit(pixels_BCThw: torch.Tensor, height: int, width: int, limit: int | None, on_frame: FrameCallback) -> int:
+    """Hand frames (cropped to ``height x width``, at most ``limit``) to ``on_frame`` as uint8."""
+    frames_THWC = (pixels_BCThw[0, :, :, :height, :width].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 3, 0)
+    count = frames_THWC.shape[0] if limit is None else max(0, min(limit, frames_THWC.shape[0]))
+    for t in range(count):
+        on_frame(frames_THWC[t].numpy())
+    return count
+
+
+def _assemble(output: Path, head: bytes, body_path: Path) -> None:
+    """Header + CONFIG, the chunks streamed to ``body_path``, END; renamed into place when whole."""
+    tmp = output.with_name(output.name + ".part")
+    try:
+        with open(tmp, "wb") as out, open(body_path, "rb") as body:
+            out.write(head)
+            shutil.copyfileobj(body, out, 1 << 20)
+            out.write(bytes([int(ChunkType.END)]))
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def describe_chunks(header: StreamHeader, chunks: list[Chunk]) -> list[dict[str, Any]]:
+    """Per chunk: type, offset, bytes, and for FRAMES chunks the video frames it covers and bits/frame."""
+    rows: list[dict[str, Any]] = []
+    config: StreamConfig | None = None
+    frames_index = 0
+    for chunk in chunks:
+        row: dict[str, Any] = {"type": chunk.type.name, "offset": chunk.offset, "bytes": chunk.size}
+        if chunk.type == ChunkType.CONFIG:
+            config = StreamConfig.parse(chunk.payload)
+            row.update(dataclasses.asdict(config))
+        elif chunk.type == ChunkType.FRAMES and config is not None:
+            first, stop = video_frames_of_chunk(frames_index, config.latents_per_chunk, header.frames)
+            row.update(first_frame=first, frames=stop - first)
+            if stop > first:
+                row["bits_per_frame"] = chunk.size * 8 / (stop - first)
+            frames_index += 1
+        rows.append(row)
+    return rows

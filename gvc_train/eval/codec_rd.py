@@ -1,0 +1,120 @@
+"""Rate-distortion points of an exported codec and of anchors on the same frames.
+
+    python -m gvc_train.eval.codec_rd --codec checkpoints/latent_tiny --frames 96 --anchors x264,x265 --out RD.json
+
+For the learned codec the rate is the size of the ``gvc encode`` file (container included) and
+the reconstruction is what ``gvc decode`` writes; for anchors, the elementary stream's size. PSNR
+is per frame in RGB and averaged over frames; MS-SSIM likewise, with the window and scales
+fitted to the frame size (``eval.metrics.ms_ssim_params``). Bits per pixel count every pixel of
+every frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gvc_train.data.video_io import probe, read_frames
+from gvc_train.eval.anchors import DEFAULT_CRFS, encode_anchor
+from gvc_train.eval.metrics import frame_psnr, ms_ssim
+
+
+def _video_tensor(frames_THWC: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames_THWC)).permute(3, 0, 1, 2)[None].float() / 255.0
+
+
+def distortion(recon_THWC: np.ndarray, source_THWC: np.ndarray) -> dict[str, float]:
+    if recon_THWC.shape != source_THWC.shape:
+        raise ValueError(f"reconstruction {recon_THWC.shape} and source {source_THWC.shape} differ")
+    x, y = _video_tensor(recon_THWC), _video_tensor(source_THWC)
+    return {"psnr": float(frame_psnr(x, y).mean()), "ms_ssim": float(ms_ssim(x, y).mean())}
+
+
+def codec_points(codec_dir: str | Path, video: str | Path, frames: int, qualities: list[int] | None = None) -> list[dict[str, Any]]:
+    from gvc_train.codecs.latent import LatentCodec
+
+    codec = LatentCodec(codec_dir)
+    source = read_frames(video, count=frames)
+    points = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for q in qualities if qualities is not None else range(codec.num_qualities):
+            decoded: list[np.ndarray] = []
+            enc = codec.encode(video, Path(tmp) / f"q{q}.gvc", q, max_frames=frames)
+            dec = codec.decode(enc.path, decoded.append)
+            points.append(
+                {
+                    "codec": Path(codec_dir).name,
+                    "quality": q,
+                    "bytes": enc.file_bytes,
+                    "bpp": enc.bpp,
+                    "model_bits": enc.model_bits,
+                    "payload_bits": enc.payload_bytes * 8,
+                    "overhead_bytes": enc.overhead_bytes,
+                    "encode_fps": enc.frames / enc.seconds,
+                    "decode_fps": dec.frames / dec.seconds,
+                    **distortion(np.stack(decoded), source),
+                }
+            )
+    return points
+
+
+def anchor_points(video: str | Path, frames: int, anchors: list[str], low_delay: bool = True) -> list[dict[str, Any]]:
+    source = read_frames(video, count=frames)
+    fps = probe(video).fps or 30.0
+    points = []
+    for anchor in anchors:
+        for crf in DEFAULT_CRFS[anchor]:
+            p = encode_anchor(source, fps, anchor, crf, low_delay=low_delay)
+            points.append(
+                {
+                    "codec": anchor,
+                    "crf": crf,
+                    "preset": p.preset,
+                    "low_delay": low_delay,
+                    "bytes": p.bytes,
+                    "bpp": p.bytes * 8 / source[..., 0].size,
+                    "command": p.command,
+                    **distortion(p.frames, source),
+                }
+            )
+    return points
+
+
+def markdown_table(points: list[dict[str, Any]]) -> str:
+    lines = ["| codec | setting | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|---|"]
+    for p in points:
+        setting = f"quality {p['quality']}" if "quality" in p else f"crf {p['crf']}" + (" (no B-frames)" if p.get("low_delay") else "")
+        lines.append(f"| {p['codec']} | {setting} | {p['bpp']:.4f} | {p['psnr']:.2f} | {p['ms_ssim']:.4f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gvc_train.data.sample_videos import HELD_OUT, sample_video
+
+    parser = argparse.ArgumentParser(prog="gvc_train.eval.codec_rd", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--codec", required=True)
+    parser.add_argument("--video", default=None, help=f"default: the held-out {HELD_OUT}")
+    parser.add_argument("--frames", type=int, default=96)
+    parser.add_argument("--anchors", default="x264,x265", help="comma-separated, or '' for none")
+    parser.add_argument("--out", default=None, help="write the points as JSON here")
+    args = parser.parse_args(argv)
+    video = args.video or str(sample_video(HELD_OUT))
+    points = codec_points(args.codec, video, args.frames)
+    anchors = [a for a in args.anchors.split(",") if a]
+    if anchors:
+        points += anchor_points(video, args.frames, anchors)
+    print(markdown_table(points))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"video": Path(video).name, "frames": args.frames, "points": points}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
