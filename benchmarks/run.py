@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"(1 thread: {r['plain_decode_fps_1thread']:.0f}) | {r['ratio']:.2f} "
                 f"(vs 1 thread: {r['pipeline_fps'] / r['plain_decode_fps_1thread']:.2f}) |"
             )
+    print("latent shards vs on-the-fly tokenization ...", flush=True)
+    from benchmarks.bench_latents import bench_latents, table_row
+    from gvc_train.data.sample_videos import TRAIN
+
+    lat = bench_latents(shards["train"], [str(sample_video(v)) for v in TRAIN], num_clips=16 if args.quick else 48,
+                        repeats=repeats)
+    results["latents"] = lat
+    rows.append(table_row(lat))
     print("tokenizer training ...", flush=True)
     t = bench_training(shards["train"], steps=steps, repeats=2 if not args.quick else 1)
     results["tokenizer_training"] = t

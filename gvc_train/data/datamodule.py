@@ -267,7 +267,7 @@ class VideoDataModule(L.LightningDataModule):
             max_consecutive_skips=self.max_consecutive_skips,
         )
         return SkipCountingLoader(
-            ClipStream(config),
+            self._make_stream(config),
             totals=self._skips,
             batches_per_epoch=self.train_batches_per_epoch() if train else None,
             epoch_fn=self._trainer_epoch,
@@ -275,6 +275,9 @@ class VideoDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
+
+    def _make_stream(self, config: StreamConfig) -> ClipStream:
+        return ClipStream(config)
 
     def train_dataloader(self) -> SkipCountingLoader:
         return self._loader("train")

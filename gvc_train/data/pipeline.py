@@ -211,7 +211,7 @@ class ClipStream(IterableDataset):
         cfg = self.config
         in_a_row = 0
         for sample in raw:
-            clip = decode_sample(sample, cfg.sampler, rng, skips)
+            clip = self._decode_one(sample, rng, skips)
             if clip is not None:
                 in_a_row = 0
                 yield clip
@@ -232,10 +232,18 @@ class ClipStream(IterableDataset):
                 continue
             batch.append(clip)
             if len(batch) == cfg.batch_size:
-                yield collate(batch, skips.drain(), worker)
+                yield self._collate(batch, skips.drain(), worker)
                 batch = []
         if batch and not cfg.drop_last:
-            yield collate(batch, skips.drain(), worker)
+            yield self._collate(batch, skips.drain(), worker)
+
+    # -- per-sample hooks: a stream of other samples (latent shards) overrides these two
+
+    def _decode_one(self, sample: dict[str, Any], rng: random.Random | None, skips: SkipCounter) -> _Clip | None:
+        return decode_sample(sample, self.config.sampler, rng, skips)
+
+    def _collate(self, clips: list[_Clip], skipped: dict[str, int], worker: int) -> dict[str, Any]:
+        return collate(clips, skipped, worker)
 
 
 def _split_id(split: str) -> int:

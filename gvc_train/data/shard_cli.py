@@ -3,16 +3,21 @@
     gvc-shard INPUT... --out DIR [--clip-frames 17] [--overlap 0] [--maxcount N] [--maxsize 1G]
               [--workers W] [--resize-short S] [--max-frames-per-video N] [--prefix NAME]
               [--inputs-from FILE] [--relative] [--overwrite] [--level 6] [--png-fps 30]
+              [--tokenizer DIR [--crop N|HxW]]
 
 INPUTs are video files (mp4, mkv, webm, y4m, ...), folders of PNG frames (one video each), or
 directories walked for both. A ``.txt`` beside a video (same stem) or beside a PNG folder
 (``folder.txt``) is carried as the caption of each of its clips. Unreadable inputs are
 reported and skipped; the exit status is non-zero only if nothing was written.
+
+With ``--tokenizer DIR`` (a ``gvc-export`` folder) each clip is stored as the tokenizer's latent
+instead of its frames (:mod:`gvc_train.data.latent_shards`), centre-cropped to ``--crop``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -53,6 +58,18 @@ def _int_at_least(minimum: int):
 
 _positive = _int_at_least(1)
 _non_negative = _int_at_least(0)
+
+
+def parse_crop(text: str) -> tuple[int, int]:
+    """``256`` -> (256, 256); ``144x176`` -> (144, 176): height x width."""
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a crop size: {text!r} (examples: 256, 144x176)") from None
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"not a crop size: {text!r} (examples: 256, 144x176)")
+    return (values[0], values[-1])
 
 
 def format_summary(index: ShardIndex, out_dir: str) -> str:
@@ -100,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png-fps", type=float, default=DEFAULT_PNG_FPS,
                    help="frame rate recorded for PNG folders (default %(default)s)")
     p.add_argument("--level", type=int, default=defaults.level, help="zstd level of the clip coder (default %(default)s)")
+    p.add_argument("--tokenizer", metavar="DIR", default=None,
+                   help="store each clip as this tokenizer's latent (a gvc-export folder with tokenizer.json "
+                        "+ tokenizer.safetensors) instead of its frames; --clip-frames must be 1 + 4k")
+    p.add_argument("--crop", type=parse_crop, default=None, metavar="N|HxW",
+                   help="with --tokenizer: centre crop (pixels, after --resize-short, multiples of 8) that is "
+                        "encoded; default: the largest multiple of 8 that fits")
     p.add_argument("--overwrite", action="store_true", help="replace shards and index.json already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -122,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--inputs-from {args.inputs_from}: {getattr(exc, 'strerror', None) or exc}")
     if not inputs:
         parser.error("no INPUT given (name files or directories, or --inputs-from FILE)")
+    if args.crop is not None and not args.tokenizer:
+        parser.error("--crop only applies to latent shards (--tokenizer DIR)")
     options = ShardOptions(
         clip_frames=args.clip_frames,
         overlap=args.overlap,
@@ -137,7 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
     )
     try:
-        index = write_shards(inputs, args.out, options, progress=False if args.no_progress else None)
+        if args.tokenizer:
+            from gvc_train.data.latent_shards import LatentShardOptions, write_latent_shards
+
+            latent_options = LatentShardOptions(
+                **dataclasses.asdict(options), tokenizer=args.tokenizer, crop=args.crop
+            )
+            index = write_latent_shards(inputs, args.out, latent_options, progress=False if args.no_progress else None)
+        else:
+            index = write_shards(inputs, args.out, options, progress=False if args.no_progress else None)
     except NothingWrittenError as exc:
         print(format_summary(exc.index, args.out), file=sys.stderr)
         print(f"gvc-shard: {exc}", file=sys.stderr)

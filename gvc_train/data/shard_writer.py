@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import re
 import sys
@@ -269,17 +270,19 @@ def shard_source(source: Source, opts: ShardOptions) -> Iterator[EncodedClip | S
 # ---- many sources, in order, through worker processes (gvc_train.data.shard_workers) -----
 
 
-def _run(sources: list[Source], opts: ShardOptions, workers: int) -> Iterator[EncodedClip | SourceReport]:
+def _run(
+    sources: list[Source], opts: ShardOptions, workers: int, work: Callable[..., Iterator[Any]] = shard_source
+) -> Iterator[Any]:
     """Every source's clips then its report, in input order; ``workers > 1``: in worker processes."""
     if workers <= 1:
-        return shard_workers.run_inline(sources, shard_source, opts)
+        return shard_workers.run_inline(sources, work, opts)
     return shard_workers.run_parallel(
         sources,
-        shard_source,
+        work,
         opts,
         workers,
         is_last=lambda item: isinstance(item, SourceReport),
-        held_bytes=lambda item: len(item.payload) if isinstance(item, EncodedClip) else 0,
+        held_bytes=lambda item: 0 if isinstance(item, SourceReport) else len(item.payload),
         lost=lambda index, clips, reason: _lost(sources[index], reason, opts, clips),
     )
 
@@ -400,6 +403,26 @@ def write_shards(
     """
     opts = dataclasses.replace(options or ShardOptions(), **overrides)
     opts.check()
+    return write_samples(inputs, out_dir, opts, shard_source, progress=progress, log=log)
+
+
+def write_samples(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    opts: ShardOptions,
+    work: Callable[[Source, Any], Iterator[Any]],
+    *,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    frame_format: str = clip_codec.FORMAT_RGBDZ,
+    index_extra: dict[str, Any] | None = None,
+) -> ShardIndex:
+    """``write_shards`` for any ``work(source, opts)`` (module-level, it runs in workers) that
+    yields a source's samples (objects with ``payload``, ``meta.num_frames`` and ``sample()``,
+    like :class:`EncodedClip`) then its :class:`SourceReport`. ``index_extra``: more top-level
+    entries for index.json (``ShardIndex.load`` ignores them). The latent shard writer
+    (:mod:`gvc_train.data.latent_shards`) is the other user.
+    """
     out_dir = os.fspath(out_dir)
     say = log or (lambda line: tqdm.write(line, file=sys.stderr))
     _prepare_out_dir(out_dir, opts.prefix, opts.overwrite)
@@ -410,12 +433,12 @@ def write_shards(
     sink = ShardSink(out_dir, opts.prefix, opts.maxcount, opts.maxsize)
     reports: list[SourceReport] = []
     workers = min(opts.workers, len(sources))
-    items = _run(sources, opts, workers)
+    items = _run(sources, opts, workers, work)
     bar = tqdm(total=len(sources), unit="video", disable=None if progress is None else not progress, file=sys.stderr)
     clips = 0
     try:
         for item in items:
-            if isinstance(item, EncodedClip):
+            if not isinstance(item, SourceReport):
                 sink.write(item)
                 clips += 1
                 continue
@@ -435,27 +458,34 @@ def write_shards(
         if hasattr(items, "close"):
             items.close()  # stops worker processes if we leave early
 
-    index = _make_index(opts, shards, reports, skipped)
+    index = _make_index(opts, shards, reports, skipped, frame_format)
     if index.total_clips == 0:
         first = index.skipped[0]["reason"] if index.skipped else "no inputs"
         raise NothingWrittenError(
             f"nothing written: none of {len(index.skipped)} inputs gave a clip (first: {first})", index
         )
     tmp = os.path.join(out_dir, INDEX_FILE + ".partial")
+    text = index.to_json()
+    if index_extra:
+        text = json.dumps({**dataclasses.asdict(index), **index_extra}, indent=1, sort_keys=True) + "\n"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(index.to_json())
+        f.write(text)
     os.replace(tmp, os.path.join(out_dir, INDEX_FILE))
     return index
 
 
 def _make_index(
-    opts: ShardOptions, shards: list[ShardInfo], reports: list[SourceReport], skipped: list[dict[str, str]]
+    opts: ShardOptions,
+    shards: list[ShardInfo],
+    reports: list[SourceReport],
+    skipped: list[dict[str, str]],
+    frame_format: str = clip_codec.FORMAT_RGBDZ,
 ) -> ShardIndex:
     written = [dataclasses.asdict(r) for r in reports if r.clips]
     skipped = skipped + [{"source": r.source, "reason": r.error or "no clip"} for r in reports if not r.clips]
     return ShardIndex(
         shards=shards,
-        frame_format=clip_codec.FORMAT_RGBDZ,
+        frame_format=frame_format,
         clip_frames=opts.clip_frames,
         overlap=opts.overlap,
         resize_short=opts.resize_short,
