@@ -1,0 +1,308 @@
+"""The latent-codec training stage (GLVC family): rate-distortion training of ``LatentVideoCodec``.
+
+A frozen, already trained video tokenizer maps each clip to its latent (the posterior mean); the
+codec codes that latent frame by frame, unrolled over all ``t`` latent frames, with a quality
+index drawn per clip, and minimises
+
+    loss = mean_b(bpp_b) + mean_b(lambda[q_b] * D_b)
+    bpp_b = the model's bits of clip b / the video pixels its latent stands for
+            ((1 + ts (t - 1)) x (s h) x (s w), ts and s the tokenizer's temporal and spatial strides)
+    D_b   = latent MSE (+ pixel_weight x pixel MSE of the tokenizer decoder's output)
+
+so one model learns every rate point of ``lambdas`` (one per quality index, increasing).
+Batches are ``VideoDataModule``'s (``video``: the latent is computed on the fly) or carry a
+precomputed ``latent`` (``B x C x t x h x w``, the posterior mean from latent shards); a batch
+with both uses the latent and keeps the video as the pixel target.
+
+The tokenizer comes from a ``gvc-export`` folder (``tokenizer_path``) or, for tests, a module
+(``tokenizer``). It is a submodule so that checkpoints and ``gvc-export`` carry it beside the
+codec: an exported latent codec is useless without the exact tokenizer it was trained on.
+
+Optimization is manual: the entropy bottleneck's ``quantiles`` train in their own Adam on
+``codec.aux_loss()`` (compressai's life cycle). Both losses go through ONE backward: their
+gradients are disjoint (training-mode quantization ignores the medians, and the aux loss
+detaches the density's weights), and under DDP one backward in which every trainable parameter
+gets its gradient needs no ``find_unused_parameters``. The aux step bypasses Lightning's step
+counter, so ``global_step`` counts batches. A batch whose loss is not finite (on any rank) is
+skipped whole: no step, not counted in ``global_step``, counted in ``train/nonfinite_skipped``.
+
+The codec runs in float32 even under ``bf16-mixed``: likelihoods are products of CDF differences
+that bf16's 8-bit mantissa cannot resolve, and the codec is small. The tokenizer keeps autocast.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from gvc_train.components import load_component
+from gvc_train.eval.metrics import psnr
+from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
+from gvc_train.models.latent_codec import LatentVideoCodec
+
+# Lightning precisions under which the codec's parameters stay float32 (see the docstring).
+SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
+
+
+def _is_aux(name: str) -> bool:
+    return name.endswith(".quantiles")
+
+
+class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
+    """Train a latent video codec on a frozen tokenizer's latents.
+
+    Args:
+        codec: the ``LatentVideoCodec`` to train.
+        lambdas: one rate-distortion weight per quality index, strictly increasing (a higher
+            index must mean a higher rate and quality, as the codec's gains assume).
+        tokenizer_path: a ``gvc-export`` folder with ``tokenizer.json`` + ``tokenizer.safetensors``.
+        tokenizer: instead of ``tokenizer_path``, a registered video VAE module (tests).
+        pixel_weight: weight of the pixel MSE (through the frozen decoder) inside D; 0 skips the
+            decoder in training (much cheaper).
+        lr, betas, aux_lr, warmup_steps: Adam for the codec with linear warm-up; Adam at
+            ``aux_lr`` for the quantiles.
+        grad_clip: gradient-norm clip of the main optimizer's parameters.
+        max_consecutive_nonfinite: stop with an error after this many skipped batches in a row
+            (training has diverged; skipping forever would spin without progress).
+    """
+
+    def __init__(
+        self,
+        codec: LatentVideoCodec,
+        lambdas: Sequence[float],
+        tokenizer_path: str | None = None,
+        tokenizer: nn.Module | None = None,
+        pixel_weight: float = 0.0,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        aux_lr: float = 1e-3,
+        warmup_steps: int = 0,
+        grad_clip: float | None = 1.0,
+        max_consecutive_nonfinite: int = 100,
+    ) -> None:
+        super().__init__()
+        if (tokenizer_path is None) == (tokenizer is None):
+            raise ValueError("give exactly one of tokenizer_path (a gvc-export folder) or tokenizer (a module)")
+        if tokenizer is None:
+            tokenizer = load_component(tokenizer_path, "tokenizer")
+        for attr in ("encode", "decode", "spatial_stride", "temporal_stride", "config"):
+            if not hasattr(tokenizer, attr):
+                raise ValueError(f"tokenizer {type(tokenizer).__name__} lacks {attr!r}: give a registered video VAE")
+        if getattr(tokenizer, "latent_channels", codec.latent_channels) != codec.latent_channels:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.latent_channels} latent channels, the codec codes {codec.latent_channels}"
+            )
+        lambdas = [float(v) for v in lambdas]
+        if len(lambdas) != codec.num_qualities:
+            raise ValueError(f"lambdas needs one value per quality index ({codec.num_qualities}), got {len(lambdas)}")
+        if lambdas[0] <= 0 or any(b <= a for a, b in zip(lambdas, lambdas[1:])):
+            raise ValueError(f"lambdas must be positive and strictly increasing with the quality index, got {lambdas}")
+        if pixel_weight < 0:
+            raise ValueError(f"pixel_weight must be >= 0, got {pixel_weight}")
+        self.save_hyperparameters(ignore=["codec", "tokenizer"])
+        self.hparams["lambdas"] = lambdas
+        self.automatic_optimization = False
+        self.codec = codec
+        self.tokenizer = tokenizer.eval().requires_grad_(False)
+        self.components = {"tokenizer": "tokenizer", "latent_codec": "codec"}
+        self._nonfinite_skipped = 0
+        self._nonfinite_in_a_row = 0
+
+    def train(self, mode: bool = True) -> "LatentCodecModule":
+        # Lightning switches the whole module to train mode; the frozen tokenizer stays in eval
+        # so that its latent is deterministic (a VAE built with dropout would perturb it).
+        super().train(mode)
+        self.tokenizer.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        if self._trainer is None:
+            return
+        precision = str(self.trainer.precision)
+        if precision not in SUPPORTED_PRECISIONS:
+            # 16-mixed: manual optimization clips before the grad scaler unscales, and fp16
+            # overflows in the rate terms; *-true half precisions would cast the entropy models.
+            raise ValueError(
+                f"the latent-codec stage does not support precision={precision}; use bf16-mixed or 32-true"
+            )
+
+    # ---- rate and distortion ------------------------------------------------------------
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(latent float32, video or None)`` of a batch."""
+        video = batch.get("video")
+        if "latent" in batch:
+            latent = batch["latent"]
+        elif video is not None:
+            with torch.no_grad():
+                latent = self.tokenizer.encode(video).mode()
+        else:
+            raise ValueError("a latent-codec batch needs 'video' (B x 3 x T x H x W) or 'latent' (B x C x t x h x w)")
+        return latent.float(), video
+
+    def pixels_per_clip(self, latent: torch.Tensor) -> int:
+        """Video pixels (frames x height x width) a ``B x C x t x h x w`` latent stands for."""
+        t, h, w = latent.shape[-3:]
+        s, ts = self.tokenizer.spatial_stride, self.tokenizer.temporal_stride
+        return (1 + ts * (t - 1)) * (s * h) * (s * w)
+
+    def _lambda(self, quality: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        lambdas = torch.tensor(self.hparams.lambdas, device=like.device, dtype=torch.float32)
+        return lambdas[quality]
+
+    def rate_distortion(
+        self,
+        latent: torch.Tensor,
+        quality: int | torch.Tensor,
+        pixel_target: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Code ``latent`` at ``quality`` (an int or a ``B`` tensor) and measure it.
+
+        Returns per-sample ``bpp``, ``mse`` (latent), ``distortion`` and the scalar ``loss``,
+        plus ``recon`` (latent); with ``pixel_target`` (video in [0, 1]) also ``video_recon``
+        (decoded, not clamped) and ``pixel_mse``. Train or eval quantization follows the
+        codec's mode.
+        """
+        # float32 entropy models whatever the trainer's autocast (see the module docstring).
+        with torch.autocast(device_type=latent.device.type, enabled=False):
+            out = self.codec(latent.float(), quality=quality)
+        recon = out["recon"]
+        bpp = out["bits"].sum(dim=1) / self.pixels_per_clip(latent)
+        mse = (recon - latent).pow(2).flatten(1).mean(dim=1)
+        terms = {"recon": recon, "bpp": bpp, "mse": mse}
+        distortion = mse
+        if pixel_target is not None:
+            video_recon = self.tokenizer.decode(recon)
+            pixel_mse = (video_recon.float() - pixel_target.float()).pow(2).flatten(1).mean(dim=1)
+            terms.update(video_recon=video_recon, pixel_mse=pixel_mse)
+            if self.hparams.pixel_weight > 0:
+                distortion = distortion + self.hparams.pixel_weight * pixel_mse
+        terms["distortion"] = distortion
+        terms["loss"] = bpp.mean() + (self._lambda(quality, latent) * distortion).mean()
+        return terms
+
+    def _pixel_target(self, latent: torch.Tensor, video: torch.Tensor | None) -> torch.Tensor:
+        if video is not None:
+            return video
+        with torch.no_grad():  # no source video: the tokenizer's own reconstruction stands in
+            return self.tokenizer.decode(latent)
+
+    # ---- training -----------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        opt, aux_opt = self.optimizers()
+        latent, video = self._inputs(batch)
+        batch_size = latent.shape[0]
+        quality = torch.randint(0, self.codec.num_qualities, (batch_size,), device=latent.device)
+        target = self._pixel_target(latent, video) if self.hparams.pixel_weight > 0 else None
+        terms = self.rate_distortion(latent, quality, target)
+        with torch.autocast(device_type=latent.device.type, enabled=False):
+            aux_loss = self.codec.aux_loss()
+        total = terms["loss"] + aux_loss
+
+        # All ranks must agree, or the ones that step would wait forever in the gradient all-reduce.
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(total)), all=True)
+        if not finite:
+            self._nonfinite_skipped += 1
+            self._nonfinite_in_a_row += 1
+            self.log("train/nonfinite_skipped", float(self._nonfinite_skipped), batch_size=batch_size)
+            if self._nonfinite_in_a_row >= self.hparams.max_consecutive_nonfinite:
+                raise RuntimeError(
+                    f"{self._nonfinite_in_a_row} batches in a row had a non-finite loss: training diverged "
+                    "(lower lr, raise warmup_steps, or resume from an earlier checkpoint)"
+                )
+            return None
+        self._nonfinite_in_a_row = 0
+
+        opt.zero_grad(set_to_none=True)
+        aux_opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        if self.hparams.grad_clip:
+            # The main parameters only: the quantiles' gradient is the aux loss's, not clipped
+            # (compressai's reference loop does the same).
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        self._step_uncounted(aux_opt)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+
+        with torch.no_grad():
+            mse = terms["mse"].mean()
+            metrics = {
+                "train/loss": terms["loss"].detach(),
+                "train/bpp": terms["bpp"].detach().mean(),
+                "train/mse": mse,
+                # The latent is roughly unit-scale: PSNR with peak 1, i.e. -10 log10(MSE).
+                "train/psnr_latent": -10.0 * torch.log10(mse.clamp_min(1e-10)),
+                "train/aux_loss": aux_loss.detach(),
+                "train/nonfinite_skipped": float(self._nonfinite_skipped),
+            }
+            if "pixel_mse" in terms:
+                metrics["train/pixel_mse"] = terms["pixel_mse"].detach().mean()
+        self.log_dict(metrics, batch_size=batch_size)
+        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, batch_size=batch_size)
+        return metrics["train/loss"]
+
+    def _step_uncounted(self, optimizer: Any) -> None:
+        """Step the aux optimizer without advancing ``global_step`` (as the tokenizer stage's
+        discriminator): Lightning counts every ``LightningOptimizer.step()`` under manual
+        optimization; the strategy's step keeps the precision plugin in the loop."""
+        self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None, model=self)
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def _eval_step(self, batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+        """Code the batch at every quality index with rounded quantization (eval mode)."""
+        latent, video = self._inputs(batch)
+        batch_size = latent.shape[0]
+        target = video if video is not None else (self._pixel_target(latent, None) if self.hparams.pixel_weight > 0 else None)
+        metrics: dict[str, torch.Tensor] = {}
+        losses = []
+        outputs: dict[str, torch.Tensor] = {}
+        for q in range(self.codec.num_qualities):
+            terms = self.rate_distortion(latent, q, target)
+            losses.append(terms["loss"])
+            metrics[f"{prefix}/bpp_q{q}"] = terms["bpp"].mean()
+            metrics[f"{prefix}/psnr_latent_q{q}"] = -10.0 * torch.log10(terms["mse"].mean().clamp_min(1e-10))
+            if video is not None:
+                recon_video = terms["video_recon"].float().clamp(0, 1)
+                metrics[f"{prefix}/psnr_q{q}"] = psnr(recon_video, video).mean()
+                if q == 0:
+                    # The lowest rate shows the codec's artifacts best (ReconstructionVideoLogger).
+                    outputs["recon"] = recon_video
+        self.log_dict(metrics, sync_dist=True, batch_size=batch_size)
+        # The monitorable scalar (ModelCheckpoint): the training objective, averaged over qualities.
+        loss = torch.stack(losses).mean()
+        self.log(f"{prefix}/loss", loss, prog_bar=prefix == "val", sync_dist=True, batch_size=batch_size)
+        return {**outputs, **metrics, f"{prefix}/loss": loss}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "test")
+
+    # ---- optimizers and checkpoints -----------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        named = list(self.codec.named_parameters())
+        main = [p for n, p in named if not _is_aux(n)]
+        aux = [p for n, p in named if _is_aux(n)]
+        if not aux:
+            raise ValueError("the codec has no entropy-bottleneck quantiles to train in the aux optimizer")
+        opt = torch.optim.Adam(main, lr=hp.lr, betas=tuple(hp.betas))
+        aux_opt = torch.optim.Adam(aux, lr=hp.aux_lr)
+        if hp.warmup_steps > 0:
+            warmup = hp.warmup_steps
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+            return [opt, aux_opt], [{"scheduler": sched, "interval": "step"}]
+        return [opt, aux_opt]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["nonfinite_skipped"] = self._nonfinite_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
