@@ -82,9 +82,20 @@ def main(args: list[str] | None = None) -> int:
     except (FileNotFoundError, NoUsableSamples, ComponentError, ValueError) as e:
         if os.environ.get("GVC_DEBUG"):
             raise
-        print(f"gvc-train: error: {type(e).__name__}: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"gvc-train: error: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(message: str) -> str:
+    """The line that says what is wrong. jsonargparse reports a constructor's exception inside
+    "Does not validate against any of the Union subtypes ... Errors: - <the real reason>"."""
+    lines = message.strip().splitlines() or [""]
+    if "Union subtypes" in lines[0]:
+        reasons = [ln.strip()[2:] for ln in lines if ln.strip().startswith("- ") and "Expected a <class 'NoneType'>" not in ln]
+        if reasons:
+            return reasons[0]
+    return lines[0]
 
 
 if __name__ == "__main__":

@@ -122,25 +122,57 @@ def test_bad_arguments_are_clear_errors(tokenizer_dir) -> None:
         _fit(_module(), _latent_batch(), 1, precision="bf16-true")
 
 
-def _fit_recipe(recipe: str, shards: dict[str, str], tokenizer: str, *extra: str):
+def _reads_latent_shards(recipe: str) -> bool:
+    return yaml.safe_load((REPO / recipe).read_text())["data"]["class_path"].endswith("LatentDataModule")
+
+
+@pytest.fixture(scope="module")
+def latent_shards(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> dict[str, str]:
+    """Latent shards of carphone made with ``tokenizer_dir``: 3 clips of 9 frames, 64x64."""
+    from gvc_train.data.latent_shards import write_latent_shards
+    from gvc_train.data.sample_videos import sample_video
+
+    root = tmp_path_factory.mktemp("latent_shards")
+    write_latent_shards([sample_video("carphone_pristine.mp4")], str(root), tokenizer=tokenizer_dir, clip_frames=9,
+                        max_frames_per_video=27, crop=64, maxcount=2, workers=1, progress=False, log=lambda line: None)
+    return {"train": str(root / "*.tar"), "val": str(root / "*.tar")}
+
+
+def _latent_fit_args(recipe: str, shards: dict[str, str], tokenizer: str) -> list[str]:
+    init = "--data.init_args"
+    return [
+        "fit", "--config", str(REPO / recipe),
+        f"{init}.train_shards={shards['train']}", f"{init}.val_shards={shards['val']}", f"{init}.test_shards={shards['val']}",
+        f"{init}.latent_frames=2", f"{init}.crop_size=4", f"{init}.batch_size=2", f"{init}.num_workers=0",
+        f"{init}.samples_per_epoch=4", f"{init}.tokenizer_fingerprint={tokenizer}",
+        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true", "--trainer.limit_val_batches=1",
+    ]  # fmt: skip
+
+
+def _fit_recipe(recipe: str, shards: dict[str, str], tokenizer: str, *extra: str, latent_shards: dict[str, str] | None = None):
     shrink = [] if "/tiny/" in recipe else SHRINK_CODEC  # full-size recipes shrink to CPU size
-    return gvc_train_cli(
-        [*tiny_fit_args(REPO / recipe, shards), f"--model.init_args.tokenizer_path={tokenizer}", *shrink, *extra]
-    )
+    if _reads_latent_shards(recipe):
+        assert latent_shards is not None, f"{recipe} reads latent shards"
+        base = _latent_fit_args(recipe, latent_shards, tokenizer)
+    else:
+        base = tiny_fit_args(REPO / recipe, shards)
+    return gvc_train_cli([*base, f"--model.init_args.tokenizer_path={tokenizer}", *shrink, *extra])
 
 
 def test_every_latent_codec_recipe_is_found() -> None:
-    assert {"recipes/latent_codec.yaml", "recipes/tiny/latent_codec.yaml"} <= set(LATENT_RECIPES)
+    expected = {"recipes/latent_codec.yaml", "recipes/tiny/latent_codec.yaml", "recipes/tiny/latent_codec_shards.yaml"}
+    assert expected <= set(LATENT_RECIPES)
 
 
 @pytest.mark.parametrize("recipe", LATENT_RECIPES)
-def test_recipe_trains_validates_checkpoints_and_exports(recipe, tiny_shards, tokenizer_dir, tmp_path, monkeypatch) -> None:
+def test_recipe_trains_validates_checkpoints_and_exports(recipe, tiny_shards, latent_shards, tokenizer_dir, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # recipes write runs/... relative to the working directory
-    cli = _fit_recipe(recipe, tiny_shards, tokenizer_dir, "--trainer.max_steps=2")
+    cli = _fit_recipe(recipe, tiny_shards, tokenizer_dir, "--trainer.max_steps=2", latent_shards=latent_shards)
     trainer = cli.trainer
     assert trainer.global_step == 2
     assert trainer.checkpoint_callback.monitor == "val/loss"
-    for key in ("val/loss", "val/bpp_q0", "val/psnr_q0", "val/psnr_latent_q3"):
+    keys = ("val/loss", "val/bpp_q0", "val/psnr_latent_q3") + (() if _reads_latent_shards(recipe) else ("val/psnr_q0",))
+    for key in keys:
         assert torch.isfinite(trainer.callback_metrics[key]), key
     last = Path(trainer.checkpoint_callback.dirpath, "last.ckpt")
     assert last.is_file()

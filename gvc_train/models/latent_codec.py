@@ -36,6 +36,7 @@ Life cycle as any compressai ``CompressionModel``: train (``aux_loss()`` in its 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -77,7 +78,7 @@ class LatentVideoCodec(CompressionModel):
         memory_channels: int = 32,
         num_res_blocks: int = 2,
         num_qualities: int = 4,
-        gain_range: tuple[float, float] = (0.5, 4.0),
+        gain_range: Sequence[float] = (0.5, 4.0),  # jsonargparse: a Sequence, so a YAML list round-trips
         train_quantizer: str = "noise",
     ) -> None:
         super().__init__()
