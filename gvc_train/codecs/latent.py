@@ -57,6 +57,13 @@ from gvc_train.data.video_io import VideoReader
 STREAM_VERSION = 1
 DEFAULT_LATENTS_PER_CHUNK = 8
 MAX_LATENTS_PER_CHUNK = 64
+# Pixels the tokenizer codes at once (the frames of one chunk x the padded frame size), and so
+# memory: ~360 bytes a pixel for the tiny recipe's tokenizer (bench_codec_memory). The bound is
+# 960x544 at the default 8 latents per chunk, 1080p at 2 (~6 GB with that tokenizer). A stream
+# over it is refused before anything is allocated (a forged 16384x16384 header and CONFIG asked
+# for tens of GB) and the encoder refuses to write one. Raise ``LatentCodec.max_chunk_pixels``
+# to code larger frames or chunks where the memory is there.
+MAX_CHUNK_PIXELS = 1920 * 1088 * 4 * 2
 FrameCallback = Callable[[np.ndarray], None]
 
 
@@ -161,10 +168,16 @@ class LatentCodec:
         self.fingerprint = meta["fingerprint"]
         self.spatial = self.tokenizer.spatial_stride
         self.temporal = self.tokenizer.temporal_stride
+        self.max_chunk_pixels = MAX_CHUNK_PIXELS
 
     @property
     def num_qualities(self) -> int:
         return self.codec.num_qualities
+
+    def chunk_pixels(self, width: int, height: int, latents_per_chunk: int) -> int:
+        """Padded pixels the tokenizer decodes at once for one chunk of this geometry."""
+        s = self.spatial
+        return math.ceil(width / s) * s * math.ceil(height / s) * s * self.temporal * latents_per_chunk
 
     # ---- encoding -----------------------------------------------------------------------------
 
@@ -193,6 +206,11 @@ class LatentCodec:
         try:
             with VideoReader(source) as reader, open(body_path, "wb") as body, inference_mode(self.deterministic):
                 info = reader.info
+                if self.chunk_pixels(info.width, info.height, latents_per_chunk) > self.max_chunk_pixels:
+                    raise ValueError(
+                        f"{info.width}x{info.height} at {latents_per_chunk} latents per chunk is over the "
+                        f"{self.max_chunk_pixels}-pixel chunk limit: lower latents_per_chunk"
+                    )
                 run = _EncodeRun(self, quality, latents_per_chunk, info.width, info.height, body, on_recon)
                 for frame in reader.frames(max_frames):
                     run.add_frame(frame)
@@ -247,6 +265,11 @@ class LatentCodec:
             raise BitstreamError(f"quality {config.quality} is outside this codec's 0..{self.num_qualities - 1}")
         if not 1 <= config.latents_per_chunk <= MAX_LATENTS_PER_CHUNK:
             raise BitstreamError(f"latents per chunk {config.latents_per_chunk} is out of bounds")
+        if self.chunk_pixels(header.width, header.height, config.latents_per_chunk) > self.max_chunk_pixels:
+            raise BitstreamError(
+                f"{header.width}x{header.height} at {config.latents_per_chunk} latents per chunk is over this "
+                f"decoder's {self.max_chunk_pixels}-pixel chunk limit (LatentCodec.max_chunk_pixels)"
+            )
         return header, config, chunks
 
     def _symbols_per_latent(self, header: StreamHeader) -> int:
@@ -298,7 +321,8 @@ class _EncodeRun:
         self.recon_latents: list[torch.Tensor] = []
 
     def add_frame(self, frame_HWC: np.ndarray) -> None:
-        x = torch.from_numpy(np.ascontiguousarray(frame_HWC)).permute(2, 0, 1)[None].float() / 255.0
+        # a read-only frame (PNG via PIL) is copied: torch warns on stderr about non-writable arrays
+        x = torch.from_numpy(np.require(frame_HWC, requirements=("C", "W"))).permute(2, 0, 1)[None].float() / 255.0
         if any(self.pad_hw):
             x = F.pad(x, (0, self.pad_hw[1], 0, self.pad_hw[0]), mode="replicate")
         self.pending.append(x)

@@ -26,7 +26,12 @@ from compressai.entropy_models import EntropyModel
 # Bytes of zeros after the payload for each symbol the decoder may read: one 32-bit renorm
 # read per symbol, plus bypass-coded escapes, which read zeros as "no more bypass values".
 _PAD_BYTES_PER_SYMBOL = 8
-_PAD_BYTES_FIXED = 64
+# An escape's count of 4-bit bypass values is a run of 15s read from the stream: a payload of
+# 0xff bytes after a crafted state announces 30 values per byte, read past the payload (15
+# bytes per payload byte, plus 120 for the 64-bit state): without this, a CRC-valid forged
+# chunk made the decoder read past its buffer (SIGSEGV; tests/test_latent_bitstream_fuzz.py).
+_PAD_BYTES_PER_PAYLOAD_BYTE = 16
+_PAD_BYTES_FIXED = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +93,8 @@ class SymbolDecoder:
 
     def __init__(self, data: bytes, max_symbols: int) -> None:
         self._coder = RansDecoder()
-        self._coder.set_stream(bytes(data) + bytes(_PAD_BYTES_FIXED + _PAD_BYTES_PER_SYMBOL * max_symbols))
+        pad = _PAD_BYTES_FIXED + _PAD_BYTES_PER_SYMBOL * max_symbols + _PAD_BYTES_PER_PAYLOAD_BYTE * len(data)
+        self._coder.set_stream(bytes(data) + bytes(pad))
         self._left = max_symbols
 
     def get(self, indexes: torch.Tensor, tables: CdfTables) -> torch.Tensor:
