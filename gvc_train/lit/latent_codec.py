@@ -41,6 +41,7 @@ from torch import nn
 from gvc_train.components import load_component
 from gvc_train.eval.metrics import psnr
 from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
+from gvc_train.lit.optim import step_uncounted
 from gvc_train.models.latent_codec import LatentVideoCodec
 
 # Lightning precisions under which the codec's parameters stay float32 (see the docstring).
@@ -223,7 +224,7 @@ class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
             # (compressai's reference loop does the same).
             self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
-        self._step_uncounted(aux_opt)
+        step_uncounted(self, aux_opt)
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()
@@ -244,12 +245,6 @@ class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
         self.log_dict(metrics, batch_size=batch_size)
         self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, batch_size=batch_size)
         return metrics["train/loss"]
-
-    def _step_uncounted(self, optimizer: Any) -> None:
-        """Step the aux optimizer without advancing ``global_step`` (as the tokenizer stage's
-        discriminator): Lightning counts every ``LightningOptimizer.step()`` under manual
-        optimization; the strategy's step keeps the precision plugin in the loop."""
-        self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None, model=self)
 
     # ---- evaluation ---------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:

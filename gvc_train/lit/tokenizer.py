@@ -16,6 +16,7 @@ from torch import nn
 
 from gvc_train.eval.metrics import frame_psnr, ms_ssim, psnr
 from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
+from gvc_train.lit.optim import step_uncounted
 from gvc_train.models.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
 
 
@@ -146,7 +147,7 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             self._clip(opt_d)
-            self._step_uncounted(opt_d)
+            step_uncounted(self, opt_d)
             self.log("train/d_loss", d_loss.detach())
         # Schedulers pair with optimizers; the discriminator's advances only with its steps.
         for i, sched in enumerate(scheds):
@@ -168,16 +169,6 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         )
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=x_BCThw.shape[0])
         return loss.detach()
-
-    def _step_uncounted(self, optimizer: Any) -> None:
-        """Step the discriminator without advancing ``global_step``.
-
-        Under manual optimization Lightning counts every ``LightningOptimizer.step()`` as a
-        global step, so a GAN batch would count twice and ``max_steps``, ``gan_start_step``
-        and checkpoint names would drift once the GAN starts. Stepping through the strategy
-        keeps precision plugins (AMP grad scaling) and distributed strategies in the loop.
-        """
-        self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None, model=self)
 
     def _clip(self, optimizer: torch.optim.Optimizer) -> None:
         if self.hparams.grad_clip:
