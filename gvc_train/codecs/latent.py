@@ -125,7 +125,8 @@ class CodingReport:
     payload_bytes: int  # the rANS strings alone
     chunks: int
     seconds: float
-    model_bits: float | None = None  # encoder only: -sum log2 p of what was coded
+    model_bits: float | None = None  # encoder only: -sum log2 p of what was coded, as coded
+    estimate_bits: float | None = None  # encoder only: the same at the exact scales (training's rate)
 
     @property
     def bpp(self) -> float:
@@ -223,7 +224,7 @@ class LatentCodec:
             body_path.unlink(missing_ok=True)
         return CodingReport(
             str(output), run.frames, info.width, info.height, fps_num / fps_den, quality,
-            output.stat().st_size, run.payload_bytes, run.chunks, time.perf_counter() - started, run.model_bits,
+            output.stat().st_size, run.payload_bytes, run.chunks, time.perf_counter() - started, run.model_bits, run.estimate_bits,
         )  # fmt: skip
 
     # ---- decoding -----------------------------------------------------------------------------
@@ -317,7 +318,7 @@ class _EncodeRun:
         self.codec_state = owner.codec.init_state()
         self.coder = SymbolEncoder()
         self.in_chunk = self.frames = self.latents = self.chunks = self.payload_bytes = self.emitted = 0
-        self.model_bits = 0.0
+        self.model_bits = self.estimate_bits = 0.0
         self.recon_latents: list[torch.Tensor] = []
 
     def add_frame(self, frame_HWC: np.ndarray) -> None:
@@ -348,7 +349,8 @@ class _EncodeRun:
             recon, self.codec_state, bits = self.o.codec.compress_frame(
                 latent_BCthw[:, :, i], self.codec_state, self.quality, self.coder, self.o.tables
             )
-            self.model_bits += bits
+            self.model_bits += bits[0]
+            self.estimate_bits += bits[1]
             self.latents += 1
             self.in_chunk += 1
             if self.on_recon is not None:

@@ -233,10 +233,15 @@ class LatentVideoCodec(CompressionModel):
         quality: int,
         coder: SymbolEncoder,
         tables: dict[str, CdfTables],
-    ) -> tuple[torch.Tensor, LatentCodecState, float]:
+    ) -> tuple[torch.Tensor, LatentCodecState, tuple[float, float]]:
         """Put one latent frame's symbols (z, then y) into ``coder``. Returns the decoder's
-        reconstruction of the frame, the next state and the bits the model's likelihoods
-        predict for the frame (to compare with what the coder wrote)."""
+        reconstruction of the frame, the next state and ``(model_bits, estimate_bits)``:
+
+        - ``model_bits``: ``-sum log2 p`` under the model as it codes, i.e. each Gaussian at the
+          scale-table entry its index selects (compressai rounds scales up to its 64-step table);
+          what the coder's output should match, up to the CDFs' 16-bit precision;
+        - ``estimate_bits``: the same at the exact predicted scales, the training loss's rate.
+        """
         gain, inv_gain = self.gains(quality, frame_BChw.shape[0])
         ctx = self.context(state, frame_BChw)
         y = self.g_a(torch.cat([frame_BChw, ctx], dim=1)) * gain
@@ -248,11 +253,14 @@ class LatentVideoCodec(CompressionModel):
         z_hat = eb.dequantize(z_symbols, medians)
         scales, means = self.entropy_parameters(z_hat, ctx)
         y_symbols = gc.quantize(y, "symbols", means)
-        coder.put(y_symbols.cpu(), gc.build_indexes(scales).cpu(), tables["y"])
+        indexes = gc.build_indexes(scales)
+        coder.put(y_symbols.cpu(), indexes.cpu(), tables["y"])
         recon = self.synthesize(gc.dequantize(y_symbols, means), inv_gain, ctx)
         _, z_likelihoods = eb(z, training=False)
-        _, y_likelihoods = gc(y, scales, means, training=False)
-        bits = float(self.rate_bits([z_likelihoods, y_likelihoods]))
+        _, y_likelihoods = gc(y, gc.scale_table[indexes.long()].to(scales), means, training=False)
+        _, y_estimate = gc(y, scales, means, training=False)
+        z_bits = self.rate_bits(z_likelihoods)
+        bits = (float(z_bits + self.rate_bits(y_likelihoods)), float(z_bits + self.rate_bits(y_estimate)))
         return recon, self.advance(state, recon), bits
 
     @torch.no_grad()
