@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from gvc_train.codecs.determinism import inference_mode
 from gvc_train.data.video_io import probe, read_frames
 from gvc_train.eval.anchors import DEFAULT_CRFS, encode_anchor
 from gvc_train.eval.metrics import frame_psnr, ms_ssim
@@ -55,6 +57,7 @@ def codec_points(codec_dir: str | Path, video: str | Path, frames: int, qualitie
                     "bytes": enc.file_bytes,
                     "bpp": enc.bpp,
                     "model_bits": enc.model_bits,
+                    "estimate_bits": enc.estimate_bits,
                     "payload_bits": enc.payload_bytes * 8,
                     "overhead_bytes": enc.overhead_bytes,
                     "encode_fps": enc.frames / enc.seconds,
@@ -63,6 +66,27 @@ def codec_points(codec_dir: str | Path, video: str | Path, frames: int, qualitie
                 }
             )
     return points
+
+
+@torch.no_grad()
+def tokenizer_point(codec_dir: str | Path, video: str | Path, frames: int) -> dict[str, Any]:
+    """The codec's tokenizer alone (latents unquantized): the ceiling of its reconstructions.
+
+    Frames are padded as the codec pads them (edge pixels to a multiple of the spatial stride,
+    the last frame repeated to 1 + 4k) and cropped back before measuring.
+    """
+    from gvc_train.codecs.latent import LatentCodec
+
+    codec = LatentCodec(codec_dir)
+    vae, s, t = codec.tokenizer, codec.spatial, codec.temporal
+    source = read_frames(video, count=frames)
+    x = _video_tensor(source)
+    x = F.pad(x, (0, -x.shape[4] % s, 0, -x.shape[3] % s, 0, -(x.shape[2] - 1) % t), mode="replicate")
+    with inference_mode(True):
+        z = vae.encode(x, chunk_frames=8 * t).mode()
+        recon = vae.decode(z, chunk_latents=8).clamp(0, 1)
+    recon_THWC = (recon[0, :, : len(source), : source.shape[1], : source.shape[2]] * 255).round().byte().permute(1, 2, 3, 0).numpy()
+    return {"codec": f"{Path(codec_dir).name} tokenizer only", "bpp": None, **distortion(recon_THWC, source)}
 
 
 def anchor_points(video: str | Path, frames: int, anchors: list[str], low_delay: bool = True) -> list[dict[str, Any]]:
@@ -90,8 +114,14 @@ def anchor_points(video: str | Path, frames: int, anchors: list[str], low_delay:
 def markdown_table(points: list[dict[str, Any]]) -> str:
     lines = ["| codec | setting | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|---|"]
     for p in points:
-        setting = f"quality {p['quality']}" if "quality" in p else f"crf {p['crf']}" + (" (no B-frames)" if p.get("low_delay") else "")
-        lines.append(f"| {p['codec']} | {setting} | {p['bpp']:.4f} | {p['psnr']:.2f} | {p['ms_ssim']:.4f} |")
+        if "quality" in p:
+            setting = f"quality {p['quality']}"
+        elif "crf" in p:
+            setting = f"crf {p['crf']}" + (" (no B-frames)" if p.get("low_delay") else "")
+        else:
+            setting = "latents unquantized, no bitstream"
+        bpp = "-" if p["bpp"] is None else f"{p['bpp']:.4f}"
+        lines.append(f"| {p['codec']} | {setting} | {bpp} | {p['psnr']:.2f} | {p['ms_ssim']:.4f} |")
     return "\n".join(lines)
 
 
@@ -104,9 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=96)
     parser.add_argument("--anchors", default="x264,x265", help="comma-separated, or '' for none")
     parser.add_argument("--out", default=None, help="write the points as JSON here")
+    parser.add_argument("--tokenizer-ceiling", action="store_true", help="add the tokenizer alone (no quantization, no rate)")
     args = parser.parse_args(argv)
     video = args.video or str(sample_video(HELD_OUT))
     points = codec_points(args.codec, video, args.frames)
+    if args.tokenizer_ceiling:
+        points.append(tokenizer_point(args.codec, video, args.frames))
     anchors = [a for a in args.anchors.split(",") if a]
     if anchors:
         points += anchor_points(video, args.frames, anchors)
