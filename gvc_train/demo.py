@@ -5,7 +5,10 @@
 2. train the tiny tokenizer recipe (``recipes/tiny/tokenizer.yaml``) for a few minutes on the CPU;
 3. export it as a component (JSON config beside safetensors);
 4. load the export without Lightning and reconstruct the held-out ``carphone_pristine.mp4``
-   at full size, chunk by chunk, and print PSNR and MS-SSIM.
+   at full size, chunk by chunk, and print PSNR and MS-SSIM;
+5. code 96 frames of the held-out video into real bitstream files and back with the reference
+   latent codec in ``checkpoints/latent_tiny`` at each quality, and print bpp (from the file
+   sizes), PSNR and MS-SSIM.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ SHARDS_DIR = Path("data/shards")
 RUN_DIR = Path("runs/tokenizer_tiny")
 EXPORT_DIR = Path("exports/tokenizer_tiny")
 HELD_OUT_FRAMES = 97  # 1 + 4k: the tokenizer's causal latent covers them exactly
+REFERENCE_CODEC = Path("checkpoints/latent_tiny")
+CODEC_FRAMES = 96  # the card's protocol; not 1 + 4k, so the codec's padding is exercised too
 
 
 def held_out_video() -> Path:
@@ -70,9 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         if not (SHARDS_DIR / split / "index.json").is_file():
             print(f"gvc_train.demo: no sample shards in {SHARDS_DIR / split}; run `make samples` first", file=sys.stderr)
             return 2
-    print(f"== 1/4 sample shards in {SHARDS_DIR}/{{train,val}}", flush=True)
+    if not (REFERENCE_CODEC / "codec.json").is_file():
+        print(f"gvc_train.demo: the reference codec {REFERENCE_CODEC} is missing (it ships in the repository)", file=sys.stderr)
+        return 2
+    print(f"== 1/5 sample shards in {SHARDS_DIR}/{{train,val}}", flush=True)
 
-    print(f"== 2/4 training {RECIPE} (a fresh run in {RUN_DIR})", flush=True)
+    print(f"== 2/5 training {RECIPE} (a fresh run in {RUN_DIR})", flush=True)
     if RUN_DIR.exists():
         shutil.rmtree(RUN_DIR)
     overrides = [f"--trainer.max_time={args.max_time}"]
@@ -84,12 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     steps = cli.trainer.global_step
     val = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
 
-    print(f"== 3/4 export to {EXPORT_DIR}", flush=True)
+    print(f"== 3/5 export to {EXPORT_DIR}", flush=True)
     last = RUN_DIR / "checkpoints" / "last.ckpt"
     written = export_checkpoint(last, EXPORT_DIR)
 
-    print("== 4/4 held-out reconstruction (exported component, no Lightning)", flush=True)
+    print("== 4/5 held-out reconstruction (exported component, no Lightning)", flush=True)
     held_out = reconstruct_held_out(EXPORT_DIR)
+
+    print(f"== 5/5 reference codec {REFERENCE_CODEC}: {CODEC_FRAMES} held-out frames to bitstream files and back", flush=True)
+    from gvc_train.eval.codec_rd import codec_points
+
+    codec = codec_points(REFERENCE_CODEC, held_out_video(), CODEC_FRAMES)
 
     summary = {
         "recipe": RECIPE,
@@ -100,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "held_out": {"video": held_out_video().name, **held_out},
         "checkpoint": str(last),
         "export": {name: str(path) for name, path in written.items()},
+        "reference_codec": {"codec": str(REFERENCE_CODEC), "frames": CODEC_FRAMES, "points": codec},
     }
     (RUN_DIR / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print()
@@ -111,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"             PSNR {held_out['psnr']:.2f} dB   MS-SSIM {held_out['ms_ssim']:.4f}   ({held_out['fps']:.1f} frames/s)")
     print(f"checkpoint   {last}")
     print(f"export       {EXPORT_DIR}/tokenizer.json + tokenizer.safetensors")
+    print(f"codec        {REFERENCE_CODEC} on {CODEC_FRAMES} frames of {held_out_video().name} (gvc encode/decode):")
+    for p in codec:
+        print(
+            f"             quality {p['quality']}: {p['bpp']:.4f} bpp ({p['bytes']} bytes)   PSNR {p['psnr']:.2f} dB   "
+            f"MS-SSIM {p['ms_ssim']:.4f}   encode {p['encode_fps']:.1f} / decode {p['decode_fps']:.1f} frames/s"
+        )
     print(f"summary      {RUN_DIR / 'demo_summary.json'}")
     return 0
 
