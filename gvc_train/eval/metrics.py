@@ -1,9 +1,17 @@
-"""Distortion metrics on [0, 1] images and videos: PSNR and MS-SSIM, per sample.
+"""Distortion metrics on [0, 1] images and videos: PSNR (RGB and luma) and MS-SSIM, per sample.
 
 Shapes: images ``B x C x H x W`` or videos ``B x C x T x H x W``; every function returns one
 value per sample, shape ``[B]``. Video MS-SSIM is computed per frame and averaged over frames
 (the learned-video-coding convention); ``psnr`` pools the MSE over the whole clip, and
 ``frame_psnr`` gives per-frame values to average instead, as codec papers report.
+
+Luma (``rgb_to_y``, ``frame_psnr_y``) is BT.601 (Kr 0.299, Kb 0.114) in limited range (Y in
+16..235 on the 8-bit scale): the Y plane that ffmpeg's default ``rgb24 -> yuv420p`` conversion
+writes, which is what the traditional anchors code (eval/anchors.py) and what ffmpeg's ``psnr``
+filter and libvmaf measure on a yuv420p file. BT.709 would be the HD choice, but the sample and
+test videos are SD and carry no colour tags, so the codecs here see BT.601. PSNR-Y peaks at 255
+on that scale (as in those tools); an RGB error of ``k`` on every channel is a Y error of
+``219 / 255 * k``.
 """
 
 from __future__ import annotations
@@ -20,6 +28,20 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 # PSNR of identical inputs is capped (MSE floored) instead of returning inf, which would poison
 # averages and logs: 100 dB for data_range 1.
 _MIN_MSE_RATIO = 1e-10
+
+
+# BT.601 luma weights (ITU-R BT.601: Kr = 0.299, Kb = 0.114).
+BT601_LUMA = (0.299, 0.587, 0.114)
+
+
+def rgb_to_y(x: torch.Tensor, full_range: bool = False) -> torch.Tensor:
+    """BT.601 luma of RGB in [0, 1] (channels on dim 1: ``B x 3 [x T] x H x W``), as 8-bit code
+    values (float, unrounded): ``16 + 219 * Y'`` in limited range (default), ``255 * Y'`` in full."""
+    if x.dim() not in (4, 5) or x.shape[1] != 3:
+        raise ValueError(f"rgb_to_y expects B x 3 x H x W or B x 3 x T x H x W, got {tuple(x.shape)}")
+    kr, kg, kb = BT601_LUMA
+    y = kr * x[:, 0:1].float() + kg * x[:, 1:2].float() + kb * x[:, 2:3].float()
+    return 255.0 * y if full_range else 16.0 + 219.0 * y
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -48,6 +70,16 @@ def frame_psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> tor
         raise ValueError(f"frame_psnr expects video B x C x T x H x W, got {tuple(x.shape)}")
     err = (x.float() - y.float()).pow(2).mean(dim=(1, 3, 4)).clamp_min(_MIN_MSE_RATIO * data_range**2)
     return 10.0 * torch.log10(data_range**2 / err)
+
+
+def frame_psnr_y(x: torch.Tensor, y: torch.Tensor, full_range: bool = False) -> torch.Tensor:
+    """Per-frame PSNR of BT.601 luma (see the module note), peak 255: shape ``[B, T]`` for videos
+    ``B x 3 x T x H x W`` in [0, 1]. Luma is not rounded to integers, so it measures the RGB
+    reconstruction itself, not an 8-bit re-quantisation of it. Capped at 100 dB like ``psnr``."""
+    _check_pair(x, y)
+    if x.dim() != 5:
+        raise ValueError(f"frame_psnr_y expects video B x 3 x T x H x W, got {tuple(x.shape)}")
+    return frame_psnr(rgb_to_y(x, full_range), rgb_to_y(y, full_range), data_range=255.0)
 
 
 def ms_ssim_params(height: int, width: int, win_size: int | None = None, levels: int | None = None) -> tuple[int, int]:
