@@ -3,6 +3,7 @@
     gvc encode INPUT OUTPUT --codec DIR --quality Q [--frames N]
     gvc decode INPUT OUTPUT [--codec DIR]       OUTPUT: out.mp4, out.y4m or a folder of PNGs
     gvc info FILE [--json]                      header, chunk table, bits per frame
+    gvc eval --codec DIR... --video FILE... --out REPORT_DIR [--anchors x264,x265,svtav1]
 
 ``decode`` finds the codec from the stream's fingerprint when ``--codec`` is not given: it
 looks in ``$GVC_CODEC_PATH`` (folders separated by ``:``) and ``checkpoints/``.
@@ -126,6 +127,28 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from gvc_train.eval.anchors import AnchorError
+    from gvc_train.eval.report import EvalOptions, run_eval
+
+    if not args.codec and not args.anchors:
+        raise UsageError("nothing to evaluate: give --codec DIR and/or --anchors")
+    for folder in args.codec:
+        if not (Path(folder) / "codec.json").is_file():
+            raise UsageError(f"{folder} is not an exported codec folder (no codec.json)")
+    metric_options = {"lpips_backbone": args.lpips_backbone, "dists_backbone": args.dists_backbone, "i3d_path": args.i3d}
+    options = EvalOptions(
+        codecs=args.codec, videos=args.video, out=args.out, anchors=[a for a in args.anchors.split(",") if a],
+        frames=args.frames, intra_period=args.intra_period, ladder_points=args.ladder_points,
+        anchor_cache=args.anchor_cache, metric_options=metric_options, progress=not args.no_progress,
+    )  # fmt: skip
+    try:
+        run_eval(options)
+    except AnchorError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gvc", description="Encode and decode video with an exported gvc_train codec.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("input")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+    ev = sub.add_parser("eval", help="codecs and anchors on the same frames: RD points, BD-rate, plots")
+    ev.add_argument("--codec", nargs="*", default=[], help="exported codec folders")
+    ev.add_argument("--anchors", default="x264,x265,svtav1", help="comma-separated: x264, x265, svtav1 ('' for none)")
+    ev.add_argument("--video", nargs="+", required=True, help="video files or PNG folders")
+    ev.add_argument("--frames", type=int, default=96, help="the first N frames of each video")
+    ev.add_argument("--intra-period", type=int, default=-1, help="anchors' intra period in frames (-1: first frame only)")
+    ev.add_argument("--ladder-points", type=int, default=5, help="CRF points per anchor and setting")
+    ev.add_argument("--anchor-cache", default=None, help="cache folder for anchor results (default: OUT/anchor_cache)")
+    ev.add_argument("--lpips-backbone", default=None, help="local torchvision VGG16 state dict for LPIPS")
+    ev.add_argument("--dists-backbone", default=None, help="local torchvision VGG16 state dict for DISTS")
+    ev.add_argument("--i3d", default=None, help="local TorchScript I3D for FVD")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--out", required=True, help="report folder")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 

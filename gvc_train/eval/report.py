@@ -1,0 +1,254 @@
+"""``gvc eval``: exported codecs and traditional anchors through one protocol, into one report.
+
+    gvc eval --codec checkpoints/latent_tiny --anchors x264,x265,svtav1 \
+             --video carphone_pristine.mp4 --frames 96 --intra-period -1 --out report/
+
+For every video: the same ``frames`` RGB frames go to every exported codec at each of its
+qualities (through ``encode``/``decode`` to real files) and to every anchor at a CRF ladder
+that spans the learned codecs' bits-per-pixel range on that video, in the low-delay and the
+random-access setting. Every reconstruction is measured against the source by the same metric
+suite (``eval.metric_suite``); BD-rate and BD-metric of each codec against each anchor setting
+follow (``eval.bdrate``). Written to ``--out``: ``report.json`` (every point with its
+per-frame metrics, commands, presets, what was not available and why), ``points.csv``,
+``summary.md`` and ``plots/<video>_<metric>.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gvc_train.eval.report_tables import points_csv, summary_markdown
+
+PROTOCOL = (
+    "RGB in: every codec and anchor gets the same decoded source frames. Frames are padded (edge pixels) to what "
+    "each codec needs and cropped back before measuring. Learned codecs: rate is the size of the gvc bitstream "
+    "file (container included); anchors: the size of the elementary video stream (Annex-B H.264/HEVC, AV1 OBUs; no "
+    "container, and without the encoder-information SEI that x264 writes, which is not coded video). Anchors decode "
+    "with the ffmpeg CLI to rgb24. Bits per pixel count every source pixel of every frame. Metrics per frame, "
+    "averaged over frames."
+)
+# BD figures of these are computed with the curves flipped (bdrate's higher_is_better=False).
+LOWER_IS_BETTER = {"lpips", "dists", "fvd"}
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    codecs: Sequence[str]
+    videos: Sequence[str]
+    out: str
+    anchors: Sequence[str] = ("x264", "x265", "svtav1")
+    frames: int = 96
+    intra_period: int = -1
+    settings: Sequence[str] = ("low-delay", "random-access")
+    ladder_points: int = 5
+    anchor_cache: str | None = None
+    metric_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    progress: bool = True
+
+
+class _Progress:
+    """tqdm over the whole grid; anchors' ladders are sized up front by ``ladder_points``."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="point", disable=not enabled, dynamic_ncols=True)
+
+    def step(self, what: str) -> None:
+        self.bar.set_description(what[:60])
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _codec_points(options: EvalOptions, video: Path, source_THWC: np.ndarray, streams: Path, progress: _Progress) -> list[dict[str, Any]]:
+    from gvc_train.codecs.latent import LatentCodec
+    from gvc_train.eval.metric_suite import compute_metrics
+
+    points = []
+    for codec_dir in options.codecs:
+        codec = LatentCodec(codec_dir)
+        name = Path(codec_dir).name
+        for q in range(codec.num_qualities):
+            stream = streams / f"{video.stem}.{name}.q{q}.gvc"
+            decoded: list[np.ndarray] = []
+            enc = codec.encode(video, stream, q, max_frames=options.frames)
+            dec = codec.decode(stream, decoded.append)
+            per_frame, mean, unavailable = compute_metrics(np.stack(decoded), source_THWC, options.metric_options)
+            points.append(
+                {
+                    "video": video.name, "codec": name, "codec_dir": str(codec_dir), "family": codec.family.name.lower(),
+                    "quality": q, "bytes": enc.file_bytes, "bpp": enc.bpp, "frames": enc.frames,
+                    # the latent codec has no intra refresh: one GOP whatever --intra-period says
+                    "intra_period": -1, "encode_seconds": enc.seconds, "decode_seconds": dec.seconds,
+                    "stream": str(stream), "metrics": mean, "per_frame": per_frame, "unavailable": unavailable,
+                }
+            )  # fmt: skip
+            progress.step(f"{video.name} {name} q{q}")
+    return points
+
+
+def _anchor_points(
+    options: EvalOptions, video: Path, source_THWC: np.ndarray, fps: float, bpp_range: tuple[float, float] | None, progress: _Progress
+) -> list[dict[str, Any]]:
+    from gvc_train.eval.anchors import anchor_ladder
+    from gvc_train.eval.metric_suite import compute_metrics
+
+    points = []
+    for anchor in options.anchors:
+        for setting in options.settings:
+            low_delay = setting == "low-delay"
+            ladder = anchor_ladder(
+                source_THWC, fps, anchor, low_delay=low_delay, intra_period=options.intra_period, bpp_range=bpp_range,
+                points=options.ladder_points, cache_dir=options.anchor_cache,
+            )  # fmt: skip
+            for a in ladder:
+                per_frame, mean, unavailable = compute_metrics(a.frames, source_THWC, options.metric_options)
+                record = a.record()  # command, input recipe, decode command, ffmpeg version, coded size...
+                record.pop("anchor", None)
+                points.append(
+                    {
+                        **record, "video": video.name, "codec": anchor, "setting": setting,
+                        "bpp": a.bytes * 8 / source_THWC[..., 0].size, "frames": int(source_THWC.shape[0]),
+                        "metrics": mean, "per_frame": per_frame, "unavailable": unavailable,
+                    }
+                )  # fmt: skip
+                progress.step(f"{video.name} {anchor} {setting} crf {a.crf}")
+    return points
+
+
+def with_derived_metrics(points: list[dict[str, Any]]) -> None:
+    """MS-SSIM in dB (-10 log10(1 - MS-SSIM)), the scale BD-rate on MS-SSIM is usually quoted on."""
+    for p in points:
+        m = p["metrics"]
+        if m.get("ms_ssim") is not None:
+            m["ms_ssim_db"] = -10 * math.log10(max(1e-10, 1 - m["ms_ssim"]))
+
+
+def bd_table(points: list[dict[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """BD-rate and BD-metric of every codec curve against every anchor curve, per video and metric."""
+    from gvc_train.eval.bdrate import bd_metric, bd_rate
+    from gvc_train.eval.plots import curve_label
+
+    rows = []
+    for video in sorted({p["video"] for p in points}):
+        on_video = [p for p in points if p["video"] == video]
+        curves: dict[str, list[dict[str, Any]]] = {}
+        for p in on_video:
+            curves.setdefault(curve_label(p), []).append(p)
+        learned = [k for k, v in curves.items() if "quality" in v[0]]
+        anchors = [k for k, v in curves.items() if "quality" not in v[0]]
+        for test in learned:
+            for anchor in anchors:
+                for metric in metrics:
+                    a = [(p["bpp"], p["metrics"].get(metric)) for p in curves[anchor]]
+                    t = [(p["bpp"], p["metrics"].get(metric)) for p in curves[test]]
+                    if any(v is None for _, v in a + t):
+                        continue
+                    args = ([r for r, _ in a], [v for _, v in a], [r for r, _ in t], [v for _, v in t])
+                    higher = metric not in LOWER_IS_BETTER
+                    try:
+                        rate, delta = bd_rate(*args, higher_is_better=higher), bd_metric(*args, higher_is_better=higher)
+                    except ValueError as e:
+                        rows.append({"video": video, "codec": test, "anchor": anchor, "metric": metric, "error": str(e)})
+                        continue
+                    rows.append(
+                        {
+                            "video": video, "codec": test, "anchor": anchor, "metric": metric,
+                            "bd_rate_percent": rate.value, "bd_metric": delta.value,
+                            "overlap": rate.overlap, "warning": rate.warning or delta.warning,
+                        }
+                    )  # fmt: skip
+    return rows
+
+
+def metric_settings_for(options: EvalOptions) -> dict[str, dict[str, str]]:
+    """How each metric was computed, per video frame size (MS-SSIM's window depends on it)."""
+    from gvc_train.data.video_io import probe
+    from gvc_train.eval.metric_suite import metric_settings
+
+    settings = {}
+    for video in options.videos:
+        info = probe(video)
+        settings[Path(video).name] = metric_settings(info.height, info.width, options.metric_options)
+    return settings
+
+
+def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from gvc_train.data.video_io import probe, read_frames
+    from gvc_train.eval.plots import plot_rd
+
+    from gvc_train.eval.anchors import anchor_spec
+
+    for anchor in options.anchors:  # bad names fail before any work (and before the progress bar)
+        anchor_spec(anchor)
+    for video in options.videos:
+        if not Path(video).exists():
+            raise FileNotFoundError(f"no video at {video}")
+    out = Path(options.out)
+    streams = out / "streams"
+    streams.mkdir(parents=True, exist_ok=True)
+    if options.anchor_cache is None:
+        options = dataclasses.replace(options, anchor_cache=str(out / "anchor_cache"))
+    qualities = 0
+    for codec_dir in options.codecs:
+        qualities += int(json.loads((Path(codec_dir) / "codec.json").read_text())["qualities"])
+    total = len(options.videos) * (qualities + len(options.anchors) * len(options.settings) * options.ladder_points)
+    progress = _Progress(total, options.progress)
+    started = time.perf_counter()
+    points: list[dict[str, Any]] = []
+    try:
+        for video_path in options.videos:
+            video = Path(video_path)
+            source_THWC = read_frames(video, count=options.frames)
+            fps = probe(video).fps or 30.0
+            codec_points = _codec_points(options, video, source_THWC, streams, progress)
+            rates = [p["bpp"] for p in codec_points]
+            bpp_range = (min(rates), max(rates)) if rates else None
+            points += codec_points + _anchor_points(options, video, source_THWC, fps, bpp_range, progress)
+    finally:
+        progress.close()
+    with_derived_metrics(points)
+    metrics = sorted({k for p in points for k, v in p["metrics"].items() if v is not None})
+    unavailable = {k: v for p in points for k, v in p.get("unavailable", {}).items()}
+    bd = bd_table(points, metrics)
+    plots = []
+    for video in sorted({p["video"] for p in points}):
+        for metric in metrics:
+            png = plot_rd([p for p in points if p["video"] == video], metric, video, out / "plots" / f"{Path(video).stem}_{metric}.png")
+            if png is not None:
+                plots.append(str(png.relative_to(out)))
+    report = {
+        "protocol": PROTOCOL,
+        "frames": options.frames,
+        "intra_period": options.intra_period,
+        "settings": list(options.settings),
+        "videos": [str(v) for v in options.videos],
+        "codecs": [str(c) for c in options.codecs],
+        "anchors": list(options.anchors),
+        "metrics": metrics,
+        "metric_settings": metric_settings_for(options),
+        "unavailable_metrics": unavailable,
+        "notes": [
+            "latent codecs have no intra refresh: they code each video as one GOP whatever --intra-period says",
+        ],
+        "seconds": round(time.perf_counter() - started, 1),
+        "points": points,
+        "bd": bd,
+        "plots": plots,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "points.csv").write_text(points_csv(points, metrics))
+    (out / "bd.csv").write_text(points_csv(bd, [], columns=("video", "codec", "anchor", "metric", "bd_rate_percent", "bd_metric", "overlap", "warning", "error")))
+    (out / "summary.md").write_text(summary_markdown(report))
+    log(f"gvc eval: {len(points)} points, {len(bd)} BD figures, {len(plots)} plots in {out} ({report['seconds']:.0f} s)")
+    return report

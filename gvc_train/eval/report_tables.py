@@ -1,0 +1,74 @@
+"""The text outputs of ``gvc eval``: CSV of points and BD figures, and the Markdown summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+POINT_COLUMNS = ("video", "codec", "setting", "quality", "crf", "preset", "intra_period", "frames", "bytes", "bpp")
+
+
+def points_csv(rows: Sequence[dict[str, Any]], metrics: Sequence[str], columns: Sequence[str] = POINT_COLUMNS) -> str:
+    """One row per point: its identity columns, then each metric's mean over frames."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*columns, *metrics])
+    for row in rows:
+        means = row.get("metrics", {})
+        writer.writerow([_cell(row.get(c)) for c in columns] + [_cell(means.get(m)) for m in metrics])
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """Points per video (rate and the metrics), then the BD table, then what was not measured."""
+    metrics = [m for m in report["metrics"] if m != "ms_ssim_db"]
+    lines = ["# gvc eval", "", report["protocol"], ""]
+    lines.append(f"Frames per video: {report['frames']}; anchors' intra period: {report['intra_period']} (-1: first frame only).")
+    for note in report.get("notes", []):
+        lines.append(f"Note: {note}.")
+    for video in sorted({p["video"] for p in report["points"]}):
+        lines += ["", f"## {video}", "", "| codec | setting | bpp | " + " | ".join(metrics) + " |"]
+        lines.append("|---|---|---|" + "---|" * len(metrics))
+        for p in (p for p in report["points"] if p["video"] == video):
+            setting = f"quality {p['quality']}" if "quality" in p else f"{p['setting']}, crf {p['crf']}"
+            values = " | ".join(_fmt(p["metrics"].get(m), 4 if m in ("ms_ssim", "lpips", "dists") else 2) for m in metrics)
+            lines.append(f"| {p['codec']} | {setting} | {p['bpp']:.4f} | {values} |")
+    if report["bd"]:
+        lines += ["", "## BD-rate (negative: fewer bits than the anchor at equal quality) and BD-metric", ""]
+        lines += ["| video | codec | anchor | metric | BD-rate (%) | BD-metric | overlap | warning |", "|---|---|---|---|---|---|---|---|"]
+        for r in report["bd"]:
+            lines.append(
+                f"| {r['video']} | {r['codec']} | {r['anchor']} | {r['metric']} | {_fmt(r.get('bd_rate_percent'), 2)} | "
+                f"{_fmt(r.get('bd_metric'), 3)} | {_fmt(r.get('overlap'), 2)} | {r.get('warning') or r.get('error') or ''} |"
+            )
+    commands = sorted({(p["codec"], p["setting"], p["preset"], p["command"]) for p in report["points"] if "command" in p})
+    if commands:
+        lines += ["", "## Anchor commands (one per setting; the CRF varies along the ladder)", ""]
+        seen = set()
+        for codec, setting, preset, command in commands:
+            if (codec, setting) in seen:
+                continue
+            seen.add((codec, setting))
+            lines.append(f"- {codec}, {setting}, preset {preset}: `{command}`")
+    if report["unavailable_metrics"]:
+        lines += ["", "## Not measured", ""]
+        lines += [f"- {k}: {v}" for k, v in sorted(report["unavailable_metrics"].items())]
+    if report.get("plots"):
+        lines += ["", "## Plots", ""] + [f"- `{p}`" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
