@@ -6,6 +6,8 @@ from typing import Sequence
 
 import torch
 
+from gvc_train.models import sample_noise
+
 # logvar is clamped as in LDM's DiagonalGaussianDistribution: exp() of a wild encoder output must
 # not overflow to inf (or underflow to 0 std) early in training.
 LOGVAR_MIN = -30.0
@@ -48,9 +50,7 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Reparameterised sample (differentiable in mean and logvar)."""
-        noise = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
+        noise = sample_noise.normal(self.mean.shape, self.mean.device, self.mean.dtype, generator)
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:

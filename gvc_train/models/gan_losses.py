@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +24,7 @@ def adaptive_gan_weight(
     last_layer_weight: torch.Tensor,
     max_weight: float = 1e4,
     eps: float = 1e-4,
+    reduce_grad: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """VQGAN's adaptive weight: ``|grad nll| / (|grad g_loss| + eps)`` at the decoder's last layer.
 
@@ -36,6 +39,10 @@ def adaptive_gan_weight(
     returned weight is detached (a constant factor for this step) and clamped to
     ``[0, max_weight]``. Under FSDP, pass an unsharded parameter (or compute the weight
     without FSDP's flattening of that layer).
+
+    ``reduce_grad`` (data-parallel training) averages each gradient over the ranks before the
+    norms are taken, so the weight is the global batch's, as on one process: norms of per-rank
+    gradients would give each rank its own weight and the replicas would drift apart.
 
     Raises ValueError if either loss has no graph to the weight (e.g. in validation, or under
     ``torch.no_grad``): the caller must then pick a weight itself (VQGAN uses 0).
@@ -52,5 +59,7 @@ def adaptive_gan_weight(
             "adaptive_gan_weight: a loss does not depend on last_layer_weight "
             "(pass the weight of the decoder layer that produced the reconstruction)"
         )
+    if reduce_grad is not None:
+        nll_grad, g_grad = reduce_grad(nll_grad), reduce_grad(g_grad)
     weight = nll_grad.norm() / (g_grad.norm() + eps)
     return weight.clamp(0.0, max_weight).detach()

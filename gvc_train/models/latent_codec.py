@@ -40,7 +40,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
 from torch import nn
 
@@ -50,6 +49,8 @@ from gvc_train.models.latent_codec_parts import (
     ConvGRUCell,
     HyperAnalysis,
     HyperSynthesis,
+    KeyedEntropyBottleneck,
+    KeyedGaussianConditional,
     LatentCodecState,
     trunk,
 )
@@ -104,8 +105,8 @@ class LatentVideoCodec(CompressionModel):
         self.h_a = HyperAnalysis(y_channels, channels, z_channels)
         self.h_s = HyperSynthesis(z_channels, channels)
         self.entropy_params = trunk(2 * channels, channels, 2 * y_channels, 1)
-        self.entropy_bottleneck = EntropyBottleneck(z_channels)
-        self.gaussian_conditional = GaussianConditional(None)
+        self.entropy_bottleneck = KeyedEntropyBottleneck(z_channels)
+        self.gaussian_conditional = KeyedGaussianConditional(None)
 
         gains = torch.logspace(math.log10(lo), math.log10(hi), num_qualities)
         self.y_gain = nn.Parameter(gains[:, None].repeat(1, y_channels))

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import nn
+
+from gvc_train.models import sample_noise
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -111,3 +114,40 @@ class LatentCodecState:
             None if self.memory is None else self.memory.detach(),
             self.frames_seen,
         )
+
+
+class _KeyedNoiseQuantize:
+    """compressai's training noise drawn through :mod:`gvc_train.models.sample_noise`, so that
+    it is keyed by sample position under ``keyed_noise`` (DDP-invariant training); everything
+    else (rounding, tables, coding, state dict) is compressai's own."""
+
+    def quantize(self, inputs: torch.Tensor, mode: str, means: torch.Tensor | None = None) -> torch.Tensor:
+        if mode == "noise":
+            return inputs + sample_noise.uniform_like(inputs)
+        return super().quantize(inputs, mode, means)  # type: ignore[misc]
+
+
+class KeyedEntropyBottleneck(_KeyedNoiseQuantize, EntropyBottleneck):
+    """compressai's forward quantizes ``C x 1 x (B h w)`` values (channels first), so the
+    batch size is remembered here to key the noise by sample, not by channel."""
+
+    _batch: int | None = None
+
+    def forward(self, x: torch.Tensor, training: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._batch = x.shape[0]
+        try:
+            return super().forward(x, training)
+        finally:
+            self._batch = None
+
+    def quantize(self, inputs: torch.Tensor, mode: str, means: torch.Tensor | None = None) -> torch.Tensor:
+        if mode == "noise" and self._batch and inputs.dim() == 3:
+            c, one, n = inputs.shape
+            b = self._batch
+            noise_BCN = sample_noise.uniform_like(inputs.new_empty(b, c, n // b))
+            return inputs + noise_BCN.permute(1, 0, 2).reshape(c, one, n)
+        return super().quantize(inputs, mode, means)
+
+
+class KeyedGaussianConditional(_KeyedNoiseQuantize, GaussianConditional):
+    pass
