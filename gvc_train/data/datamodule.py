@@ -43,6 +43,27 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 ShardSpec = str | list[str] | None
 
 
+def trainer_progress(trainer: L.Trainer | None) -> tuple[int, int] | None:
+    """``(epoch, training batches consumed in it)`` at a checkpoint: what a resumed run skips.
+
+    ``processed``, not a count of yielded batches: Lightning prefetches one batch ahead, and a
+    batch skipped for a non-finite loss was consumed although it made no optimizer step.
+    """
+    if trainer is None:
+        return None
+    return trainer.current_epoch, int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
+def resumed_position(next_epoch: int, resume: tuple[int, int] | None, per_epoch: int | None) -> tuple[int, int]:
+    """``(data epoch, batches of it already consumed)`` for a loader's next iteration."""
+    if resume is None:
+        return next_epoch, 0
+    epoch, consumed = resume
+    if per_epoch is not None and consumed >= per_epoch:  # saved after the epoch's last batch
+        return epoch + 1, 0
+    return epoch, consumed
+
+
 class SkipCountingLoader(DataLoader):
     """A DataLoader over a :class:`ClipStream` that tallies the skip counts batches carry.
 
@@ -57,14 +78,31 @@ class SkipCountingLoader(DataLoader):
         *,
         totals: SkipTotals,
         batches_per_epoch: int | None,
-        epoch_fn: Callable[[], int | None],
+        progress_fn: Callable[[], tuple[int, int] | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(stream, batch_size=None, **kwargs)  # the stream batches itself
         self._totals = totals
         self._batches_per_epoch = batches_per_epoch
-        self._epoch_fn = epoch_fn
-        self._iterations = 0
+        self._progress_fn = progress_fn
+        self._resume: tuple[int, int] | None = None
+        self._epoch: int | None = None  # the data epoch being iterated
+        self._next_epoch = 0
+
+    # Lightning saves a train loader's state_dict() in every checkpoint and hands it back to
+    # load_state_dict() before iterating a resumed run, so the epoch continues where it stopped.
+    # The data epoch is the loader's own count of its iterations, not trainer.current_epoch:
+    # Lightning resumed from a checkpoint taken after an epoch's last batch starts its epoch
+    # counter one further than an uninterrupted run does (2.6), and the data must not jump.
+    def state_dict(self) -> dict[str, int]:
+        progress = self._progress_fn() if self._progress_fn is not None else None
+        if progress is None or self._epoch is None:
+            return {}
+        return {"epoch": self._epoch, "batches": progress[1]}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if "epoch" in state and "batches" in state:
+            self._resume = (int(state["epoch"]), int(state["batches"]))
 
     def __len__(self) -> int:
         if self._batches_per_epoch is None:
@@ -73,9 +111,11 @@ class SkipCountingLoader(DataLoader):
         return self._batches_per_epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch = self._epoch_fn()
-        self.dataset.set_epoch(self._iterations if epoch is None else epoch)
-        self._iterations += 1
+        epoch, consumed = resumed_position(self._next_epoch, self._resume, self._batches_per_epoch)
+        self._resume = None
+        self._epoch, self._next_epoch = epoch, epoch + 1
+        self.dataset.set_epoch(epoch)
+        self.dataset.resume = (epoch, consumed) if consumed else None
         split = self.dataset.config.split
         for item in super().__iter__():
             self._totals.add(split, item["skipped"])
@@ -192,8 +232,8 @@ class VideoDataModule(L.LightningDataModule):
             raise ValueError(f"rank {rank} is not in a world of size {world}")
         return rank, world
 
-    def _trainer_epoch(self) -> int | None:
-        return self.trainer.current_epoch if self.trainer is not None else None
+    def _trainer_progress(self) -> tuple[int, int] | None:
+        return trainer_progress(self.trainer)
 
     # -- setup
 
@@ -270,7 +310,7 @@ class VideoDataModule(L.LightningDataModule):
             self._make_stream(config),
             totals=self._skips,
             batches_per_epoch=self.train_batches_per_epoch() if train else None,
-            epoch_fn=self._trainer_epoch,
+            progress_fn=self._trainer_progress if train else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

@@ -98,6 +98,9 @@ class ClipStream(IterableDataset):
         self.config = config
         self.epoch = 0
         self._iterations = 0  # since set_epoch: tells epochs apart in persistent workers
+        # (epoch, batches this rank already consumed in it): set by the loader when a run
+        # resumes mid-epoch, see SkipCountingLoader.load_state_dict
+        self.resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -107,12 +110,15 @@ class ClipStream(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch_key = (self.epoch, self._iterations)
+        role, skip = worker, 0
+        if self.resume is not None and self.resume[0] == self.epoch and self._iterations == 0:
+            role, skip = resumed_role(worker, num_workers, self.resume[1])
         self._iterations += 1
-        return self._batches(worker, num_workers, epoch_key)
+        return self._batches(role, num_workers, epoch_key, skip)
 
     # -- stages
 
-    def _batches(self, worker: int, num_workers: int, epoch_key: tuple[int, int]) -> Iterator[dict[str, Any]]:
+    def _batches(self, worker: int, num_workers: int, epoch_key: tuple[int, int], skip: int = 0) -> Iterator[dict[str, Any]]:
         cfg = self.config
         skips = SkipCounter(cfg.split)
         base = (cfg.seed, _split_id(cfg.split), *epoch_key)
@@ -140,8 +146,9 @@ class ClipStream(IterableDataset):
         clips = self._decoded(raw, aug_rng, endless, skips)
         count = 0
         for batch in self._batched(clips, worker, skips):
-            yield batch
             count += 1
+            if count > skip:  # a resumed epoch re-makes its first batches and drops them
+                yield batch
             if limit is not None and count >= limit:
                 break
         leftover = skips.drain()
@@ -244,6 +251,21 @@ class ClipStream(IterableDataset):
 
     def _collate(self, clips: list[_Clip], skipped: dict[str, int], worker: int) -> dict[str, Any]:
         return collate(clips, skipped, worker)
+
+
+def resumed_role(worker: int, num_workers: int, consumed: int) -> tuple[int, int]:
+    """``(role, skip)`` of a DataLoader worker when an epoch resumes after ``consumed`` batches.
+
+    A DataLoader takes batch ``j`` from worker ``j % W`` and a fresh loader starts at worker 0,
+    so worker ``w`` plays the stream that made batch ``consumed + w`` (role ``(w + consumed) % W``)
+    and drops the batches that stream had already given: then the resumed epoch yields exactly
+    the batches ``consumed, consumed + 1, ...`` of the uninterrupted one, in the same order.
+    Dropping means re-reading and decoding them (no model work): exactness costs that much I/O.
+    """
+    w = max(1, num_workers)
+    role = (worker + consumed) % w
+    skip = (consumed - role + w - 1) // w if consumed > role else 0
+    return role, skip
 
 
 def _split_id(split: str) -> int:
