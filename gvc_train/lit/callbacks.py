@@ -54,14 +54,19 @@ class ReconstructionVideoLogger(L.Callback):
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
+        if batch_idx != 0 or trainer.sanity_checking:
             return
         if not isinstance(outputs, dict) or "recon" not in outputs:
+            return
+        # Every rank asks: Trainer.log_dir broadcasts rank 0's folder under DDP, so a rank that
+        # skipped it would leave rank 0 waiting there while it waits in the next collective.
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        if not trainer.is_global_zero:
             return
         x_BCThw, recon_BCThw = batch["video"], outputs["recon"]
         n = min(self.max_clips, x_BCThw.shape[0])
         frames = np.concatenate([side_by_side_uint8(x_BCThw[i], recon_BCThw[i]) for i in range(n)], axis=1)
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "reconstructions"
+        out_dir = Path(log_dir) / "reconstructions"
         path = write_mp4(frames, out_dir / f"step_{trainer.global_step:07d}.mp4", fps=self.fps)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gvc_train.lit.step_guard import restore_rng_state, rng_state
 from gvc_train.provenance import environment, git_commit
 
 CHECKPOINT_KEY = "gvc"
@@ -30,6 +31,7 @@ class ComponentCheckpointMixin:
         elapsed = time.monotonic() - started if started is not None else 0.0
         previous = getattr(self, "_train_seconds_before", 0.0)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        checkpoint["rng_state"] = rng_state()  # Lightning does not save it; exact resume needs it
         checkpoint[CHECKPOINT_KEY] = {
             "components": {
                 name: {
@@ -54,3 +56,4 @@ class ComponentCheckpointMixin:
         # Wall time accumulates over resumed runs.
         meta = checkpoint.get(CHECKPOINT_KEY, {})
         self._train_seconds_before = float(meta.get("provenance", {}).get("train_seconds", 0.0))
+        restore_rng_state(checkpoint.get("rng_state"))

@@ -41,7 +41,9 @@ from torch import nn
 from gvc_train.components import load_component
 from gvc_train.eval.metrics import psnr
 from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
-from gvc_train.lit.optim import step_uncounted
+from gvc_train.lit.optim import clip_grad_norm, step_uncounted
+from gvc_train.lit.step_guard import NonFiniteGuard, step_noise
+from gvc_train.models import sample_noise
 from gvc_train.models.latent_codec import LatentVideoCodec
 
 # Lightning precisions under which the codec's parameters stay float32 (see the docstring).
@@ -109,8 +111,7 @@ class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
         self.codec = codec
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.components = {"tokenizer": "tokenizer", "latent_codec": "codec"}
-        self._nonfinite_skipped = 0
-        self._nonfinite_in_a_row = 0
+        self._nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
 
     def train(self, mode: bool = True) -> "LatentCodecModule":
         # Lightning switches the whole module to train mode; the frozen tokenizer stays in eval
@@ -195,26 +196,15 @@ class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
         opt, aux_opt = self.optimizers()
         latent, video = self._inputs(batch)
         batch_size = latent.shape[0]
-        quality = torch.randint(0, self.codec.num_qualities, (batch_size,), device=latent.device)
-        target = self._pixel_target(latent, video) if self.hparams.pixel_weight > 0 else None
-        terms = self.rate_distortion(latent, quality, target)
+        with step_noise(self, batch_size):  # the same noise and qualities whatever the world size
+            quality = sample_noise.randint(self.codec.num_qualities, batch_size, latent.device)
+            target = self._pixel_target(latent, video) if self.hparams.pixel_weight > 0 else None
+            terms = self.rate_distortion(latent, quality, target)
         with torch.autocast(device_type=latent.device.type, enabled=False):
             aux_loss = self.codec.aux_loss()
         total = terms["loss"] + aux_loss
-
-        # All ranks must agree, or the ones that step would wait forever in the gradient all-reduce.
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(total)), all=True)
-        if not finite:
-            self._nonfinite_skipped += 1
-            self._nonfinite_in_a_row += 1
-            self.log("train/nonfinite_skipped", float(self._nonfinite_skipped), batch_size=batch_size)
-            if self._nonfinite_in_a_row >= self.hparams.max_consecutive_nonfinite:
-                raise RuntimeError(
-                    f"{self._nonfinite_in_a_row} batches in a row had a non-finite loss: training diverged "
-                    "(lower lr, raise warmup_steps, or resume from an earlier checkpoint)"
-                )
+        if not self._nonfinite.ok(self, total, batch_size):
             return None
-        self._nonfinite_in_a_row = 0
 
         opt.zero_grad(set_to_none=True)
         aux_opt.zero_grad(set_to_none=True)
@@ -222,7 +212,8 @@ class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
         if self.hparams.grad_clip:
             # The main parameters only: the quantiles' gradient is the aux loss's, not clipped
             # (compressai's reference loop does the same).
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+            # (under FSDP the root module's clip also covers the quantiles: harmless)
+            clip_grad_norm(self, opt, self.hparams.grad_clip)
         opt.step()
         step_uncounted(self, aux_opt)
         sched = self.lr_schedulers()
@@ -238,7 +229,7 @@ class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
                 # The latent is roughly unit-scale: PSNR with peak 1, i.e. -10 log10(MSE).
                 "train/psnr_latent": -10.0 * torch.log10(mse.clamp_min(1e-10)),
                 "train/aux_loss": aux_loss.detach(),
-                "train/nonfinite_skipped": float(self._nonfinite_skipped),
+                "train/nonfinite_skipped": float(self._nonfinite.skipped),
             }
             if "pixel_mse" in terms:
                 metrics["train/pixel_mse"] = terms["pixel_mse"].detach().mean()
@@ -296,8 +287,8 @@ class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["nonfinite_skipped"] = self._nonfinite_skipped
+        checkpoint["nonfinite_skipped"] = self._nonfinite.skipped
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self._nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
+        self._nonfinite.skipped = int(checkpoint.get("nonfinite_skipped", 0))

@@ -17,3 +17,20 @@ def step_uncounted(module: L.LightningModule, optimizer: Any) -> None:
     plugins (AMP grad scaling) and distributed strategies in the loop.
     """
     module.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None, model=module)
+
+
+def clip_grad_norm(module: L.LightningModule, optimizer: Any, max_norm: float) -> None:
+    """Clip the gradient norm of ``optimizer``'s parameters, under any strategy.
+
+    FSDP shards gradients, so the norm must be computed by the root FSDP module
+    (``FullyShardedDataParallel.clip_grad_norm_``); Lightning's ``clip_gradients`` refuses under
+    FSDP for that reason. The root module clips every parameter that has a gradient, so the
+    stages set other optimizers' gradients to None before a backward (see the tokenizer stage).
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = module.trainer.strategy
+    if isinstance(strategy, FSDPStrategy):
+        strategy.model.clip_grad_norm_(max_norm)
+        return
+    module.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")

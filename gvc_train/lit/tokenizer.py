@@ -16,7 +16,8 @@ from torch import nn
 
 from gvc_train.eval.metrics import frame_psnr, ms_ssim, psnr
 from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
-from gvc_train.lit.optim import step_uncounted
+from gvc_train.lit.optim import clip_grad_norm, step_uncounted
+from gvc_train.lit.step_guard import NonFiniteGuard, step_noise
 from gvc_train.models.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
 
 
@@ -35,6 +36,9 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         lr, disc_lr, betas, weight_decay, warmup_steps: AdamW with linear warm-up.
         grad_clip: clip the gradient norm of each optimizer's parameters (manual optimization
             means the Trainer's gradient_clip_val does not apply).
+        max_consecutive_nonfinite: a batch with a non-finite loss is skipped (no step, counted
+            in ``train/nonfinite_skipped``); this many in a row save a checkpoint and stop the
+            run (see :mod:`gvc_train.lit.step_guard`).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         grad_clip: float | None = 1.0,
+        max_consecutive_nonfinite: int = 100,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["vae", "discriminator"])
@@ -70,6 +75,7 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
 
             self._lpips.append(LPIPS(backbone_path=lpips_backbone).eval().requires_grad_(False))
         self.components = {"tokenizer": "vae"}
+        self._nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
 
     def setup(self, stage: str) -> None:
         if self._trainer is None:
@@ -121,7 +127,8 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         scheds = self.lr_schedulers()
         scheds = scheds if isinstance(scheds, (list, tuple)) else [scheds] if scheds else []
 
-        terms = self._reconstruction_terms(x_BCThw)
+        with step_noise(self, x_BCThw.shape[0]):  # posterior samples: the same whatever the world size
+            terms = self._reconstruction_terms(x_BCThw)
         loss = terms["nll"] + self.hparams.kl_weight * terms["kl"]
         gan_on = self._gan_active()
         if gan_on:
@@ -129,25 +136,32 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
             # would be computed (and all-reduced under DDP) only to be thrown away.
             self.discriminator.requires_grad_(False)
             g_loss = hinge_g_loss(self.discriminator(terms["recon"]))
-            weight = adaptive_gan_weight(terms["nll"], g_loss, self.vae.last_layer_weight)
+            weight = adaptive_gan_weight(terms["nll"], g_loss, self.vae.last_layer_weight, reduce_grad=self._mean_over_ranks())
             loss = loss + self.hparams.gan_weight * weight * g_loss
             self.log("train/g_loss", g_loss.detach())
             self.log("train/gan_adaptive_weight", weight)
 
+        if not self._nonfinite.ok(self, loss, x_BCThw.shape[0]):
+            return None
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         self._clip(opt_g)
         opt_g.step()
+        # None, not zeros: the discriminator's clip below (under FSDP: over every parameter
+        # with a gradient) must not see the generator's
+        opt_g.zero_grad(set_to_none=True)
 
         if gan_on and opt_d is not None:
             self.discriminator.requires_grad_(True)
             logits_real = self.discriminator(x_BCThw)
             logits_fake = self.discriminator(terms["recon"].detach())
             d_loss = hinge_d_loss(logits_real, logits_fake)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            self._clip(opt_d)
-            step_uncounted(self, opt_d)
+            if self._nonfinite.ok(self, d_loss, x_BCThw.shape[0]):
+                opt_d.zero_grad(set_to_none=True)
+                self.manual_backward(d_loss)
+                self._clip(opt_d)
+                step_uncounted(self, opt_d)
+                opt_d.zero_grad(set_to_none=True)
             self.log("train/d_loss", d_loss.detach())
         # Schedulers pair with optimizers; the discriminator's advances only with its steps.
         for i, sched in enumerate(scheds):
@@ -170,9 +184,22 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=x_BCThw.shape[0])
         return loss.detach()
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["nonfinite_skipped"] = self._nonfinite.skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._nonfinite.skipped = int(checkpoint.get("nonfinite_skipped", 0))
+
+    def _mean_over_ranks(self) -> Any:
+        if self._trainer is None or self.trainer.world_size == 1:
+            return None
+        return lambda t: self.trainer.strategy.reduce(t, reduce_op="mean")
+
     def _clip(self, optimizer: torch.optim.Optimizer) -> None:
         if self.hparams.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+            clip_grad_norm(self, optimizer, self.hparams.grad_clip)
 
     # ---- evaluation ---------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
