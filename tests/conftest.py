@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from gvc_train.data.sample_videos import sample_video
 
@@ -99,3 +100,34 @@ def tiny_codec_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_component(codec, folder, "latent_codec")
     write_codec_json(folder, "latent", {"qualities": 3}, {"recipe": "tests/conftest.py tiny_codec_dir (random weights)"})
     return folder
+
+
+def quiet_recipe(recipe: str | Path, out: Path, every_n_train_steps: int | None = None) -> Path:
+    """A copy of ``recipe`` for subprocess tests: no progress bar or loggers, and (optionally) its
+    periodic last.ckpt every ``every_n_train_steps``. Its other callbacks stay: under DDP they
+    must not hang (the reconstruction logger once did)."""
+    cfg = yaml.safe_load(Path(recipe).read_text())
+    trainer = cfg["trainer"]
+    trainer["logger"] = False
+    keep = []
+    for cb in trainer.get("callbacks", []):
+        if cb["class_path"].endswith("TQDMProgressBar"):
+            continue
+        init = cb.get("init_args") or {}
+        if every_n_train_steps is not None and init.get("every_n_train_steps"):
+            init["every_n_train_steps"] = every_n_train_steps
+        keep.append(cb)
+    trainer["callbacks"] = keep
+    trainer["enable_progress_bar"] = False
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def synthetic_data_args(batch_size: int, samples_per_epoch: int = 16, frames: int = 5, size: int = 32) -> list[str]:
+    """Replace a recipe's data by ``SyntheticVideoDataModule`` clips (no shards needed)."""
+    init = "--data.init_args"
+    return [
+        "--data=gvc_train.data.synthetic.SyntheticVideoDataModule",
+        f"{init}.clip_frames={frames}", f"{init}.height={size}", f"{init}.width={size}",
+        f"{init}.batch_size={batch_size}", f"{init}.samples_per_epoch={samples_per_epoch}",
+    ]  # fmt: skip
