@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 # recipes/tiny/tokenizer.yaml's model
 TINY_TOKENIZER = dict(
     latent_channels=16, base_channels=8, channel_mults=[1, 2, 4, 4], num_res_blocks=1,
-    temporal_downsample=[False, True, True], mid_attention=False, norm_groups=8,
+    temporal_downsample=[False, True, True], mid_attention=False, norm="rms", norm_groups=8,
 )
 CLIP_FRAMES, CROP, BIG, BATCH = 17, 64, 128, 4
 

