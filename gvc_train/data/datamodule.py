@@ -43,15 +43,15 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 ShardSpec = str | list[str] | None
 
 
-def trainer_progress(trainer: L.Trainer | None) -> tuple[int, int] | None:
-    """``(epoch, training batches consumed in it)`` at a checkpoint: what a resumed run skips.
+def consumed_batches(trainer: L.Trainer | None) -> int | None:
+    """Training batches consumed in the current epoch at a checkpoint: what a resumed run skips.
 
     ``processed``, not a count of yielded batches: Lightning prefetches one batch ahead, and a
     batch skipped for a non-finite loss was consumed although it made no optimizer step.
     """
     if trainer is None:
         return None
-    return trainer.current_epoch, int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
 
 def resumed_position(next_epoch: int, resume: tuple[int, int] | None, per_epoch: int | None) -> tuple[int, int]:
@@ -78,7 +78,7 @@ class SkipCountingLoader(DataLoader):
         *,
         totals: SkipTotals,
         batches_per_epoch: int | None,
-        progress_fn: Callable[[], tuple[int, int] | None] | None = None,
+        progress_fn: Callable[[], int | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(stream, batch_size=None, **kwargs)  # the stream batches itself
@@ -94,11 +94,14 @@ class SkipCountingLoader(DataLoader):
     # The data epoch is the loader's own count of its iterations, not trainer.current_epoch:
     # Lightning resumed from a checkpoint taken after an epoch's last batch starts its epoch
     # counter one further than an uninterrupted run does (2.6), and the data must not jump.
+    # Only with a fixed epoch length (samples_per_epoch): then every worker's stream has the same
+    # length and batch j came from worker j % W, which the resume relies on. A one-pass epoch
+    # (one rank only) resumes from its start, as Lightning does with any unstateful loader.
     def state_dict(self) -> dict[str, int]:
-        progress = self._progress_fn() if self._progress_fn is not None else None
-        if progress is None or self._epoch is None:
+        consumed = self._progress_fn() if self._progress_fn is not None else None
+        if consumed is None or self._epoch is None or self._batches_per_epoch is None:
             return {}
-        return {"epoch": self._epoch, "batches": progress[1]}
+        return {"epoch": self._epoch, "batches": consumed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if "epoch" in state and "batches" in state:
@@ -232,8 +235,8 @@ class VideoDataModule(L.LightningDataModule):
             raise ValueError(f"rank {rank} is not in a world of size {world}")
         return rank, world
 
-    def _trainer_progress(self) -> tuple[int, int] | None:
-        return trainer_progress(self.trainer)
+    def _consumed_batches(self) -> int | None:
+        return consumed_batches(self.trainer)
 
     # -- setup
 
@@ -310,7 +313,7 @@ class VideoDataModule(L.LightningDataModule):
             self._make_stream(config),
             totals=self._skips,
             batches_per_epoch=self.train_batches_per_epoch() if train else None,
-            progress_fn=self._trainer_progress if train else None,
+            progress_fn=self._consumed_batches if train else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from gvc_train.data.datamodule import resumed_position, trainer_progress
+from gvc_train.data.datamodule import consumed_batches, resumed_position
 
 
 def synthetic_clip(index: int, clip_frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -56,9 +56,10 @@ class _SyntheticStream(IterableDataset):
         if self.split == "train":
             per_epoch = dm.train_batches_per_epoch(self.world)
             offset = 0
-        else:
+        else:  # the same clips at every validation, so val metrics compare across epochs
             per_epoch = max(1, dm.val_samples // (dm.batch_size * self.world))
             offset = 1 << 40  # validation clips are never training clips
+            self.epoch, self.skip = 0, 0
         global_batch = dm.batch_size * self.world
         for step in range(self.skip, per_epoch):
             first = offset + (self.epoch * per_epoch + step) * global_batch + self.rank * dm.batch_size
@@ -94,8 +95,8 @@ class _SyntheticLoader(DataLoader):
         return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
-        progress = trainer_progress(self._trainer) if self.dataset.split == "train" else None
-        return {} if progress is None or self._epoch is None else {"epoch": self._epoch, "batches": progress[1]}
+        consumed = consumed_batches(self._trainer) if self.dataset.split == "train" else None
+        return {} if consumed is None or self._epoch is None else {"epoch": self._epoch, "batches": consumed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if "epoch" in state and "batches" in state:

@@ -4,35 +4,35 @@ Lightning's ``TorchCheckpointIO`` writes the final path in place, so a job kille
 preemption, an OOM kill, a node failure) leaves a truncated ``last.ckpt`` and nothing to resume
 from. Here the checkpoint goes to a temporary file in the same folder, is flushed and fsynced,
 then renamed over the target (``os.replace`` is atomic within a file system), and the folder is
-fsynced so the rename survives a power cut. Temporary files of a killed save are named
-``.<name>.tmp-<pid>`` and removed by the next save to the same folder.
+fsynced so the rename survives a power cut. Temporary files are named ``.gvc-partial-<pid>-<hex>``:
+nothing that looks for checkpoints by name (``*.ckpt``, ``hpc_ckpt_*``, ``last*``) can mistake a
+killed save's leftover for a checkpoint, and the next save into the same folder removes the
+leftovers of writers that are no longer alive.
 
 ``gvc-train`` installs this plug-in in every run (see ``gvc_train.cli``).
 """
 
 from __future__ import annotations
 
-import io
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-TMP_MARK = ".tmp-"
+TMP_PREFIX = ".gvc-partial-"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    _remove_stale_temporaries(path.parent)
+    tmp = path.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
+            torch.save(obj, f)  # straight to the file: no second in-memory copy of a big state
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,10 +43,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    prefix = f".{path.name}{TMP_MARK}"
-    for old in path.parent.glob(f"{prefix}*"):
-        pid = old.name[len(prefix) :]
+def _remove_stale_temporaries(folder: Path) -> None:
+    for old in folder.glob(f"{TMP_PREFIX}*"):
+        pid = old.name[len(TMP_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             old.unlink(missing_ok=True)
 

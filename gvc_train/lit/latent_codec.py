@@ -285,6 +285,9 @@ class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
             return [opt, aux_opt], [{"scheduler": sched, "interval": "step"}]
         return [opt, aux_opt]
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._nonfinite.stop_if_diverged(self)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["nonfinite_skipped"] = self._nonfinite.skipped

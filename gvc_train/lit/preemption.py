@@ -26,6 +26,8 @@ from typing import Any
 
 import lightning as L
 
+from gvc_train.lit.last_checkpoint import LastCheckpoint
+
 
 class PreemptionCallback(L.Callback):
     def __init__(self, signum: int = signal.SIGUSR1, requeue: bool = True) -> None:
@@ -51,6 +53,11 @@ class PreemptionCallback(L.Callback):
         self._signalled = False
         path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
         trainer.save_checkpoint(path)
+        # the run stops next; LastCheckpoint must not spend the rest of the grace time writing
+        # last.ckpt for the same step (the requeued job resumes from hpc_ckpt anyway)
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback._last_global_step_saved = trainer.global_step
         job = _job_id()
         message = f"gvc-train: preempted at step {trainer.global_step}: saved {path}"
         if trainer.is_global_zero and self.requeue and job is not None:

@@ -44,15 +44,22 @@ def step_noise(module: L.LightningModule, local_batch_size: int) -> Any:
 
 
 class NonFiniteGuard:
-    def __init__(self, max_in_a_row: int) -> None:
+    """Counts non-finite losses of one optimizer's step; see the module docstring.
+
+    The stop comes from :meth:`stop_if_diverged`, called in ``on_train_batch_end``: outside the
+    forward pass, where every strategy (FSDP included) can gather a full state to save.
+    """
+
+    def __init__(self, max_in_a_row: int, what: str = "loss", log_key: str = "train/nonfinite_skipped") -> None:
         if max_in_a_row < 1:
             raise ValueError(f"max_consecutive_nonfinite must be >= 1, got {max_in_a_row}")
-        self.max_in_a_row = max_in_a_row
+        self.max_in_a_row, self.what, self.log_key = max_in_a_row, what, log_key
         self.skipped = 0
         self.in_a_row = 0
+        self._diverged: str | None = None
 
     def ok(self, module: L.LightningModule, loss: torch.Tensor, batch_size: int) -> bool:
-        """True: step. False: skip this batch (counted and logged). Raises after too many."""
+        """True: step. False: skip this batch (counted and logged)."""
         finite = bool(torch.isfinite(loss).all())
         if module._trainer is not None:
             finite = module.trainer.strategy.reduce_boolean_decision(finite, all=True)
@@ -61,21 +68,20 @@ class NonFiniteGuard:
             return True
         self.skipped += 1
         self.in_a_row += 1
-        module.log("train/nonfinite_skipped", float(self.skipped), batch_size=batch_size)
+        module.log(self.log_key, float(self.skipped), batch_size=batch_size)
         if self.in_a_row >= self.max_in_a_row:
-            saved = _save_before_fault(module)
-            raise TrainingDiverged(
-                f"{self.in_a_row} batches in a row had a non-finite loss at step {module.global_step}: "
-                f"training diverged; the weights from before the fault are in {saved} "
-                "(lower lr, raise warmup_steps, or resume from an earlier checkpoint)"
-            )
+            self._diverged = f"{self.in_a_row} batches in a row had a non-finite {self.what} at step {module.global_step}"
         return False
 
-    def state_dict(self) -> dict[str, int]:
-        return {"skipped": self.skipped}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.skipped = int(state.get("skipped", 0))
+    def stop_if_diverged(self, module: L.LightningModule) -> None:
+        """Save and raise :class:`TrainingDiverged` once ``max_in_a_row`` batches were skipped."""
+        if self._diverged is None:
+            return
+        saved = _save_before_fault(module)
+        raise TrainingDiverged(
+            f"{self._diverged}: training diverged; the weights from before the fault are in {saved} "
+            "(lower lr, raise warmup_steps, or resume from an earlier checkpoint)"
+        )
 
 
 def _save_before_fault(module: L.LightningModule) -> str:

@@ -76,6 +76,8 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
             self._lpips.append(LPIPS(backbone_path=lpips_backbone).eval().requires_grad_(False))
         self.components = {"tokenizer": "vae"}
         self._nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
+        # its own count: a finite generator loss must not hide a discriminator that diverged
+        self._nonfinite_d = NonFiniteGuard(max_consecutive_nonfinite, "discriminator loss", "train/nonfinite_skipped_d")
 
     def setup(self, stage: str) -> None:
         if self._trainer is None:
@@ -131,6 +133,7 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
             terms = self._reconstruction_terms(x_BCThw)
         loss = terms["nll"] + self.hparams.kl_weight * terms["kl"]
         gan_on = self._gan_active()
+        d_stepped = False
         if gan_on:
             # The discriminator is frozen for the generator's backward: its gradients there
             # would be computed (and all-reduced under DDP) only to be thrown away.
@@ -156,7 +159,8 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
             logits_real = self.discriminator(x_BCThw)
             logits_fake = self.discriminator(terms["recon"].detach())
             d_loss = hinge_d_loss(logits_real, logits_fake)
-            if self._nonfinite.ok(self, d_loss, x_BCThw.shape[0]):
+            d_stepped = self._nonfinite_d.ok(self, d_loss, x_BCThw.shape[0])
+            if d_stepped:
                 opt_d.zero_grad(set_to_none=True)
                 self.manual_backward(d_loss)
                 self._clip(opt_d)
@@ -165,7 +169,7 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
             self.log("train/d_loss", d_loss.detach())
         # Schedulers pair with optimizers; the discriminator's advances only with its steps.
         for i, sched in enumerate(scheds):
-            if i == 0 or gan_on:
+            if i == 0 or (gan_on and d_stepped):
                 sched.step()
 
         with torch.no_grad():
@@ -183,6 +187,10 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         )
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=x_BCThw.shape[0])
         return loss.detach()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._nonfinite.stop_if_diverged(self)
+        self._nonfinite_d.stop_if_diverged(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -11,7 +11,7 @@ Outside :func:`keyed_noise` (evaluation, tests, plain PyTorch loops) every funct
 to the global RNG, so models behave exactly as before.
 
     with keyed_noise(seed=0, step=trainer.global_step, first_index=rank * batch_size):
-        loss = model(x)          # the model's noise sites call uniform_like / normal_like
+        loss = model(x)          # the model's noise sites call uniform_like / normal / randint
 """
 
 from __future__ import annotations
