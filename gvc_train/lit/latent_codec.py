@@ -42,7 +42,7 @@ from gvc_train.components import load_component
 from gvc_train.eval.metrics import psnr
 from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
-from gvc_train.lit.step_guard import NonFiniteGuard, step_noise
+from gvc_train.lit.step_guard import NonFiniteGuard, NonFiniteGuardHooks, step_noise
 from gvc_train.models import sample_noise
 from gvc_train.models.latent_codec import LatentVideoCodec
 
@@ -54,7 +54,7 @@ def _is_aux(name: str) -> bool:
     return name.endswith(".quantiles")
 
 
-class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
+class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.LightningModule):
     """Train a latent video codec on a frozen tokenizer's latents.
 
     Args:
@@ -284,14 +284,3 @@ class LatentCodecModule(ComponentCheckpointMixin, L.LightningModule):
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
             return [opt, aux_opt], [{"scheduler": sched, "interval": "step"}]
         return [opt, aux_opt]
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._nonfinite.stop_if_diverged(self)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["nonfinite_skipped"] = self._nonfinite.skipped
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._nonfinite.skipped = int(checkpoint.get("nonfinite_skipped", 0))

@@ -84,6 +84,31 @@ class NonFiniteGuard:
         )
 
 
+class NonFiniteGuardHooks:
+    """The stage hooks every :class:`NonFiniteGuard` needs: the stop at the batch end, and the
+    skip counts in checkpoints. A stage lists its guards' attribute names in ``nonfinite_guards``
+    (``_nonfinite`` is saved as ``nonfinite_skipped``, ``_nonfinite_d`` as ``nonfinite_skipped_d``)."""
+
+    nonfinite_guards: tuple[str, ...] = ("_nonfinite",)
+
+    def _guards(self) -> list[tuple[str, NonFiniteGuard]]:
+        return [("nonfinite_skipped" + attr[len("_nonfinite") :], getattr(self, attr)) for attr in self.nonfinite_guards]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        for _, guard in self._guards():
+            guard.stop_if_diverged(self)  # type: ignore[arg-type]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        for key, guard in self._guards():
+            checkpoint[key] = guard.skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        for key, guard in self._guards():
+            guard.skipped = int(checkpoint.get(key, 0))
+
+
 def _save_before_fault(module: L.LightningModule) -> str:
     if module._trainer is None:
         return "(no trainer: nothing saved)"

@@ -17,11 +17,11 @@ from torch import nn
 from gvc_train.eval.metrics import frame_psnr, ms_ssim, psnr
 from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
-from gvc_train.lit.step_guard import NonFiniteGuard, step_noise
+from gvc_train.lit.step_guard import NonFiniteGuard, NonFiniteGuardHooks, step_noise
 from gvc_train.models.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
 
 
-class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
+class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.LightningModule):
     """Train a video tokenizer (VAE).
 
     Args:
@@ -78,6 +78,7 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         self._nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
         # its own count: a finite generator loss must not hide a discriminator that diverged
         self._nonfinite_d = NonFiniteGuard(max_consecutive_nonfinite, "discriminator loss", "train/nonfinite_skipped_d")
+        self.nonfinite_guards = ("_nonfinite", "_nonfinite_d")
 
     def setup(self, stage: str) -> None:
         if self._trainer is None:
@@ -187,18 +188,6 @@ class TokenizerModule(ComponentCheckpointMixin, L.LightningModule):
         )
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=x_BCThw.shape[0])
         return loss.detach()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._nonfinite.stop_if_diverged(self)
-        self._nonfinite_d.stop_if_diverged(self)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["nonfinite_skipped"] = self._nonfinite.skipped
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._nonfinite.skipped = int(checkpoint.get("nonfinite_skipped", 0))
 
     def _mean_over_ranks(self) -> Any:
         if self._trainer is None or self.trainer.world_size == 1:
