@@ -54,17 +54,48 @@ def consumed_batches(trainer: L.Trainer | None) -> int | None:
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
 
-def resumed_position(next_epoch: int, resume: tuple[int, int] | None, per_epoch: int | None) -> tuple[int, int]:
-    """``(data epoch, batches of it already consumed)`` for a loader's next iteration."""
-    if resume is None:
-        return next_epoch, 0
-    epoch, consumed = resume
-    if per_epoch is not None and consumed >= per_epoch:  # saved after the epoch's last batch
-        return epoch + 1, 0
-    return epoch, consumed
+class ResumableEpochs:
+    """The data epoch and resume position of a training loader, kept for Lightning's checkpoints.
+
+    Lightning saves a train loader's ``state_dict()`` in every checkpoint and hands it back to
+    ``load_state_dict()`` before iterating a resumed run, so the epoch continues where it
+    stopped. The data epoch is the loader's own count of its iterations, not
+    ``trainer.current_epoch``: Lightning resumed from a checkpoint taken after an epoch's last
+    batch starts its epoch counter one further than an uninterrupted run does (2.6), and the
+    data must not jump. Only with a fixed epoch length: then every worker's stream has the same
+    length and batch j came from worker j % W, which the resume relies on. A one-pass epoch
+    (one rank only) resumes from its start, as Lightning does with any unstateful loader.
+    """
+
+    def _init_epochs(self, per_epoch: int | None, consumed_fn: Callable[[], int | None] | None) -> None:
+        self._per_epoch, self._consumed_fn = per_epoch, consumed_fn
+        self._resume: tuple[int, int] | None = None
+        self._epoch: int | None = None  # the data epoch being iterated
+        self._next_epoch = 0
+
+    def _start_epoch(self) -> tuple[int, int]:
+        """``(data epoch, batches of it already consumed)`` for the iteration that starts now."""
+        epoch, consumed = self._next_epoch, 0
+        if self._resume is not None:
+            epoch, consumed = self._resume
+            if self._per_epoch is not None and consumed >= self._per_epoch:  # saved after its last batch
+                epoch, consumed = epoch + 1, 0
+        self._resume = None
+        self._epoch, self._next_epoch = epoch, epoch + 1
+        return epoch, consumed
+
+    def state_dict(self) -> dict[str, int]:
+        consumed = self._consumed_fn() if self._consumed_fn is not None else None
+        if consumed is None or self._epoch is None or self._per_epoch is None:
+            return {}
+        return {"epoch": self._epoch, "batches": consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if "epoch" in state and "batches" in state:
+            self._resume = (int(state["epoch"]), int(state["batches"]))
 
 
-class SkipCountingLoader(DataLoader):
+class SkipCountingLoader(ResumableEpochs, DataLoader):
     """A DataLoader over a :class:`ClipStream` that tallies the skip counts batches carry.
 
     Runs in the main process, after the worker boundary, so every worker's counts arrive here
@@ -83,40 +114,16 @@ class SkipCountingLoader(DataLoader):
     ) -> None:
         super().__init__(stream, batch_size=None, **kwargs)  # the stream batches itself
         self._totals = totals
-        self._batches_per_epoch = batches_per_epoch
-        self._progress_fn = progress_fn
-        self._resume: tuple[int, int] | None = None
-        self._epoch: int | None = None  # the data epoch being iterated
-        self._next_epoch = 0
-
-    # Lightning saves a train loader's state_dict() in every checkpoint and hands it back to
-    # load_state_dict() before iterating a resumed run, so the epoch continues where it stopped.
-    # The data epoch is the loader's own count of its iterations, not trainer.current_epoch:
-    # Lightning resumed from a checkpoint taken after an epoch's last batch starts its epoch
-    # counter one further than an uninterrupted run does (2.6), and the data must not jump.
-    # Only with a fixed epoch length (samples_per_epoch): then every worker's stream has the same
-    # length and batch j came from worker j % W, which the resume relies on. A one-pass epoch
-    # (one rank only) resumes from its start, as Lightning does with any unstateful loader.
-    def state_dict(self) -> dict[str, int]:
-        consumed = self._progress_fn() if self._progress_fn is not None else None
-        if consumed is None or self._epoch is None or self._batches_per_epoch is None:
-            return {}
-        return {"epoch": self._epoch, "batches": consumed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if "epoch" in state and "batches" in state:
-            self._resume = (int(state["epoch"]), int(state["batches"]))
+        self._init_epochs(batches_per_epoch, progress_fn)
 
     def __len__(self) -> int:
-        if self._batches_per_epoch is None:
+        if self._per_epoch is None:
             # one pass over shards of unknown size: no length, as for any unsized iterable
             raise TypeError(f"{self.dataset.config.split} loader has no length (one pass over the shards)")
-        return self._batches_per_epoch
+        return self._per_epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch, consumed = resumed_position(self._next_epoch, self._resume, self._batches_per_epoch)
-        self._resume = None
-        self._epoch, self._next_epoch = epoch, epoch + 1
+        epoch, consumed = self._start_epoch()
         self.dataset.set_epoch(epoch)
         self.dataset.resume = (epoch, consumed) if consumed else None
         split = self.dataset.config.split

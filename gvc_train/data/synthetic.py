@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from gvc_train.data.datamodule import consumed_batches, resumed_position
+from gvc_train.data.datamodule import ResumableEpochs, consumed_batches
 
 
 def synthetic_clip(index: int, clip_frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -76,31 +76,19 @@ class _SyntheticStream(IterableDataset):
             }
 
 
-class _SyntheticLoader(DataLoader):
+class _SyntheticLoader(ResumableEpochs, DataLoader):
     def __init__(self, stream: _SyntheticStream, length: int, trainer: Any) -> None:
         super().__init__(stream, batch_size=None, num_workers=0)
-        self._length, self._trainer, self._resume = length, trainer, None
-        self._epoch: int | None = None
-        self._next_epoch = 0
+        self._length = length
+        train = stream.split == "train"
+        self._init_epochs(length, (lambda: consumed_batches(trainer)) if train else None)
 
     def __len__(self) -> int:
         return self._length
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        # the loader's own epoch count, as SkipCountingLoader's (see there why)
-        epoch, consumed = resumed_position(self._next_epoch, self._resume, self._length)
-        self._resume = None
-        self._epoch, self._next_epoch = epoch, epoch + 1
-        self.dataset.epoch, self.dataset.skip = epoch, consumed
+        self.dataset.epoch, self.dataset.skip = self._start_epoch()
         return super().__iter__()
-
-    def state_dict(self) -> dict[str, int]:
-        consumed = consumed_batches(self._trainer) if self.dataset.split == "train" else None
-        return {} if consumed is None or self._epoch is None else {"epoch": self._epoch, "batches": consumed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if "epoch" in state and "batches" in state:
-            self._resume = (int(state["epoch"]), int(state["batches"]))
 
 
 class SyntheticVideoDataModule(L.LightningDataModule):
