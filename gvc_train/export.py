@@ -24,6 +24,7 @@ import torch
 from gvc_train.codecs.codec_folder import FAMILY_COMPONENTS, write_codec_json
 from gvc_train.components import ComponentError, build_and_load, save_component
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY
+from gvc_train.safe_output import OutputError, atomic_output, raise_on_sigterm
 
 
 class ExportError(RuntimeError):
@@ -79,18 +80,33 @@ def export_checkpoint(
     return written
 
 
+def _is_export_file(path: Path) -> bool:
+    """What an export folder holds: ``NAME.json`` / ``NAME.safetensors`` pairs and codec.json."""
+    return path.is_file() and not path.is_symlink() and path.suffix in (".json", ".safetensors")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gvc-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a training checkpoint (.ckpt) written by gvc-train")
-    parser.add_argument("--out", required=True, help="folder to write the component(s) into")
+    parser.add_argument("--out", required=True, help="folder to write the component(s) into: new, empty, or an earlier export with --overwrite")
     parser.add_argument("--component", action="append", help="export only this component (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (a folder holding only .json/.safetensors files)")
     args = parser.parse_args(argv)
+    raise_on_sigterm()
+    out = Path(args.out)
     try:
-        written = export_checkpoint(args.checkpoint, args.out, args.component)
-    except (ExportError, ComponentError) as e:
+        # The whole folder is written beside --out and moved into place when complete: a failed
+        # export leaves nothing, and never touches what --out held unless --overwrite.
+        with atomic_output(out, inputs=[args.checkpoint], overwrite=args.overwrite, folder=True, owns=_is_export_file) as tmp:
+            written = export_checkpoint(args.checkpoint, tmp, args.component)
+    except (ExportError, ComponentError, OutputError) as e:
         print(f"gvc-export: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("gvc-export: interrupted; nothing was written", file=sys.stderr)
+        return 130
     for name, path in written.items():
+        path = out / path.name
         print(f"exported {name}: {path}" + ("" if name == "codec" else f" + {path.with_suffix('.safetensors').name}"))
     return 0
 

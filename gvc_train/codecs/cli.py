@@ -1,7 +1,7 @@
 """``gvc``: the inference command line.
 
-    gvc encode INPUT OUTPUT --codec DIR --quality Q [--frames N]
-    gvc decode INPUT OUTPUT [--codec DIR]       OUTPUT: out.mp4, out.y4m or a folder of PNGs
+    gvc encode INPUT OUTPUT --codec DIR [--quality Q] [--frames N] [--overwrite]
+    gvc decode INPUT OUTPUT [--codec DIR] [--overwrite]   OUTPUT: out.mp4, out.mkv, out.y4m or a PNG folder
     gvc info FILE [--json]                      header, chunk table, bits per frame
     gvc eval --codec DIR... --video FILE... --out REPORT_DIR [--anchors x264,x265,svtav1]
 
@@ -9,6 +9,11 @@
 looks in ``$GVC_CODEC_PATH`` (folders separated by ``:``) and ``checkpoints/``.
 Every failure is one line on stderr (``gvc: error: ...``) and exit status 2; set
 ``GVC_DEBUG=1`` for the traceback.
+
+Outputs follow ``gvc_train.safe_output``: never the input, an existing output is replaced only
+with ``--overwrite``, written beside and moved into place when whole, removed on failure,
+Ctrl-C or SIGTERM. This module imports only the standard library at start, so ``--help``,
+``--version``, ``info`` and argument errors answer at once; torch comes in with the codec.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import sys
 import warnings
 from pathlib import Path
 
+import gvc_train
+from gvc_train.safe_output import OutputError, atomic_output, check_target, raise_on_sigterm
+
 # compressai scripts a function with torch.jit at import; the deprecation notice is not the user's concern.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
-from gvc_train.coding.container import FINGERPRINT_BYTES, BitstreamError, read_header, read_stream
-from gvc_train.components import ComponentError
-from gvc_train.data.video_io import VideoReadError
+EVAL_FILES = {"report.json", "points.csv", "bd.csv", "summary.md", "streams", "plots", "anchor_cache"}
 
 
 class UsageError(RuntimeError):
@@ -40,6 +46,7 @@ def _codec_search_path() -> list[Path]:
 def find_codec(fingerprint: bytes) -> Path:
     """The exported codec folder whose fingerprint starts with ``fingerprint``."""
     from gvc_train.codecs.codec_folder import CODEC_JSON, read_codec_json
+    from gvc_train.components import ComponentError
 
     for root in _codec_search_path():
         for json_path in sorted(root.glob(f"*/{CODEC_JSON}")) if root.is_dir() else []:
@@ -47,24 +54,40 @@ def find_codec(fingerprint: bytes) -> Path:
                 meta = read_codec_json(json_path.parent)
             except ComponentError:
                 continue
-            if bytes.fromhex(meta["fingerprint"])[:FINGERPRINT_BYTES] == fingerprint:
+            if bytes.fromhex(meta["fingerprint"])[: len(fingerprint)] == fingerprint:
                 return json_path.parent
     raise UsageError(f"no codec with fingerprint {fingerprint.hex()} in {', '.join(map(str, _codec_search_path()))}; pass --codec DIR")
 
 
 def _load(folder: str | Path, deterministic: bool):
     from gvc_train.codecs.codec_folder import read_codec_json
-    from gvc_train.codecs.latent import LatentCodec
 
     family = read_codec_json(folder)["family"]
     if family == "latent":
+        from gvc_train.codecs.latent import LatentCodec
+
         return LatentCodec(folder, deterministic=deterministic)
     raise UsageError(f"{folder}: no inference module for the {family!r} family yet")
 
 
+def _folder_files(folder: str | Path) -> list[Path]:
+    """A codec folder's files: outputs must not land on them either."""
+    folder = Path(folder)
+    return [folder, *folder.iterdir()] if folder.is_dir() else [folder]
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    inputs = [args.input, *_folder_files(args.codec)]
+    check_target(args.output, inputs=inputs, overwrite=args.overwrite)  # before minutes of model loading
     codec = _load(args.codec, not args.nondeterministic)
-    report = codec.encode(args.input, args.output, args.quality, max_frames=args.frames, latents_per_chunk=args.latents_per_chunk)
+    quality = codec.num_qualities // 2 if args.quality is None else args.quality
+    if not 0 <= quality < codec.num_qualities:
+        raise UsageError(f"--quality {quality} is outside this codec's 0..{codec.num_qualities - 1}")
+    with atomic_output(args.output, inputs=inputs, overwrite=args.overwrite) as tmp:
+        report = codec.encode(args.input, tmp, quality, max_frames=args.frames, latents_per_chunk=args.latents_per_chunk)
+    report = dataclasses.replace(report, path=str(args.output))
     print(
         f"{report.path}: {report.frames} frames {report.width}x{report.height}, quality {report.quality}, "
         f"{report.file_bytes} bytes, {report.bpp:.5f} bpp, {report.frames / report.seconds:.1f} frames/s"
@@ -73,20 +96,27 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from gvc_train.codecs.frame_io import FrameSink
+    from gvc_train.coding.container import BitstreamError, read_header
+    from gvc_train.codecs.frame_io import FrameSink, check_frame_output
 
     if not Path(args.input).is_file():
         raise BitstreamError(f"no bitstream at {args.input}")
+    inputs = [args.input, *(_folder_files(args.codec) if args.codec else [])]
+    check_frame_output(args.output, inputs, args.overwrite)  # before the codec is loaded
     with open(args.input, "rb") as f:
         header = read_header(f)
-    codec = _load(Path(args.codec) if args.codec else find_codec(header.fingerprint), not args.nondeterministic)
-    sink = FrameSink(args.output, header.fps)
+    folder = Path(args.codec) if args.codec else find_codec(header.fingerprint)
+    codec = _load(folder, not args.nondeterministic)
+    sink = FrameSink(args.output, header.fps, overwrite=args.overwrite, inputs=[*inputs, *_folder_files(folder)])
     try:
         report = codec.decode(args.input, sink.write)
     except BaseException as e:
         kept = sink.close(partial=True)
-        if kept is not None and isinstance(e, BitstreamError):
-            raise BitstreamError(f"{e} (the {sink.frames} frames decoded before it are in {kept})") from None
+        where = f"the {sink.frames} frames decoded before it are in {kept}" if kept is not None else "no frame was decoded"
+        if isinstance(e, BitstreamError):
+            raise BitstreamError(f"{e} ({where})") from None
+        if isinstance(e, KeyboardInterrupt):
+            raise type(e)(where) from None
         raise
     path = sink.close()
     print(f"{path}: {report.frames} frames {report.width}x{report.height}, {report.bpp:.5f} bpp, {report.frames / report.seconds:.1f} frames/s")
@@ -94,13 +124,20 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from gvc_train.codecs.latent import describe_chunks
+    from gvc_train.coding.container import BitstreamError, Family, iter_chunks, read_header
+    from gvc_train.codecs.latent_stream import describe_chunks
 
-    data = Path(args.input).read_bytes() if Path(args.input).is_file() else None
-    if data is None:
+    path = Path(args.input)
+    if not path.is_file():
         raise BitstreamError(f"no bitstream at {args.input}")
-    header, chunks = read_stream(data)
-    rows = describe_chunks(header, chunks)
+    size = path.stat().st_size
+    with open(path, "rb") as f:  # chunk by chunk: memory is one chunk, whatever the file's size
+        header = read_header(f)
+        chunks = iter_chunks(f, offset=f.tell())
+        if header.family == Family.LATENT:
+            rows = describe_chunks(header, chunks)
+        else:  # a family without a stream layout here yet: the container's view
+            rows = [{"type": c.type.name, "offset": c.offset, "bytes": c.size} for c in chunks]
     summary = {
         "file": args.input,
         "family": header.family.name.lower(),
@@ -109,12 +146,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         "height": header.height,
         "frames": header.frames,
         "fps": f"{header.fps_num}/{header.fps_den}",
-        "bytes": len(data),
-        "bpp": len(data) * 8 / (header.width * header.height * header.frames),
+        "bytes": size,
+        "bpp": size * 8 / (header.width * header.height * header.frames),
         "chunks": rows,
     }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, allow_nan=False))
         return 0
     for key in ("file", "family", "fingerprint", "width", "height", "frames", "fps", "bytes"):
         print(f"{key:12s} {summary[key]}")
@@ -128,43 +165,101 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from gvc_train.eval.anchors import AnchorError
-    from gvc_train.eval.report import EvalOptions, run_eval
+    import dataclasses
 
     if not args.codec and not args.anchors:
         raise UsageError("nothing to evaluate: give --codec DIR and/or --anchors")
     for folder in args.codec:
         if not (Path(folder) / "codec.json").is_file():
             raise UsageError(f"{folder} is not an exported codec folder (no codec.json)")
+    inputs = [*args.video, *(p for c in args.codec for p in _folder_files(c))]
+    out = Path(args.out)
+    owns = lambda p: p.name in EVAL_FILES  # noqa: E731
+    check_target(out, inputs=inputs, overwrite=args.overwrite, folder=True, owns=owns)
+    from gvc_train.eval.anchors import AnchorError
+    from gvc_train.eval.report import EvalOptions, run_eval
+
     metric_options = {"lpips_backbone": args.lpips_backbone, "dists_backbone": args.dists_backbone, "i3d_path": args.i3d}
     options = EvalOptions(
         codecs=args.codec, videos=args.video, out=args.out, anchors=[a for a in args.anchors.split(",") if a],
         frames=args.frames, intra_period=args.intra_period, ladder_points=args.ladder_points,
         anchor_cache=args.anchor_cache, metric_options=metric_options, progress=not args.no_progress,
     )  # fmt: skip
-    try:
-        run_eval(options)
-    except AnchorError as e:
-        raise UsageError(str(e)) from None
+    with atomic_output(out, inputs=inputs, overwrite=args.overwrite, folder=True, owns=owns) as tmp:
+        # A rerun into the same report folder keeps its anchor cache (the anchors' encodes are
+        # the slow part): moved into the new folder, and back if the run fails.
+        kept_cache = args.anchor_cache is None and (out / "anchor_cache").is_dir()
+        if kept_cache:
+            os.rename(out / "anchor_cache", tmp / "anchor_cache")
+        try:
+            run_eval(dataclasses.replace(options, out=str(tmp)))
+        except BaseException as e:
+            if kept_cache:
+                os.rename(tmp / "anchor_cache", out / "anchor_cache")
+            if isinstance(e, AnchorError):
+                raise UsageError(str(e)) from None
+            raise
+    print(f"gvc eval: report in {out}")
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _quality(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line (the usage is one ``--help`` away), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"gvc: error: {message} (see {self.prog} --help)\n")
+
+
+OVERWRITE_HELP = "replace an existing output (never the input; a folder only if it holds nothing but this command's output)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gvc", description="Encode and decode video with an exported gvc_train codec.")
+    parser = _OneLineParser(prog="gvc", description="Encode and decode video with an exported gvc_train codec.")
+    parser.add_argument("--version", action="version", version=f"gvc (gvc_train) {gvc_train.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     enc = sub.add_parser("encode", help="video file or PNG folder -> bitstream")
     enc.add_argument("input")
     enc.add_argument("output")
     enc.add_argument("--codec", required=True, help="an exported codec folder (codec.json)")
-    enc.add_argument("--quality", type=int, required=True, help="quality index: higher = more bits, better quality")
-    enc.add_argument("--frames", type=int, default=None, help="code only the first N frames")
-    enc.add_argument("--latents-per-chunk", type=int, default=8, help="latent frames per stream chunk (4 video frames each)")
+    enc.add_argument(
+        "--quality", type=_quality, default=None,
+        help="quality index from 0 to the codec's 'qualities' - 1 (codec.json; 0-3 for checkpoints/latent_tiny): "
+        "higher = more bits, better quality. Default: the middle one, qualities // 2",
+    )  # fmt: skip
+    enc.add_argument("--frames", type=_positive_int, default=None, help="code only the first N frames (N >= 1)")
+    enc.add_argument(
+        "--latents-per-chunk", type=_positive_int, default=None,
+        help="latent frames per stream chunk (4 video frames each, at most 64). Default: the largest up to 8 "
+        "whose frames fit the decoder's chunk memory limit (8 up to 960x544, 4 at 1280x720, 2 at 1920x1080)",
+    )  # fmt: skip
+    enc.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     enc.add_argument("--nondeterministic", action="store_true", help="use all torch threads (exact only at equal thread counts)")
     enc.set_defaults(func=cmd_encode)
-    dec = sub.add_parser("decode", help="bitstream -> out.mp4 (lossless RGB H.264), out.y4m or a PNG folder")
+    dec = sub.add_parser("decode", help="bitstream -> out.mp4/.mkv (lossless RGB H.264), out.y4m or a PNG folder")
     dec.add_argument("input")
-    dec.add_argument("output")
+    dec.add_argument("output", help="out.mp4, out.mkv, out.y4m, or a folder name without a suffix for PNG frames")
     dec.add_argument("--codec", default=None, help="exported codec folder (default: found by fingerprint)")
+    dec.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     dec.add_argument("--nondeterministic", action="store_true", help="use all torch threads (exact only at equal thread counts)")
     dec.set_defaults(func=cmd_decode)
     info = sub.add_parser("info", help="header, chunk table and bits per frame of a bitstream")
@@ -175,36 +270,54 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--codec", nargs="*", default=[], help="exported codec folders")
     ev.add_argument("--anchors", default="x264,x265,svtav1", help="comma-separated: x264, x265, svtav1 ('' for none)")
     ev.add_argument("--video", nargs="+", required=True, help="video files or PNG folders")
-    ev.add_argument("--frames", type=int, default=96, help="the first N frames of each video")
+    ev.add_argument("--frames", type=_positive_int, default=96, help="the first N frames of each video")
     ev.add_argument("--intra-period", type=int, default=-1, help="anchors' intra period in frames (-1: first frame only)")
-    ev.add_argument("--ladder-points", type=int, default=5, help="CRF points per anchor and setting")
-    ev.add_argument("--anchor-cache", default=None, help="cache folder for anchor results (default: OUT/anchor_cache)")
+    ev.add_argument("--ladder-points", type=_positive_int, default=5, help="CRF points per anchor and setting")
+    ev.add_argument("--anchor-cache", default=None, help="cache folder for anchor results (default: OUT/anchor_cache, kept by --overwrite)")
     ev.add_argument("--lpips-backbone", default=None, help="local torchvision VGG16 state dict for LPIPS")
     ev.add_argument("--dists-backbone", default=None, help="local torchvision VGG16 state dict for DISTS")
     ev.add_argument("--i3d", default=None, help="local TorchScript I3D for FVD")
     ev.add_argument("--no-progress", action="store_true")
-    ev.add_argument("--out", required=True, help="report folder")
+    ev.add_argument("--out", required=True, help="report folder (new or empty; a previous report with --overwrite)")
+    ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ev.set_defaults(func=cmd_eval)
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Bad input, not bugs: one line and exit 2. Imported late: only modules already loaded."""
+    errors: list[type[BaseException]] = [UsageError, OutputError, ValueError, OSError]
+    for module, name in (
+        ("gvc_train.coding.container", "BitstreamError"),
+        ("gvc_train.components", "ComponentError"),
+        ("gvc_train.data.video_io", "VideoReadError"),
+    ):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, argument errors: already printed
+        return int(e.code or 0)
+    raise_on_sigterm()
     try:
         return args.func(args)
-    except (BitstreamError, ComponentError, VideoReadError, UsageError, ValueError, OSError) as e:
-        if os.environ.get("GVC_DEBUG"):
-            raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"gvc: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gvc: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: temporaries are gone, say what was kept
+        what = "terminated" if type(e).__name__ == "Terminated" else "interrupted"
+        print(f"gvc: {what}" + (f"; {e}" if str(e) else "; nothing was written"), file=sys.stderr)
         return 130
-    except Exception as e:  # a bug, not bad input: still one line, the traceback with GVC_DEBUG=1
+    except Exception as e:
         if os.environ.get("GVC_DEBUG"):
             raise
-        print(f"gvc: error: unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, _user_errors()):
+            print(f"gvc: error: {first}", file=sys.stderr)
+            return 2
+        # a bug, not bad input: still one line, the traceback with GVC_DEBUG=1
+        print(f"gvc: error: unexpected {type(e).__name__}: {first}", file=sys.stderr)
         return 3
 
 

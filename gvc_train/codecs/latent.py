@@ -40,9 +40,7 @@ from gvc_train.coding.container import (
     ChunkType,
     Family,
     StreamHeader,
-    _read_varint,
     chunk_bytes,
-    encode_varint,
     fingerprint_prefix,
     fps_fraction,
     header_bytes,
@@ -50,11 +48,12 @@ from gvc_train.coding.container import (
     read_header,
 )
 from gvc_train.coding.rans import SymbolDecoder, SymbolEncoder
+from gvc_train.codecs.latent_stream import STREAM_VERSION, StreamConfig, describe_chunks, latent_frames_for, video_frames_of_chunk  # noqa: F401 (re-exported)
 from gvc_train.codecs.codec_folder import CodecFolderError, load_codec_components
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.data.video_io import VideoReader
+from gvc_train.safe_output import check_target
 
-STREAM_VERSION = 1
 DEFAULT_LATENTS_PER_CHUNK = 8
 MAX_LATENTS_PER_CHUNK = 64
 # Pixels the tokenizer codes at once (the frames of one chunk x the padded frame size), and so
@@ -65,50 +64,6 @@ MAX_LATENTS_PER_CHUNK = 64
 # to code larger frames or chunks where the memory is there.
 MAX_CHUNK_PIXELS = 1920 * 1088 * 4 * 2
 FrameCallback = Callable[[np.ndarray], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamConfig:
-    quality: int
-    latents_per_chunk: int
-    latent_frames: int
-    latent_height: int
-    latent_width: int
-
-    def payload(self) -> bytes:
-        values = (STREAM_VERSION, self.quality, self.latents_per_chunk, self.latent_frames, self.latent_height, self.latent_width)
-        return b"".join(encode_varint(v) for v in values)
-
-    @classmethod
-    def parse(cls, payload: bytes) -> "StreamConfig":
-        import io
-
-        stream = io.BytesIO(payload)
-        version = _read_varint(stream, "CONFIG chunk")
-        if version != STREAM_VERSION:
-            raise BitstreamError(f"latent stream version {version}; this gvc_train reads {STREAM_VERSION}")
-        fields = [_read_varint(stream, "CONFIG chunk") for _ in range(5)]
-        if stream.read(1):
-            raise BitstreamError("CONFIG chunk is longer than its fields")
-        return cls(*fields)
-
-    def num_chunks(self) -> int:
-        return math.ceil(self.latent_frames / self.latents_per_chunk)
-
-
-def latent_frames_for(frames: int, temporal_stride: int = 4) -> int:
-    """Latent frames that cover ``frames`` video frames (the first alone, then 4 per latent)."""
-    return 1 + math.ceil((frames - 1) / temporal_stride)
-
-
-def video_frames_of_chunk(index: int, latents_per_chunk: int, frames: int, temporal_stride: int = 4) -> tuple[int, int]:
-    """``[first, stop)`` video frames that chunk ``index`` decodes to (after the count is cut to ``frames``)."""
-    first_latent, stop_latent = index * latents_per_chunk, (index + 1) * latents_per_chunk
-
-    def start_of(latent: int) -> int:
-        return 0 if latent == 0 else 1 + (latent - 1) * temporal_stride
-
-    return min(start_of(first_latent), frames), min(start_of(stop_latent), frames)
 
 
 @dataclasses.dataclass
@@ -180,6 +135,21 @@ class LatentCodec:
         s = self.spatial
         return math.ceil(width / s) * s * math.ceil(height / s) * s * self.temporal * latents_per_chunk
 
+    def fitting_latents_per_chunk(self, width: int, height: int) -> int:
+        """The largest chunk length up to the default (8) whose pixels fit ``max_chunk_pixels``;
+        ValueError naming the limit when not even one latent frame a chunk fits."""
+        for n in range(DEFAULT_LATENTS_PER_CHUNK, 0, -1):
+            if self.chunk_pixels(width, height, n) <= self.max_chunk_pixels:
+                return n
+        raise ValueError(
+            f"{width}x{height} frames are over this codec's {self.max_chunk_pixels}-pixel chunk limit even at one latent "
+            f"frame ({self.temporal} video frames) a chunk; scale the video down (largest ~{self._largest_frame()} at this aspect)"
+        )
+
+    def _largest_frame(self) -> str:
+        side = int(math.sqrt(self.max_chunk_pixels / self.temporal * 16 / 9) // 16 * 16)
+        return f"{side}x{side * 9 // 16}"
+
     # ---- encoding -----------------------------------------------------------------------------
 
     def encode(
@@ -188,29 +158,35 @@ class LatentCodec:
         output: str | os.PathLike,
         quality: int,
         max_frames: int | None = None,
-        latents_per_chunk: int = DEFAULT_LATENTS_PER_CHUNK,
+        latents_per_chunk: int | None = None,
         on_recon: FrameCallback | None = None,
     ) -> CodingReport:
         """Code ``source`` (a video file or PNG folder) into ``output``.
 
-        ``on_recon`` receives the decoder's reconstruction, frame by frame (uint8 H x W x 3),
-        exactly what ``decode`` will produce. The file appears only when complete.
+        ``latents_per_chunk``: None picks the largest up to 8 that fits the frame size
+        (:meth:`fitting_latents_per_chunk`). ``on_recon`` receives the decoder's reconstruction,
+        frame by frame (uint8 H x W x 3), exactly what ``decode`` will produce. The file appears
+        only when complete; ``output`` must not be ``source`` (see ``gvc_train.safe_output``).
         """
         if not (isinstance(quality, int) and 0 <= quality < self.num_qualities):
-            raise ValueError(f"quality must be an integer in [0, {self.num_qualities}), got {quality!r}")
-        if not 1 <= latents_per_chunk <= MAX_LATENTS_PER_CHUNK:
+            raise ValueError(f"quality must be an integer in 0..{self.num_qualities - 1}, got {quality!r}")
+        if latents_per_chunk is not None and not 1 <= latents_per_chunk <= MAX_LATENTS_PER_CHUNK:
             raise ValueError(f"latents_per_chunk must be in 1..{MAX_LATENTS_PER_CHUNK}, got {latents_per_chunk}")
         output = Path(output)
+        check_target(output, inputs=[source], overwrite=True)
         output.parent.mkdir(parents=True, exist_ok=True)
         body_path = output.with_name(output.name + ".body.part")
         started = time.perf_counter()
         try:
             with VideoReader(source) as reader, open(body_path, "wb") as body, inference_mode(self.deterministic):
                 info = reader.info
-                if self.chunk_pixels(info.width, info.height, latents_per_chunk) > self.max_chunk_pixels:
+                if latents_per_chunk is None:
+                    latents_per_chunk = self.fitting_latents_per_chunk(info.width, info.height)
+                elif self.chunk_pixels(info.width, info.height, latents_per_chunk) > self.max_chunk_pixels:
+                    fits = self.fitting_latents_per_chunk(info.width, info.height)
                     raise ValueError(
                         f"{info.width}x{info.height} at {latents_per_chunk} latents per chunk is over the "
-                        f"{self.max_chunk_pixels}-pixel chunk limit: lower latents_per_chunk"
+                        f"{self.max_chunk_pixels}-pixel chunk limit: use --latents-per-chunk {fits} (or leave it out)"
                     )
                 run = _EncodeRun(self, quality, latents_per_chunk, info.width, info.height, body, on_recon)
                 for frame in reader.frames(max_frames):
@@ -396,23 +372,3 @@ def _assemble(output: Path, head: bytes, body_path: Path) -> None:
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def describe_chunks(header: StreamHeader, chunks: list[Chunk]) -> list[dict[str, Any]]:
-    """Per chunk: type, offset, bytes, and for FRAMES chunks the video frames it covers and bits/frame."""
-    rows: list[dict[str, Any]] = []
-    config: StreamConfig | None = None
-    frames_index = 0
-    for chunk in chunks:
-        row: dict[str, Any] = {"type": chunk.type.name, "offset": chunk.offset, "bytes": chunk.size}
-        if chunk.type == ChunkType.CONFIG:
-            config = StreamConfig.parse(chunk.payload)
-            row.update(dataclasses.asdict(config))
-        elif chunk.type == ChunkType.FRAMES and config is not None:
-            first, stop = video_frames_of_chunk(frames_index, config.latents_per_chunk, header.frames)
-            row.update(first_frame=first, frames=stop - first)
-            if stop > first:
-                row["bits_per_frame"] = chunk.size * 8 / (stop - first)
-            frames_index += 1
-        rows.append(row)
-    return rows

@@ -25,6 +25,7 @@ import sys
 from gvc_train.data.sample_format import ShardIndex
 from gvc_train.data.shard_writer import NothingWrittenError, ShardOptions, write_shards
 from gvc_train.data.video_io import DEFAULT_PNG_FPS
+from gvc_train.safe_output import check_target, raise_on_sigterm
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -161,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         level=args.level,
         overwrite=args.overwrite,
     )
+    raise_on_sigterm()  # SIGTERM cleans up like Ctrl-C: the shard being written is removed
     try:
+        # shards go into --out beside whatever it holds; never into (or onto) an input
+        check_target(args.out, inputs=inputs, overwrite=True, folder=True, owns=lambda p: True)
         if args.tokenizer:
             from gvc_train.data.latent_shards import LatentShardOptions, write_latent_shards
 
@@ -175,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(exc.index, args.out), file=sys.stderr)
         print(f"gvc-shard: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, FileExistsError, OSError) as exc:
+    except (ValueError, FileExistsError, OSError) as exc:  # OutputError is a ValueError
         print(f"gvc-shard: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("gvc-shard: interrupted; finished shards are kept, no index.json written", file=sys.stderr)
+        print(f"gvc-shard: interrupted; the finished shards are kept in {args.out} (no index.json written)", file=sys.stderr)
         return 130
     print(format_summary(index, args.out))
     return 0
