@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import gvc_train
+from gvc_train.cli_parser import OneLineArgumentParser, positive_int
 from gvc_train.safe_output import OutputError, atomic_output, check_target, raise_on_sigterm
 
 # compressai scripts a function with torch.jit at import; the deprecation notice is not the user's concern.
@@ -203,16 +204,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _quality(text: str) -> int:
     try:
         value = int(text)
@@ -223,18 +214,11 @@ def _quality(text: str) -> int:
     return value
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Argument errors in one line (the usage is one ``--help`` away), exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"gvc: error: {message} (see {self.prog} --help)\n")
-
-
 OVERWRITE_HELP = "replace an existing output (never the input; a folder only if it holds nothing but this command's output)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="gvc", description="Encode and decode video with an exported gvc_train codec.")
+    parser = OneLineArgumentParser(prog="gvc", description="Encode and decode video with an exported gvc_train codec.")
     parser.add_argument("--version", action="version", version=f"gvc (gvc_train) {gvc_train.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     enc = sub.add_parser("encode", help="video file or PNG folder -> bitstream")
@@ -246,9 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="quality index from 0 to the codec's 'qualities' - 1 (codec.json; 0-3 for checkpoints/latent_tiny): "
         "higher = more bits, better quality. Default: the middle one, qualities // 2",
     )  # fmt: skip
-    enc.add_argument("--frames", type=_positive_int, default=None, help="code only the first N frames (N >= 1)")
+    enc.add_argument("--frames", type=positive_int, default=None, help="code only the first N frames (N >= 1)")
     enc.add_argument(
-        "--latents-per-chunk", type=_positive_int, default=None,
+        "--latents-per-chunk", type=positive_int, default=None,
         help="latent frames per stream chunk (4 video frames each, at most 64). Default: the largest up to 8 "
         "whose frames fit the decoder's chunk memory limit (8 up to 960x544, 4 at 1280x720, 2 at 1920x1080)",
     )  # fmt: skip
@@ -270,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--codec", nargs="*", default=[], help="exported codec folders")
     ev.add_argument("--anchors", default="x264,x265,svtav1", help="comma-separated: x264, x265, svtav1 ('' for none)")
     ev.add_argument("--video", nargs="+", required=True, help="video files or PNG folders")
-    ev.add_argument("--frames", type=_positive_int, default=96, help="the first N frames of each video")
+    ev.add_argument("--frames", type=positive_int, default=96, help="the first N frames of each video")
     ev.add_argument("--intra-period", type=int, default=-1, help="anchors' intra period in frames (-1: first frame only)")
-    ev.add_argument("--ladder-points", type=_positive_int, default=5, help="CRF points per anchor and setting")
+    ev.add_argument("--ladder-points", type=positive_int, default=5, help="CRF points per anchor and setting")
     ev.add_argument("--anchor-cache", default=None, help="cache folder for anchor results (default: OUT/anchor_cache, kept by --overwrite)")
     ev.add_argument("--lpips-backbone", default=None, help="local torchvision VGG16 state dict for LPIPS")
     ev.add_argument("--dists-backbone", default=None, help="local torchvision VGG16 state dict for DISTS")

@@ -22,6 +22,7 @@ import os
 import re
 import sys
 
+from gvc_train.cli_parser import OneLineArgumentParser
 from gvc_train.data.sample_format import ShardIndex
 from gvc_train.data.shard_writer import NothingWrittenError, ShardOptions, write_shards
 from gvc_train.data.video_io import DEFAULT_PNG_FPS
@@ -91,7 +92,7 @@ def format_summary(index: ShardIndex, out_dir: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = ShardOptions()
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="gvc-shard",
         description="Cut videos into clips, code them losslessly and write WebDataset tar shards.",
     )
