@@ -337,3 +337,23 @@ def test_gvc_answers_help_version_and_argument_errors_without_the_model_stack() 
     assert proc.returncode == 0, proc.stderr
     assert "gvc: error: argument --frames: must be at least 1, got 0" in proc.stderr
     assert "no bitstream at /nonexistent.gvc" in proc.stderr
+
+
+def test_gvc_info_reads_only_what_it_prints(seed_folder: Path, tmp_path: Path) -> None:
+    """A 1.5 GB file that is not a stream costs its first bytes, not 1.5 GB of memory; a real
+    stream is walked chunk by chunk."""
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:  # sparse: no disk, but reading it whole would take 1.5 GB
+        f.truncate(1536 << 20)
+    # VmHWM, the peak of this process image: ru_maxrss would carry pytest's peak over the exec
+    probe = (
+        "import re, sys; from gvc_train.codecs.cli import main\n"
+        "codes = [main(['info', a]) for a in sys.argv[1:]]\n"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "print(codes, hwm)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe, str(big), str(seed_folder / "in.gvc")], capture_output=True, text=True, timeout=60)
+    codes, maxrss_kb = proc.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert codes == "[2, 0]", proc.stderr
+    assert "not a gvc bitstream" in proc.stderr
+    assert int(maxrss_kb) < 100_000, f"gvc info peaked at {int(maxrss_kb) // 1024} MB"
