@@ -1,31 +1,68 @@
 """Components: pure-torch modules that can be saved and loaded without Lightning or pickle.
 
 A component is an ``nn.Module`` whose constructor takes JSON-serialisable keyword arguments.
-It is saved as ``NAME.json`` (class name, constructor config, provenance, fingerprint) beside
-``NAME.safetensors`` (the state dict), after diffusers' config-beside-weights layout.
-Loading looks the class up in a registry rather than importing an arbitrary path, so a
+It is saved as ``NAME.json`` (class name, constructor config, provenance, fingerprint,
+checksum) beside ``NAME.safetensors`` (the state dict), after diffusers' config-beside-weights
+layout. Loading looks the class up in a registry rather than importing an arbitrary path, so a
 component file can never make the loader run code it does not already ship.
+
+Two hashes, for two questions:
+
+* ``fingerprint``: *which model is this?* sha256 over the class, the constructor config and
+  the sha256 of the safetensors file's bytes (``weights_sha256``). It is what a tokenizer's
+  latents and a codec's bitstreams are bound to, so re-exporting the same weights and config
+  (from another path, with another provenance) keeps it.
+* ``checksum``: *is this the file the exporter wrote?* sha256 over every byte of the JSON
+  file but its own digits, provenance and whitespace included.
+
+Loading refuses, before building anything: a JSON file whose checksum or fingerprint does not
+match, a config outside its
+types and bounds (``gvc_train.component_checks``), a weights file name that leaves the folder,
+a safetensors header that does not fit the file, tensors whose names, shapes or dtypes are not
+what the config builds (checked on the meta device: no memory), and weights bytes that do not
+match ``weights_sha256``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
 
-FORMAT_VERSION = 1
+from gvc_train.component_checks import (
+    SHA256_RE,
+    check_config,
+    check_fields,
+    member_path,
+    read_safetensors_header,
+    read_sealed_json,
+    sealed_json,
+    tagged_sha256,
+)
+
+FORMAT_VERSION = 2  # 2: fingerprint over config + weights file, checksum over the whole JSON
 _REGISTRY: dict[str, type[torch.nn.Module]] = {}
 _T = TypeVar("_T", bound=type)
+_META_FIELDS = {
+    "format_version": int, "class": str, "config": dict, "weights": str, "weights_sha256": str,
+    "fingerprint": str, "checksum": str, "provenance": dict,
+}  # fmt: skip
+_TORCH_TO_SAFETENSORS = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}  # fmt: skip
 
 
 class ComponentError(RuntimeError):
-    """A component folder is missing, foreign, damaged or does not match its config."""
+    """A component folder is missing, foreign, damaged, edited or does not match its config."""
 
 
 def register_component(cls: _T) -> _T:
@@ -33,6 +70,8 @@ def register_component(cls: _T) -> _T:
 
     After construction ``module.config`` holds every constructor argument (defaults filled in),
     which is exactly what :func:`save_component` writes and :func:`build_component` needs.
+    A class may declare ``config_bounds`` (see ``component_checks.check_config``); a loaded
+    config is checked against them and against the constructor's annotations before building.
     """
     name = cls.__name__
     if name in _REGISTRY and _REGISTRY[name] is not cls:
@@ -53,6 +92,7 @@ def register_component(cls: _T) -> _T:
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]
     __init__.__doc__ = original_init.__doc__
+    __init__.__wrapped_init__ = original_init  # type: ignore[attr-defined]  # its annotations, for check_config
     cls.__init__ = __init__  # type: ignore[method-assign]
     return cls
 
@@ -62,29 +102,73 @@ def registered_components() -> dict[str, type[torch.nn.Module]]:
     return dict(_REGISTRY)
 
 
-def build_component(class_name: str, config: dict[str, Any]) -> torch.nn.Module:
+def _registered(class_name: Any, what: str) -> type[torch.nn.Module]:
     registry = registered_components()
-    if class_name not in registry:
-        raise ComponentError(f"unknown component class {class_name!r}; known: {sorted(registry)}")
-    if not isinstance(config, dict):
-        raise ComponentError(f"{class_name}: config must be a JSON object, got {type(config).__name__}")
+    if not isinstance(class_name, str) or class_name not in registry:
+        raise ComponentError(f"{what}: unknown component class {class_name!r}; known: {sorted(registry)}")
+    return registry[class_name]
+
+
+def build_component(class_name: str, config: dict[str, Any], what: str | None = None) -> torch.nn.Module:
+    """Build a registered component from a config checked against its types and bounds."""
+    what = what or class_name
+    cls = _registered(class_name, what)
+    check_config(cls, config, what, ComponentError)
     try:
-        return registry[class_name](**config)
-    except (TypeError, ValueError) as e:  # unknown keys, bad values: the config does not fit
-        raise ComponentError(f"{class_name}: config does not fit the constructor: {e}") from None
+        return cls(**config)
+    except (TypeError, ValueError, RuntimeError) as e:  # a value the constructor itself refuses
+        raise ComponentError(f"{what}: config does not fit {class_name}: {str(e).splitlines()[0]}") from None
+
+
+_EXPECTED_CACHE: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
+
+
+def expected_tensors(class_name: str, config: dict[str, Any], what: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{name: (safetensors dtype, shape)}`` of the state dict ``config`` builds, built on the
+    meta device: no memory, whatever sizes the config names (they are checked first).
+    Remembered per (class, config): reloading a codec does not rebuild it."""
+    cls = _registered(class_name, what)
+    check_config(cls, config, what, ComponentError)
+    key = tagged_sha256(class_name, config)
+    if key not in _EXPECTED_CACHE:
+        if len(_EXPECTED_CACHE) >= 64:
+            _EXPECTED_CACHE.clear()
+        _EXPECTED_CACHE[key] = _build_on_meta(cls, class_name, config, what)
+    return _EXPECTED_CACHE[key]
+
+
+def _build_on_meta(cls: type[torch.nn.Module], class_name: str, config: dict[str, Any], what: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    try:
+        with torch.device("meta"):
+            module = cls(**config)
+    except Exception as e:  # noqa: BLE001 - any failure to build is a config that does not fit
+        raise ComponentError(f"{what}: config does not fit {class_name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return {k: (_TORCH_TO_SAFETENSORS.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in module.state_dict().items()}
+
+
+def check_tensors_fit(expected: dict[str, tuple[str, tuple[int, ...]]], found: dict[str, tuple[str, tuple[int, ...]]], what: str) -> None:
+    """The weights file holds exactly the tensors the config builds. An empty placeholder
+    (compressai's entropy tables start with 0 elements and take the saved size on load) may
+    hold any shape: its size is bounded by the file, which is already checked."""
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ComponentError(f"{what}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, (dtype, shape) in expected.items():
+        got_dtype, got_shape = found[name]
+        resizable = 0 in shape
+        if got_dtype != dtype or (got_shape != shape and not resizable):
+            raise ComponentError(f"{what}: weights do not fit the config: {name} is {got_dtype} {list(got_shape)}, the config builds {dtype} {list(shape)}")
 
 
 def build_and_load(class_name: str, config: dict[str, Any], state: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
     """Build a component and load ``state`` into it, strictly; any misfit is a ComponentError."""
-    module = build_component(class_name, config)
+    module = build_component(class_name, config, what)
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
         raise ComponentError(f"{what}: weights do not fit {class_name}: {str(e).splitlines()[-1].strip()}") from None
     if missing or unexpected:
-        raise ComponentError(
-            f"{what}: weights do not fit {class_name} (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+        raise ComponentError(f"{what}: weights do not fit {class_name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return module
 
 
@@ -100,16 +184,22 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"component config value {value!r} of type {type(value).__name__} is not JSON")
 
 
-def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and raw bytes, in sorted-name order."""
+def component_fingerprint(class_name: str, config: dict[str, Any], weights_sha256: str) -> str:
+    """The identity of a component: what it computes (class, config, the weights file's bytes)."""
+    return tagged_sha256("gvc-component/2", {"class": class_name, "config": config, "weights_sha256": weights_sha256})
+
+
+def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
     return h.hexdigest()
+
+
+def write_sealed_json(path: Path, meta: dict[str, Any]) -> None:
+    """``meta`` in canonical form with its checksum (what loaders demand), written atomically."""
+    _atomic_write_bytes(path, sealed_json(meta).encode())
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -137,60 +227,95 @@ def save_component(
     weights_path = folder / f"{name}.safetensors"
     tmp = weights_path.with_name(weights_path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    weights_sha256 = file_sha256(tmp)
     os.replace(tmp, weights_path)
     meta = {
         "format_version": FORMAT_VERSION,
         "class": cls_name,
         "config": module.config,
         "weights": weights_path.name,
-        "fingerprint": weights_fingerprint(state),
+        "weights_sha256": weights_sha256,
+        "fingerprint": component_fingerprint(cls_name, module.config, weights_sha256),
         "provenance": _jsonable(provenance or {}),
     }
     json_path = folder / f"{name}.json"
-    _atomic_write_bytes(json_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_sealed_json(json_path, meta)
     return json_path
 
 
 def read_component_meta(folder: str | Path, name: str) -> dict[str, Any]:
-    json_path = Path(folder) / f"{name}.json"
-    if not json_path.is_file():
-        raise ComponentError(f"no component {name!r} in {folder}: {json_path.name} is missing")
-    try:
-        meta = json.loads(json_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ComponentError(f"{json_path} is not valid JSON: {e}") from None
-    for key in ("format_version", "class", "config", "weights", "fingerprint"):
-        if key not in meta:
-            raise ComponentError(f"{json_path} lacks the field {key!r}")
-    if not isinstance(meta["format_version"], int) or meta["format_version"] < 1:
-        raise ComponentError(f"{json_path}: format_version must be a positive integer")
-    if meta["format_version"] > FORMAT_VERSION:
-        raise ComponentError(
-            f"{json_path} has format version {meta['format_version']}; this gvc_train reads "
-            f"up to {FORMAT_VERSION}"
-        )
+    """``name.json`` of ``folder``, every check that needs no weights done: format version,
+    checksum, fields and types, registered class, config types and bounds, fingerprint."""
+    if not isinstance(name, str) or not name:
+        raise ComponentError(f"component name must be a non-empty string, got {name!r}")
+    what = f"component {name!r}"
+    if not Path(folder).is_dir():
+        raise ComponentError(f"no component {name!r}: {folder} is not a folder")
+    if not (Path(folder) / f"{name}.json").exists() and not os.path.islink(Path(folder) / f"{name}.json"):
+        raise ComponentError(f"no component {name!r} in {folder}: {name}.json is missing")
+    path = member_path(folder, f"{name}.json", what, ComponentError)
+    meta = read_sealed_json(path, "component file", ComponentError, FORMAT_VERSION)
+    check_fields(meta, _META_FIELDS, path, ComponentError)
+    unknown = sorted(set(meta) - set(_META_FIELDS))
+    if unknown:
+        raise ComponentError(f"{path} has unknown field(s) {unknown[:5]}")
+    for key in ("weights_sha256", "fingerprint"):
+        if not SHA256_RE.match(meta[key]):
+            raise ComponentError(f"{path}: {key!r} must be 64 lowercase hex digits")
+    cls = _registered(meta["class"], what)
+    check_config(cls, meta["config"], what, ComponentError)
+    if component_fingerprint(meta["class"], meta["config"], meta["weights_sha256"]) != meta["fingerprint"]:
+        raise ComponentError(f"{path}: the fingerprint does not match the class, config and weights it names; re-export it")
     return meta
 
 
-def load_component(
-    folder: str | Path, name: str, map_location: str | torch.device = "cpu", verify: bool = True
-) -> torch.nn.Module:
-    """Build the component from its JSON config and load its safetensors weights.
+@dataclass
+class VerifiedComponent:
+    """A component whose files passed every check; ``build()`` is the first allocation."""
 
-    ``verify`` recomputes the fingerprint so that a swapped or damaged weights file is caught.
+    name: str
+    meta: dict[str, Any]
+    weights: bytes
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    def build(self, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+        what = f"component {self.name!r}"
+        try:
+            state = load_safetensors_bytes(self.weights)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own types; the bytes were checked
+            raise ComponentError(f"{what}: cannot read its weights ({e})") from None
+        module = build_and_load(self.meta["class"], self.meta["config"], state, what)
+        return module.to(map_location).eval()
+
+
+def verify_component(folder: str | Path, name: str) -> VerifiedComponent:
+    """Every check on ``folder/name.json`` and its weights file, nothing built.
+
+    The weights are read once, and the bytes hashed are the bytes loaded later, so a file
+    swapped between check and load cannot slip through.
     """
     meta = read_component_meta(folder, name)
-    weights_path = Path(folder) / meta["weights"]
-    if not weights_path.is_file():
-        raise ComponentError(f"component {name!r}: weights file {weights_path} is missing")
+    what = f"component {name!r}"
+    path = member_path(folder, meta["weights"], f"{what}: weights", ComponentError)
+    found = read_safetensors_header(path, what, ComponentError)
+    check_tensors_fit(expected_tensors(meta["class"], meta["config"], what), found, what)
     try:
-        state = load_file(str(weights_path), device="cpu")
-    except Exception as e:  # safetensors raises its own error types for damaged headers
-        raise ComponentError(f"component {name!r}: cannot read {weights_path}: {e}") from None
-    if verify and weights_fingerprint(state) != meta["fingerprint"]:
-        raise ComponentError(f"component {name!r}: weights do not match the fingerprint in {name}.json")
-    module = build_and_load(meta["class"], meta["config"], state, f"component {name!r}")
-    return module.to(map_location).eval()
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ComponentError(f"{what}: cannot read {path} ({e.strerror or e})") from None
+    if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
+        raise ComponentError(f"{what}: {path.name} is not the weights {name}.json was exported with (sha256 differs)")
+    return VerifiedComponent(name, meta, data)
+
+
+def load_component(folder: str | Path, name: str, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Check the component's files (see the module docstring), then build it and load its
+    weights; any problem is one :class:`ComponentError`."""
+    return verify_component(folder, name).build(map_location)
 
 
 def _import_builtin_components() -> None:

@@ -4,36 +4,45 @@
     tokenizer.json/.safetensors      one pair per component (gvc_train.components)
     latent_codec.json/.safetensors   entropy tables included (update() ran before the export)
 
-The codec fingerprint is the sha256 of the components' own weight fingerprints, by name. Every
-bitstream carries its first bytes, so a stream made with other weights is refused before
-anything is decoded. Reading never unpickles: JSON and safetensors only.
+The codec fingerprint is a sha256 over the family and its components' fingerprints, each of
+which covers that component's class, config and weights file. Every bitstream carries its first
+bytes, so a stream made with another codec is refused before anything is decoded. ``codec.json``
+also carries a checksum over its whole text, and every file in the folder is checked
+(``gvc_train.components``) before any module is built: a folder with any byte changed is one
+:class:`CodecFolderError`. Reading never unpickles: JSON and safetensors only.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-from gvc_train.components import ComponentError, _atomic_write_bytes, _jsonable, load_component, read_component_meta
+from gvc_train.component_checks import (
+    SHA256_RE,
+    check_fields,
+    member_path,
+    read_sealed_json,
+    tagged_sha256,
+)
+from gvc_train.components import ComponentError, _jsonable, read_component_meta, verify_component, write_sealed_json
 
-CODEC_FORMAT_VERSION = 1
+CODEC_FORMAT_VERSION = 2  # 2: fingerprint over family + component fingerprints, checksum over the file
 CODEC_JSON = "codec.json"
 
-# What each family's folder holds: component names, in the order the fingerprint hashes them.
+# What each family's folder holds: component names.
 FAMILY_COMPONENTS = {"latent": ("tokenizer", "latent_codec")}
+_CODEC_FIELDS = {
+    "format_version": int, "family": str, "components": dict, "component_fingerprints": dict,
+    "fingerprint": str, "checksum": str, "provenance": dict,
+}  # fmt: skip
 
 
 class CodecFolderError(ComponentError):
-    """A codec folder that cannot be used: missing, damaged, or of an unknown kind."""
+    """A codec folder that cannot be used: missing, damaged, edited, or of an unknown kind."""
 
 
-def codec_fingerprint(component_fingerprints: dict[str, str]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(component_fingerprints):
-        h.update(f"{name}={component_fingerprints[name]};".encode())
-    return h.hexdigest()
+def codec_fingerprint(family: str, component_fingerprints: dict[str, str]) -> str:
+    return tagged_sha256("gvc-codec/2", {"family": family, "components": component_fingerprints})
 
 
 def write_codec_json(folder: str | Path, family: str, extra: dict[str, Any], provenance: dict[str, Any]) -> Path:
@@ -41,52 +50,59 @@ def write_codec_json(folder: str | Path, family: str, extra: dict[str, Any], pro
     folder = Path(folder)
     names = FAMILY_COMPONENTS[family]
     prints = {name: read_component_meta(folder, name)["fingerprint"] for name in names}
+    clash = sorted(set(extra) & (set(_CODEC_FIELDS) | {"checksum"}))
+    if clash:
+        raise ValueError(f"codec.json extras may not replace {clash}")
     meta = {
+        **_jsonable(extra),
         "format_version": CODEC_FORMAT_VERSION,
         "family": family,
         "components": {name: f"{name}.json" for name in names},
         "component_fingerprints": prints,
-        "fingerprint": codec_fingerprint(prints),
-        **extra,
+        "fingerprint": codec_fingerprint(family, prints),
         "provenance": _jsonable(provenance),
     }
     path = folder / CODEC_JSON
-    _atomic_write_bytes(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_sealed_json(path, meta)
     return path
 
 
 def read_codec_json(folder: str | Path) -> dict[str, Any]:
+    """``codec.json``, checked (format version, checksum, fields, fingerprint); no weights read."""
     folder = Path(folder)
-    path = folder / CODEC_JSON
     if not folder.is_dir():
         raise CodecFolderError(f"no codec folder at {folder}")
-    if not path.is_file():
+    if not (folder / CODEC_JSON).exists():
         raise CodecFolderError(f"{folder} is not an exported codec: {CODEC_JSON} is missing (run gvc-export)")
-    try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CodecFolderError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict):
-        raise CodecFolderError(f"{path} is not a JSON object")
-    for key in ("format_version", "family", "component_fingerprints", "fingerprint"):
-        if key not in meta:
-            raise CodecFolderError(f"{path} lacks the field {key!r}")
-    if meta["format_version"] != CODEC_FORMAT_VERSION:
-        raise CodecFolderError(f"{path} has format version {meta['format_version']}; this gvc_train reads {CODEC_FORMAT_VERSION}")
-    if meta["family"] not in FAMILY_COMPONENTS:
-        raise CodecFolderError(f"{path}: unknown codec family {meta['family']!r}")
+    path = member_path(folder, CODEC_JSON, f"codec {folder}", CodecFolderError)
+    meta = read_sealed_json(path, "codec file", CodecFolderError, CODEC_FORMAT_VERSION)
+    check_fields(meta, _CODEC_FIELDS, path, CodecFolderError)
+    family = meta["family"]
+    if family not in FAMILY_COMPONENTS:
+        raise CodecFolderError(f"{path}: unknown codec family {family!r}")
+    names = FAMILY_COMPONENTS[family]
+    if meta["components"] != {name: f"{name}.json" for name in names}:
+        raise CodecFolderError(f"{path}: a {family} codec's components are {[f'{n}.json' for n in names]}")
+    prints = meta["component_fingerprints"]
+    if set(prints) != set(names) or not all(isinstance(v, str) and SHA256_RE.match(v) for v in prints.values()):
+        raise CodecFolderError(f"{path}: component_fingerprints must give a sha256 for each of {list(names)}")
+    if codec_fingerprint(family, prints) != meta["fingerprint"]:
+        raise CodecFolderError(f"{path}: the fingerprint does not match its components; re-export the codec")
     return meta
 
 
 def load_codec_components(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(codec.json, {name: module})``; every component's weights are checked against the fingerprints."""
+    """``(codec.json, {name: module})``. Every file of every component is checked against the
+    fingerprints before the first module is built."""
     meta = read_codec_json(folder)
-    modules = {}
-    for name in FAMILY_COMPONENTS[meta["family"]]:
-        expected = meta["component_fingerprints"].get(name)
-        if read_component_meta(folder, name)["fingerprint"] != expected:
-            raise CodecFolderError(f"component {name!r} in {folder} is not the one codec.json was written for")
-        modules[name] = load_component(folder, name)
-    if codec_fingerprint(meta["component_fingerprints"]) != meta["fingerprint"]:
-        raise CodecFolderError(f"{folder}/{CODEC_JSON}: fingerprint does not match its components")
-    return meta, modules
+    names = FAMILY_COMPONENTS[meta["family"]]
+    for name in names:  # every JSON file first: cheap, and an edit is named before any weights are read
+        if read_component_meta(folder, name)["fingerprint"] != meta["component_fingerprints"][name]:
+            raise CodecFolderError(f"component {name!r} in {folder} is not the one {CODEC_JSON} was written for")
+    verified = {}
+    for name in names:
+        component = verify_component(folder, name)
+        if component.fingerprint != meta["component_fingerprints"][name]:
+            raise CodecFolderError(f"component {name!r} in {folder} is not the one {CODEC_JSON} was written for")
+        verified[name] = component
+    return meta, {name: component.build() for name, component in verified.items()}

@@ -34,6 +34,14 @@ class CausalVAE(VideoVAEBase, nn.Module):
     test size is ``base_channels=8, num_res_blocks=1``.
     """
 
+    # What a loaded config may hold (gvc_train.components checks them before building): generous
+    # for real models, small enough that a forged file cannot ask for terabytes or hours.
+    config_bounds = {
+        "in_channels": (1, 16), "latent_channels": (1, 1024), "base_channels": (1, 4096),
+        "channel_mults": (1, 64), "len(channel_mults)": (1, 8), "len(temporal_downsample)": (0, 7),
+        "num_res_blocks": (0, 16), "dropout": (0.0, 1.0), "norm": {"group", "rms"}, "norm_groups": (1, 1024),
+    }  # fmt: skip
+
     def __init__(
         self,
         in_channels: int = 3,

@@ -66,6 +66,14 @@ class DiffusersVAE(VideoVAEBase, nn.Module):
     e.g. ``"vae"`` for a pipeline folder); loaded with ``local_files_only=True``.
     """
 
+    # What a loaded config may hold (checked by gvc_train.components before building): an
+    # exported component holds the diffusers config itself, never a path to read from; the
+    # nested config's numbers are bounded (latents' statistics are signed floats).
+    config_bounds = {
+        "pretrained_path": {None}, "subfolder": {None}, "config.num_res_blocks": (0, 16),
+        "config.latents_mean": (-1e4, 1e4), "config.latents_std": (0.0, 1e4),
+    }  # fmt: skip
+
     def __init__(
         self,
         config: dict[str, Any] | None = None,

@@ -31,6 +31,12 @@ class PatchDiscriminator3D(nn.Module):
     Works for any T >= 1 and H, W >= 3 * 2 ** num_layers.
     """
 
+    # What a loaded config may hold (checked by gvc_train.components before building).
+    config_bounds = {
+        "in_channels": (1, 16), "base_channels": (1, 4096), "num_layers": (1, 8), "max_channel_mult": (1, 64),
+        "temporal_downsample": (0, 8), "norm": {"group", "spectral", "none"}, "norm_groups": (1, 1024),
+    }  # fmt: skip
+
     def __init__(
         self,
         in_channels: int = 3,

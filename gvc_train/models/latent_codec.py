@@ -70,6 +70,13 @@ class LatentVideoCodec(CompressionModel):
     A CPU test size is ``channels=16, y_channels=8, z_channels=8, memory_channels=8``.
     """
 
+    # What a loaded config may hold (checked by gvc_train.components before building).
+    config_bounds = {
+        "latent_channels": (1, 1024), "channels": (1, 4096), "y_channels": (1, 4096), "z_channels": (1, 4096),
+        "memory_channels": (1, 4096), "num_res_blocks": (0, 16), "num_qualities": (1, 64),
+        "gain_range": (1e-3, 1e3), "len(gain_range)": (2, 2), "train_quantizer": {"noise", "ste"},
+    }  # fmt: skip
+
     def __init__(
         self,
         latent_channels: int = 16,
