@@ -10,19 +10,19 @@ PY     := $(BIN)/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.gvc-installed
 
-.PHONY: setup demo test bench samples clean-runs
+.PHONY: setup demo test bench samples clean-runs lock-update
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v ffmpeg >/dev/null 2>&1 || { \
 	  echo "installing ffmpeg from Debian"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q pip==26.3
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
 samples: setup
@@ -39,3 +39,12 @@ bench: setup
 
 clean-runs:
 	rm -rf runs wandb lightning_logs exports
+
+# Move the pinned stack to the newest versions pyproject.toml allows: upgrade in .venv, rewrite
+# constraints.txt from what got installed, then run `make test` before committing both.
+lock-update: setup
+	$(PY) -m pip install -q --upgrade -e '.[dev]'
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^#' | \
+	  grep -viE '^(nvidia-|torch==|torchvision==|triton==)'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	@echo "constraints.txt rewritten: run make test, then commit it"
