@@ -24,6 +24,7 @@ from gvc_train.component_checks import (
     read_sealed_json,
     tagged_sha256,
 )
+from gvc_train.components import FORMAT_VERSION as COMPONENT_FORMAT_VERSION
 from gvc_train.components import ComponentError, _jsonable, read_component_meta, verify_component, write_sealed_json
 
 CODEC_FORMAT_VERSION = 2  # 2: fingerprint over family + component fingerprints, checksum over the file
@@ -96,7 +97,11 @@ def load_codec_components(folder: str | Path) -> tuple[dict[str, Any], dict[str,
     fingerprints before the first module is built."""
     meta = read_codec_json(folder)
     names = FAMILY_COMPONENTS[meta["family"]]
-    for name in names:  # every JSON file first: cheap, and an edit is named before any weights are read
+    for name in names:  # every file's seal first: an edit anywhere is refused in microseconds
+        if (Path(folder) / f"{name}.json").exists():  # a missing one: read_component_meta says so
+            path = member_path(folder, f"{name}.json", f"component {name!r}", ComponentError)
+            read_sealed_json(path, "component file", ComponentError, COMPONENT_FORMAT_VERSION)
+    for name in names:  # then every JSON file's meaning, still before any weights are read
         if read_component_meta(folder, name)["fingerprint"] != meta["component_fingerprints"][name]:
             raise CodecFolderError(f"component {name!r} in {folder} is not the one {CODEC_JSON} was written for")
     verified = {}
