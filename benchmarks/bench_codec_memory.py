@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.table import print_table
+from gvc_train import strict_json
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "checkpoints" / "latent_tiny"
@@ -319,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(json.loads(args.child))))
+        print(strict_json.dumps(_child(json.loads(args.child))))
         return 0
     r = bench_codec(quick=args.quick)
-    print(json.dumps(r, indent=2, default=str))
+    print(strict_json.dumps(r, indent=2, default=str))
     print()
     print_table(table_rows(r))
     return 0

@@ -28,7 +28,6 @@ Both round trips must be exact (asserted).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 
 from benchmarks.table import print_table
+from gvc_train import strict_json
 
 SEED = 0
 CHANNELS = 64  # the workload as one 1 x 64 x H x W tensor, like a latent frame's y
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     r = bench_entropy(args.symbols, repeats)
-    print(json.dumps(r, indent=2))
+    print(strict_json.dumps(r, indent=2))
     print()
     print_table(table_rows(r))
     return 0

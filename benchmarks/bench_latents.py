@@ -21,7 +21,6 @@ CausalVAE of the tiny tokenizer recipe's size (its speed does not depend on its 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from gvc_train import strict_json
 
 REPO = Path(__file__).resolve().parents[1]
 # recipes/tiny/tokenizer.yaml's model
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     shards = _ensure_sample_shards()
     clips, repeats = (16, 1) if args.quick else (48, 3)
     r = bench_latents(shards["train"], [str(sample_video(v)) for v in TRAIN], num_clips=clips, repeats=repeats)
-    print(json.dumps(r, indent=2))
+    print(strict_json.dumps(r, indent=2))
     print()
     print(table_row(r))
     return 0

@@ -9,7 +9,6 @@ the ratios; each side is the best of a few interleaved repeats.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from benchmarks.table import print_table
+from gvc_train.strict_json import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench_out"
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     results["section_seconds"] = {k: round(v, 1) for k, v in sections.items()}
     results["seconds"] = round(time.perf_counter() - started, 1)
     OUT.mkdir(exist_ok=True)
-    (OUT / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_json(OUT / "bench.json", results, indent=2, default=str)
     print()
     # PyAV's default decode (thread_type AUTO) uses every core for one video; a DataLoader
     # worker's pipeline uses one, so the 1-thread ratio is the like-for-like per-worker one.

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from gvc_train.data.sample_videos import HELD_OUT, sample_video
+from gvc_train.strict_json import write_json
 
 RECIPE = "recipes/tiny/tokenizer.yaml"
 SHARDS_DIR = Path("data/shards")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": {name: str(path) for name, path in written.items()},
         "reference_codec": {"codec": str(REFERENCE_CODEC), "frames": CODEC_FRAMES, "points": codec},
     }
-    (RUN_DIR / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(RUN_DIR / "demo_summary.json", summary, indent=2)
     print()
     print(f"trained      {steps} steps in {train_seconds:.0f} s ({steps / train_seconds:.2f} steps/s) on {RECIPE}")
     print(

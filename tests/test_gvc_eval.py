@@ -14,6 +14,8 @@ from gvc_train.data.sample_videos import sample_video
 from gvc_train.data.video_io import read_frames
 from gvc_train.eval.bdrate import bd_rate
 from gvc_train.eval.report import bd_table
+from gvc_train.eval.report_tables import BD_COLUMNS, points_csv, summary_markdown
+from gvc_train.strict_json import dumps, write_json
 
 FRAMES = 6
 
@@ -35,8 +37,17 @@ def report_dir(tiny_codec_dir: Path, small_video: Path, tmp_path_factory: pytest
     return out
 
 
+def _strict_loads(text: str):
+    """What a strict parser (JSON.parse, jq, serde_json) accepts: no NaN, Infinity or -Infinity."""
+
+    def refuse(word: str):
+        raise ValueError(f"not JSON: {word}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_report_has_every_point_output_and_plot(report_dir: Path) -> None:
-    report = json.loads((report_dir / "report.json").read_text())
+    report = _strict_loads((report_dir / "report.json").read_text())
     codec = [p for p in report["points"] if "quality" in p]
     anchors = [p for p in report["points"] if "crf" in p]
     assert [p["quality"] for p in codec] == [0, 1, 2]
@@ -86,6 +97,58 @@ def test_bd_table_matches_an_independent_computation() -> None:
     assert rows[("mine", "psnr")]["bd_rate_percent"] == pytest.approx(bd_rate(rates, psnr, [r * 0.8 for r in rates], psnr).value)
     assert rows[("lp", "lpips")]["bd_metric"] == pytest.approx(-0.01, abs=1e-9)
     assert ("mine", "lpips") not in rows and ("lp", "psnr") not in rows  # only metrics both curves have
+
+
+def _non_overlapping_points() -> list[dict]:
+    """A codec far below the anchor in PSNR (no common PSNR range: no BD-rate) at the anchor's
+    rates (a full common rate range: a valid BD-PSNR), as on carphone in docs/results."""
+    rates = [0.02, 0.04, 0.08, 0.16]
+    points = [{"video": "v", "codec": "x264", "setting": "low-delay", "crf": i, "bpp": r, "metrics": {"psnr": q}}
+              for i, (r, q) in enumerate(zip(rates, [26.0, 28.5, 31.0, 33.0]))]  # fmt: skip
+    points += [{"video": "v", "codec": "mine", "quality": i, "bpp": r, "metrics": {"psnr": q}} for i, (r, q) in enumerate(zip(rates, [15.0, 15.5, 16.0, 16.4]))]
+    return points
+
+
+def test_each_bd_warning_names_its_figure() -> None:
+    [row] = bd_table(_non_overlapping_points(), ["psnr"])
+    assert row["bd_rate_percent"] != row["bd_rate_percent"] and "do not overlap on the metric axis" in row["bd_rate_warning"]
+    assert row["bd_metric"] == pytest.approx(-13.7, abs=0.5) and row["bd_metric_overlap"] == 1.0
+    assert row["bd_metric_warning"] is None  # the valid BD-PSNR carries no warning meant for the BD-rate
+
+    [csv_row] = list(csv.DictReader(points_csv([row], [], columns=BD_COLUMNS).splitlines()))
+    assert csv_row["bd_rate_percent"] == "" and "do not overlap" in csv_row["bd_rate_warning"]
+    assert float(csv_row["bd_metric"]) == pytest.approx(row["bd_metric"], rel=1e-5) and csv_row["bd_metric_warning"] == ""
+
+    report = {"protocol": "p", "frames": 4, "intra_period": -1, "metrics": ["psnr"], "points": [], "bd": [row], "unavailable_metrics": {}}
+    table = [line for line in summary_markdown(report).splitlines() if line.startswith("| v |")]
+    header = next(line for line in summary_markdown(report).splitlines() if "BD-rate warning" in line)
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in table[0].split("|")]))
+    assert cells["BD-rate (%)"] == "-" and "do not overlap" in cells["BD-rate warning"]
+    assert cells["BD-metric"] == f"{row['bd_metric']:.3f}" and cells["BD-metric warning"] == ""
+
+
+def test_reports_are_strict_json(tmp_path: Path) -> None:
+    """NaN and infinities become null, nested anywhere; a value the conversion misses raises
+    rather than writing a file that strict parsers reject."""
+    rows = bd_table(_non_overlapping_points(), ["psnr"])
+    write_json(tmp_path / "r.json", {"bd": rows, "x": [float("inf"), (-float("inf"), 1.5)], "ok": 0.25}, indent=1)
+    back = _strict_loads((tmp_path / "r.json").read_text())
+    assert back["bd"][0]["bd_rate_percent"] is None and back["bd"][0]["bd_metric"] == pytest.approx(rows[0]["bd_metric"])
+    assert back["x"] == [None, [None, 1.5]] and back["ok"] == 0.25
+    with pytest.raises(ValueError):
+        dumps({"v": object()}, default=lambda o: float("nan"))
+    with pytest.raises(ValueError, match="not JSON: NaN"):
+        _strict_loads(json.dumps(float("nan")))  # the parse really is strict
+
+
+def test_shard_index_is_strict_json() -> None:
+    from gvc_train.data.sample_format import ShardIndex
+
+    index = ShardIndex(
+        shards=[], frame_format="png", clip_frames=5, overlap=0, resize_short=None, total_clips=1, total_frames=5,
+        total_bytes=10, sources=[{"source": "a.y4m", "fps": float("nan")}], skipped=[],
+    )  # fmt: skip
+    assert _strict_loads(index.to_json())["sources"][0]["fps"] is None
 
 
 def test_eval_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,8 @@ import os
 import re
 from typing import Any
 
+from gvc_train import strict_json
+
 FRAMES_PREFIX = "frames."
 META_KEY = "json"
 CAPTION_KEY = "txt"
@@ -102,7 +104,7 @@ class ShardIndex:
         return [os.path.join(os.fspath(shard_dir), shard.name) for shard in self.shards]
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n"
+        return strict_json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, data: bytes | str | dict[str, Any]) -> "ShardIndex":

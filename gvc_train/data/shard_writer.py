@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 import re
 import sys
@@ -26,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from gvc_train import strict_json
 from gvc_train.data import clip_codec, shard_workers
 from gvc_train.data.sample_format import (
     CAPTION_KEY,
@@ -467,7 +467,7 @@ def write_samples(
     tmp = os.path.join(out_dir, INDEX_FILE + ".partial")
     text = index.to_json()
     if index_extra:
-        text = json.dumps({**dataclasses.asdict(index), **index_extra}, indent=1, sort_keys=True) + "\n"
+        text = strict_json.dumps({**dataclasses.asdict(index), **index_extra}, indent=1, sort_keys=True) + "\n"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, os.path.join(out_dir, INDEX_FILE))

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gvc_train import strict_json
+
 CACHE_SCHEMA = 1
 
 
@@ -71,7 +73,7 @@ class AnchorCache:
         stream_path, meta_path = self._paths(key, suffix)
         full = {**meta, "key": key, "schema": CACHE_SCHEMA, "bytes": len(stream), "stream_sha256": hashlib.sha256(stream).hexdigest()}
         _atomic_write(stream_path, stream)
-        _atomic_write(meta_path, (json.dumps(full, indent=1, sort_keys=True) + "\n").encode())
+        _atomic_write(meta_path, (strict_json.dumps(full, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -12,7 +12,6 @@ every frame.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from gvc_train.codecs.determinism import inference_mode
 from gvc_train.data.video_io import probe, read_frames
 from gvc_train.eval.anchors import DEFAULT_CRFS, encode_anchor
 from gvc_train.eval.metrics import frame_psnr, ms_ssim
+from gvc_train.strict_json import write_json
 
 
 def _video_tensor(frames_THWC: np.ndarray) -> torch.Tensor:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         points += anchor_points(video, args.frames, anchors)
     print(markdown_table(points))
     if args.out:
-        Path(args.out).write_text(json.dumps({"video": Path(video).name, "frames": args.frames, "points": points}, indent=2) + "\n")
+        write_json(args.out, {"video": Path(video).name, "frames": args.frames, "points": points}, indent=2)
     return 0
 
 

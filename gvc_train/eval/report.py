@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from gvc_train.eval.report_tables import points_csv, summary_markdown
+from gvc_train.eval.report_tables import BD_COLUMNS, points_csv, summary_markdown
+from gvc_train.strict_json import write_json
 
 PROTOCOL = (
     "RGB in: every codec and anchor gets the same decoded source frames. Frames are padded (edge pixels) to what "
@@ -90,7 +91,7 @@ def _codec_points(options: EvalOptions, video: Path, source_THWC: np.ndarray, st
                     "quality": q, "bytes": enc.file_bytes, "bpp": enc.bpp, "frames": enc.frames,
                     # the latent codec has no intra refresh: one GOP whatever --intra-period says
                     "intra_period": -1, "encode_seconds": enc.seconds, "decode_seconds": dec.seconds,
-                    "stream": str(stream), "metrics": mean, "per_frame": per_frame, "unavailable": unavailable,
+                    "stream": str(stream.relative_to(streams.parent)), "metrics": mean, "per_frame": per_frame, "unavailable": unavailable,
                 }
             )  # fmt: skip
             progress.step(f"{video.name} {name} q{q}")
@@ -164,8 +165,10 @@ def bd_table(points: list[dict[str, Any]], metrics: Sequence[str]) -> list[dict[
                     rows.append(
                         {
                             "video": video, "codec": test, "anchor": anchor, "metric": metric,
-                            "bd_rate_percent": rate.value, "bd_metric": delta.value,
-                            "overlap": rate.overlap, "warning": rate.warning or delta.warning,
+                            # each figure with its own overlap and warning: the two integrate
+                            # over different axes, so one can be valid while the other has no overlap
+                            "bd_rate_percent": rate.value, "bd_rate_overlap": rate.overlap, "bd_rate_warning": rate.warning,
+                            "bd_metric": delta.value, "bd_metric_overlap": delta.overlap, "bd_metric_warning": delta.warning,
                         }
                     )  # fmt: skip
     return rows
@@ -246,9 +249,9 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         "bd": bd,
         "plots": plots,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out / "report.json", report, indent=1)
     (out / "points.csv").write_text(points_csv(points, metrics))
-    (out / "bd.csv").write_text(points_csv(bd, [], columns=("video", "codec", "anchor", "metric", "bd_rate_percent", "bd_metric", "overlap", "warning", "error")))
+    (out / "bd.csv").write_text(points_csv(bd, [], columns=BD_COLUMNS))
     (out / "summary.md").write_text(summary_markdown(report))
     log(f"gvc eval: {len(points)} points, {len(bd)} BD figures, {len(plots)} plots in {out} ({report['seconds']:.0f} s)")
     return report

@@ -8,6 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 POINT_COLUMNS = ("video", "codec", "setting", "quality", "crf", "preset", "intra_period", "frames", "bytes", "bpp")
+# bd.csv: each figure beside its own overlap and warning; ``error`` when neither could be computed
+BD_COLUMNS = (
+    "video", "codec", "anchor", "metric",
+    "bd_rate_percent", "bd_rate_overlap", "bd_rate_warning", "bd_metric", "bd_metric_overlap", "bd_metric_warning", "error",
+)  # fmt: skip
 
 
 def points_csv(rows: Sequence[dict[str, Any]], metrics: Sequence[str], columns: Sequence[str] = POINT_COLUMNS) -> str:
@@ -22,8 +27,8 @@ def points_csv(rows: Sequence[dict[str, Any]], metrics: Sequence[str], columns: 
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return ""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""  # no value (a BD figure without overlap): empty, as in report.json's null
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
@@ -51,11 +56,16 @@ def summary_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {p['codec']} | {setting} | {p['bpp']:.4f} | {values} |")
     if report["bd"]:
         lines += ["", "## BD-rate (negative: fewer bits than the anchor at equal quality) and BD-metric", ""]
-        lines += ["| video | codec | anchor | metric | BD-rate (%) | BD-metric | overlap | warning |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| video | codec | anchor | metric | BD-rate (%) | overlap | BD-rate warning | BD-metric | overlap | BD-metric warning |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in report["bd"]:
+            error = f"error: {r['error']}" if r.get("error") else ""  # about both figures
             lines.append(
-                f"| {r['video']} | {r['codec']} | {r['anchor']} | {r['metric']} | {_fmt(r.get('bd_rate_percent'), 2)} | "
-                f"{_fmt(r.get('bd_metric'), 3)} | {_fmt(r.get('overlap'), 2)} | {r.get('warning') or r.get('error') or ''} |"
+                f"| {r['video']} | {r['codec']} | {r['anchor']} | {r['metric']} | "
+                f"{_fmt(r.get('bd_rate_percent'), 2)} | {_fmt(r.get('bd_rate_overlap'), 2)} | {r.get('bd_rate_warning') or error} | "
+                f"{_fmt(r.get('bd_metric'), 3)} | {_fmt(r.get('bd_metric_overlap'), 2)} | {r.get('bd_metric_warning') or error} |"
             )
     commands = sorted({(p["codec"], p["setting"], p["preset"], p["command"]) for p in report["points"] if "command" in p})
     if commands:
