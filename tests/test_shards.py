@@ -16,6 +16,7 @@ import tarfile
 import zlib
 
 import av
+import av.logging
 import numpy as np
 import pytest
 import webdataset
@@ -27,7 +28,7 @@ from gvc_train.data.sample_videos import sample_video
 from gvc_train.data.sample_format import INDEX_FILE, ClipMeta, ShardIndex, frames_field, sample_key
 from gvc_train.data.shard_cli import main, parse_size
 from gvc_train.data.shard_writer import NothingWrittenError, write_shards
-from gvc_train.data.video_io import VideoReadError, read_frames, scaled_size
+from gvc_train.data.video_io import VideoReadError, probe, read_frames, scaled_size
 
 DATA = str(sample_video("bikes.mp4").parent)
 CARPHONE = os.path.join(DATA, "carphone_pristine.mp4")
@@ -380,6 +381,42 @@ def test_decode_clip_damaged_payloads_raise_clip_decode_error():
 
 
 # ---- the reader -------------------------------------------------------------------------
+
+
+_Y4M = b"YUV4MPEG2 W16 H16 F25:1 Ip A1:1 C420jpeg\n" + (b"FRAME\n" + bytes(16 * 16 * 3 // 2)) * 2
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ((b"W16", b"Wxx"), "Picture size 0x16 is invalid (y4m header 'YUV4MPEG2 Wxx H16 "),  # once "Device or resource busy"
+        ((b"W16", b"W0"), "Picture size 0x16 is invalid"),
+        ((b"H16", b"H0"), "Picture size 16x0 is invalid"),
+        ((b"H16", b"H-3"), "Picture size 16x4294967293 is invalid"),
+        ((b"W16", b"W99999999"), "Picture size 99999999x16 is invalid"),
+        ((b"W16 ", b""), "YUV4MPEG has invalid header"),
+        ((b"C420jpeg", b"Cxyz"), "unknown pixel format"),
+        ((b"F25:1", b"F25:0"), "frame rate 'F25:0' is not F<num>:<den>"),  # FFmpeg would silently read 25 fps
+        ((b"F25:1", b"Fabc"), "frame rate 'Fabc' is not F<num>:<den>"),
+        (19, "Header too large (y4m header 'YUV4MPEG2 W16 H16 F' has no end of line: truncated"),  # header cut short
+        (9, "Header too large (y4m header 'YUV4MPEG2' has no end of line"),
+        (0, "empty file (0 bytes)"),
+    ],
+)
+def test_damaged_y4m_headers_say_the_decoders_reason(tmp_path, damage, reason):
+    """Every damaged header gets FFmpeg's own reason (or ours where FFmpeg has none), in one line,
+    the same the second time (FFmpeg's log skips repeated messages) and for probe and read alike."""
+    path = tmp_path / "damaged.y4m"
+    path.write_bytes(_Y4M[:damage] if isinstance(damage, int) else _Y4M.replace(*damage))
+    for read in (read_frames, probe, read_frames):
+        with pytest.raises(VideoReadError) as excinfo:
+            read(str(path))
+        message = str(excinfo.value)
+        assert message.startswith(f"{path}: ") and reason in message and "\n" not in message, message
+        assert "busy" not in message and "Invalid argument" not in message
+    assert av.logging.get_level() is None and av.logging.get_skip_repeated()  # PyAV's settings restored
+    (tmp_path / "good.y4m").write_bytes(_Y4M)
+    assert read_frames(str(tmp_path / "good.y4m")).shape == (2, 16, 16, 3) and probe(str(tmp_path / "good.y4m")).fps == 25.0
 
 
 def test_video_read_error_is_one_line(tmp_path):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import av
+import av.logging
 import numpy as np
 from PIL import Image
 
@@ -155,13 +156,17 @@ class VideoReader:
         self.info = VideoInfo(self.path, *self._out_size, width, height, float(png_fps), len(self._pngs), True)
 
     def _open_video(self, resize_short: int | None, threads: int) -> None:
+        if os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
+            raise VideoReadError(self.path, "empty file (0 bytes)")  # FFmpeg: "Header too large" or EINVAL
+        with _FFmpegErrorLog() as log:
+            try:
+                self._container = av.open(self.path, metadata_errors="ignore")
+            except av.error.InvalidDataError:
+                raise VideoReadError(self.path, _invalid_data_reason(self.path, log.last())) from None
+            except (av.error.FFmpegError, OSError) as exc:
+                raise VideoReadError(self.path, _open_error_reason(self.path, exc, log.last())) from None
         try:
-            self._container = av.open(self.path, metadata_errors="ignore")
-        except av.error.InvalidDataError:
-            raise VideoReadError(self.path, _invalid_data_reason(self.path)) from None
-        except (av.error.FFmpegError, OSError) as exc:
-            raise VideoReadError(self.path, f"cannot open: {_ffmpeg_reason(exc)}") from None
-        try:
+            _check_y4m_frame_rate(self.path)
             self._open_stream(resize_short, threads)
         except BaseException:
             self.close()  # whatever failed after av.open, the container is not leaked
@@ -323,7 +328,77 @@ def _declared_frames(container: av.container.InputContainer, stream: av.video.st
     return None
 
 
-def _invalid_data_reason(path: str) -> str:
+class _FFmpegErrorLog:
+    """FFmpeg's own error messages while opening a file: its reason for a failure.
+
+    PyAV turns a failed open into an errno whose text can mislead: a y4m header with a bad width
+    ends in EBUSY ("Device or resource busy") while FFmpeg logs "Picture size 0x16 is invalid".
+    PyAV keeps FFmpeg's log off unless a level is set, so the level is raised to ERROR for the
+    duration (never lowered) and restored after; the messages are captured, not printed.
+    """
+
+    def __enter__(self) -> "_FFmpegErrorLog":
+        self._level, self._skip = av.logging.get_level(), av.logging.get_skip_repeated()
+        if self._level is None or self._level < av.logging.ERROR:
+            av.logging.set_level(av.logging.ERROR)
+        av.logging.set_skip_repeated(False)  # else a second file with the same fault gets no reason
+        self._capture = av.logging.Capture(local=False)  # frame threads log from other threads
+        self.messages = self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._capture.__exit__(*exc)
+        av.logging.set_level(self._level)
+        av.logging.set_skip_repeated(self._skip)
+
+    def last(self) -> str | None:
+        """The last error-level message as ``"component: message"``, or None."""
+        errors = [(name, message) for level, name, message in self.messages if level <= av.logging.ERROR]
+        if not errors:
+            return None
+        name, message = errors[-1]
+        return f"{name}: {' '.join(message.split()).rstrip('.')}" if name else " ".join(message.split()).rstrip(".")
+
+
+def _open_error_reason(path: str, exc: BaseException, ffmpeg_says: str | None) -> str:
+    reason = f"cannot open: {ffmpeg_says or _ffmpeg_reason(exc)}"
+    header = _y4m_header(path)
+    if header is None:
+        return reason
+    text, complete = header
+    if not complete:  # FFmpeg calls this "Header too large"
+        return f"{reason} (y4m header '{text}' has no end of line: truncated, or not a y4m header)"
+    return f"{reason} (y4m header '{text}')"
+
+
+def _y4m_header(path: str) -> tuple[str, bool] | None:
+    """(first line, whether it ends in a newline) of a YUV4MPEG2 file, else None. For messages:
+    at most 60 characters, bytes other than printable ASCII shown as '?'."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"YUV4MPEG2"):
+        return None
+    line, newline, _ = head.partition(b"\n")
+    text = "".join(chr(b) if 32 <= b < 127 else "?" for b in line[:60]) + ("..." if len(line) > 60 else "")
+    return text, bool(newline)
+
+
+def _check_y4m_frame_rate(path: str) -> None:
+    """Refuse a y4m whose ``F`` token is damaged: FFmpeg silently reads it as 25 fps."""
+    header = _y4m_header(path)
+    if header is None:
+        return
+    for token in header[0].split()[1:]:
+        if token.startswith("F"):
+            num, _, den = token[1:].partition(":")
+            if not (num.isdigit() and den.isdigit() and int(num) > 0 and int(den) > 0):
+                raise VideoReadError(path, f"y4m header: frame rate '{token}' is not F<num>:<den> with both > 0 (header '{header[0]}')")
+
+
+def _invalid_data_reason(path: str, ffmpeg_says: str | None = None) -> str:
     try:
         with open(path, "rb") as f:
             head = f.read(12)
@@ -331,6 +406,9 @@ def _invalid_data_reason(path: str) -> str:
         head = b""
     if head[4:8] == b"ftyp":  # an mp4/mov whose index (moov box) is missing: usually cut short
         return "mp4/mov without a readable index (moov box): truncated or unfinished file?"
+    header = _y4m_header(path)
+    if header is not None:
+        return f"not a readable y4m ({ffmpeg_says or 'invalid data'}; header '{header[0]}')"
     return "not a readable video (FFmpeg: invalid data found when processing input)"
 
 
