@@ -26,7 +26,8 @@ def test_gan_term_trains_the_discriminator(tiny_shards, tmp_path, monkeypatch) -
     monkeypatch.chdir(tmp_path)
     cli = _fit(tiny_shards, "--trainer.max_steps=2", "--model.init_args.gan_start_step=0")
     metrics = cli.trainer.logged_metrics
-    assert "train/d_loss" in metrics and "train/g_loss" in metrics
+    for name in ("train/d_loss", "train/g_loss", "train/loss"):
+        assert name in metrics and torch.isfinite(metrics[name]), (name, sorted(metrics))
     # one global step per batch, GAN or not (Lightning would count each optimizer's step)
     assert cli.trainer.global_step == 2
     assert cli.trainer.fit_loop.epoch_loop.batch_progress.total.completed == 2
@@ -101,7 +102,22 @@ def test_lpips_term_loads_local_backbone_and_stays_out_of_checkpoints(tiny_shard
         "--model.init_args.lpips_weight=0.1",
         f"--model.init_args.lpips_backbone={backbone}",
     )
-    assert "train/lpips" not in cli.trainer.logged_metrics or torch.isfinite(cli.trainer.logged_metrics["train/lpips"])
+    metrics = cli.trainer.logged_metrics
+    # every training metric of a step with LPIPS (GAN off: gan_start_step is 200), logged and finite
+    for name in ("train/loss", "train/l1", "train/kl", "train/psnr", "train/ms_ssim", "train/lpips"):
+        assert name in metrics, f"{name} not logged: {sorted(metrics)}"
+        assert torch.isfinite(metrics[name]), (name, metrics[name])
+    # the term is a real distance (random VGG features of a blurry reconstruction are not its source)
+    assert float(metrics["train/lpips"]) > 1e-4
+    # ... and is in the loss, at its weight: the loss is the sum of its logged terms
+    hp = cli.model.hparams
+    expected = (hp.l1_weight * metrics["train/l1"] + hp.ms_ssim_weight * (1 - metrics["train/ms_ssim"])
+                + hp.lpips_weight * metrics["train/lpips"] + hp.kl_weight * metrics["train/kl"])  # fmt: skip
+    assert float(metrics["train/loss"]) == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
+    # the backbone is the local file's (the random VGG above), not torchvision's download
+    trunk = torch.nn.Sequential(*[layer for block in cli.model._lpips[0].slices for layer in block])
+    saved = torch.load(backbone, weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in trunk.state_dict().items())
     ckpt = torch.load(Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt", map_location="cpu", weights_only=False)
     assert not any("lpips" in k for k in ckpt["state_dict"])
 
