@@ -93,46 +93,124 @@ def _fit_args(recipe: Path, run_dir: Path, *extra: str) -> list[str]:
 
 
 def _saved_step(path: Path) -> int:
+    return _saved_step_and_time(path)[0]
+
+
+def _saved_step_and_time(path: Path) -> tuple[int, float]:
+    """(global step, wall time of the save) of a checkpoint; (-1, 0) when there is none yet.
+    Both from one open file: a save that replaces it meanwhile cannot pair one's step with
+    another's time (an atomic save never shows a partial file)."""
     try:
-        return int(torch.load(path, weights_only=True)["global_step"])
-    except Exception:  # not there yet (an atomic save never shows a partial file)
-        return -1
+        with open(path, "rb") as f:
+            saved_at = os.fstat(f.fileno()).st_mtime
+            return int(torch.load(f, weights_only=True)["global_step"]), saved_at
+    except Exception:
+        return -1, 0.0
+
+
+# The kill's aim: right after the save of a random step in 4..10, plus a random part of one
+# step. It then lands in step 11 at the latest (its save included), 3 steps before the end.
+# The old aim (up to 1.5 s after step 4 was seen, whatever a step took) overshot the whole run
+# when steps were fast: ~1.4 s of the 14-step run remain after step 4 on a fast machine, so a
+# share of runs were killed after the run had finished ("the kill came too late").
+_KILL_STEPS = range(4, 11)
+_DROPOUT = "--model.init_args.vae.init_args.dropout=0.1"  # draws from the global RNG: its state must resume too
+
+
+def _kill_at_a_random_moment(proc: subprocess.Popen, last: Path) -> str:
+    """SIGKILL ``proc`` one random part of a step after last.ckpt (saved every step) shows a
+    random step of ``_KILL_STEPS``. The step time is measured on this run, from the save
+    times, so the aim holds on a loaded machine as on a fast one. Returns where it aimed."""
+    target = random.choice(_KILL_STEPS)
+    saves: dict[int, float] = {}  # step -> wall time of its save, for each save seen
+    seen = None
+    deadline = time.monotonic() + 240
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        try:
+            stamp = last.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = None
+        if stamp is not None and stamp != seen:  # load only a new save: polling must not slow the run
+            seen = stamp
+            step, saved_at = _saved_step_and_time(last)
+            if step >= 0:
+                saves.setdefault(step, saved_at)
+            if step >= target and len(saves) >= 2:
+                break
+        time.sleep(0.005)
+    (first, t_first), (latest, t_latest) = min(saves.items()), max(saves.items())
+    step_seconds = (t_latest - t_first) / (latest - first)
+    delay = random.uniform(0.0, step_seconds)
+    time.sleep(max(0.0, t_latest + delay - time.time()))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return f"aimed at the save of step {latest} + {delay:.2f} s of a {step_seconds:.2f} s step"
 
 
 def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    """14 steps over 2 epochs of 8 batches, GAN on from step 5, last.ckpt every 2 steps. Killed
-    with SIGKILL at a random moment after step 4 was saved, resumed with --ckpt_path last: the
-    final weights equal the uninterrupted run's exactly (model, both optimizers, schedulers,
-    step, data position and noise all restored)."""
-    recipe = quiet_recipe(REPO / "recipes/tiny/tokenizer.yaml", tmp_path / "recipe.yaml", every_n_train_steps=2)
-    straight = subprocess.run(_fit_args(recipe, tmp_path / "straight"), env=ENV, capture_output=True, text=True, timeout=300)
+    """14 steps over 2 epochs of 8 batches, GAN on from step 5, dropout on, last.ckpt every
+    step. Killed with SIGKILL at a random moment of steps 5..11 (saves included), resumed with
+    --ckpt_path last: the final weights equal the uninterrupted run's exactly (model, both
+    optimizers, schedulers, step, data position, noise and the global RNG all restored)."""
+    recipe = quiet_recipe(REPO / "recipes/tiny/tokenizer.yaml", tmp_path / "recipe.yaml", every_n_train_steps=1)
+    straight = subprocess.run(_fit_args(recipe, tmp_path / "straight", _DROPOUT), env=ENV, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     run = tmp_path / "killed"
     last = run / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(_fit_args(recipe, run), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while _saved_step(last) < 4:
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 1.5))  # anywhere in the following steps, saves included
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen(_fit_args(recipe, run, _DROPOUT), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    aim = _kill_at_a_random_moment(proc, last)
     killed_at = _saved_step(last)
-    assert 4 <= killed_at < 14, f"the kill came too late (step {killed_at})"
+    print(f"killed with step {killed_at} saved, {aim}")  # shown with pytest -s
+    assert 4 <= killed_at < 14, f"the kill came too late (step {killed_at}; {aim})"
 
-    resumed = subprocess.run(_fit_args(recipe, run, "--ckpt_path=last"), env=ENV, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_fit_args(recipe, run, _DROPOUT, "--ckpt_path=last"), env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["global_step"] == b["global_step"] == 14
     for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), f"{key} differs after resuming from step {killed_at}"
+        assert torch.equal(value, b["state_dict"][key]), f"{key} differs after resuming from step {killed_at} ({aim})"
     for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
         for i, state in opt_a["state"].items():
             assert torch.equal(state["exp_avg"], opt_b["state"][i]["exp_avg"])
     # --run_dir put everything of the run there
     assert (run / "config.yaml").is_file()
+
+
+def _fit_tiny_dropout_tokenizer(root: Path, max_steps: int, ckpt_path: Path | None = None) -> dict[str, torch.Tensor]:
+    """A dropout VAE, 4 batches an epoch and a validation loader, every step saved as step=N.ckpt."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from gvc_train.lit.tokenizer import TokenizerModule
+    from gvc_train.models.causal_vae import CausalVAE
+
+    L.seed_everything(0, verbose=False)
+    vae = CausalVAE(base_channels=8, channel_mults=[1, 2], num_res_blocks=1, mid_attention=False, norm_groups=4, temporal_downsample=[True], dropout=0.3)
+    module = TokenizerModule(vae, lr=1e-3, ms_ssim_weight=0.0)
+    # one clip in every batch: a plain loader restarts its epoch on resume (the project's loaders
+    # continue it: tested below), which must not count as a difference here
+    batches = [{"video": torch.rand(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(1))}] * 4
+    save_all = ModelCheckpoint(dirpath=root, filename="{step}", every_n_train_steps=1, save_top_k=-1)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=1, num_sanity_val_steps=1, default_root_dir=root, callbacks=[save_all], deterministic=True,
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(batches, batch_size=None), DataLoader(batches[:1], batch_size=None), ckpt_path=ckpt_path)
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("resume_step", [4, 6])
+def test_dropout_resumes_exactly_whatever_lightning_draws_between_steps(tmp_path: Path, resume_step: int) -> None:
+    """Each new data iterator and each validation draw a loader seed from the global RNG that
+    dropout uses; a resumed run makes those draws elsewhere (its iterator before its first step;
+    after a save at an epoch's last batch, step 4, no validation for that epoch). Resumed from
+    either kind of step, dropout draws what the uninterrupted run drew: the same weights."""
+    straight = _fit_tiny_dropout_tokenizer(tmp_path / "straight", 8)
+    resumed = _fit_tiny_dropout_tokenizer(tmp_path / "resumed", 8, tmp_path / "straight" / f"step={resume_step}.ckpt")
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), f"{key} differs after resuming from step {resume_step}"
 
 
 # ---------------------------------------------------------------------------- non-finite losses

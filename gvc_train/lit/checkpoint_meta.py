@@ -31,7 +31,7 @@ class ComponentCheckpointMixin:
         elapsed = time.monotonic() - started if started is not None else 0.0
         previous = getattr(self, "_train_seconds_before", 0.0)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        checkpoint["rng_state"] = rng_state()  # Lightning does not save it; exact resume needs it
+        checkpoint["rng_state"] = self._training_rng_state()  # Lightning does not save it; exact resume needs it
         checkpoint[CHECKPOINT_KEY] = {
             "components": {
                 name: {
@@ -56,4 +56,33 @@ class ComponentCheckpointMixin:
         # Wall time accumulates over resumed runs.
         meta = checkpoint.get(CHECKPOINT_KEY, {})
         self._train_seconds_before = float(meta.get("provenance", {}).get("train_seconds", 0.0))
-        restore_rng_state(checkpoint.get("rng_state"))
+        # Not restored here: after this hook Lightning still runs the sanity check and builds the
+        # training data iterator, both of which draw from the global torch RNG (the loaders' base
+        # seed), so dropout would differ from the first step on. The next step restores it.
+        self._train_rng = checkpoint.get("rng_state")
+
+    # The training RNG stream. Steps draw from the global RNGs (dropout), and so does Lightning
+    # between steps: each new data iterator and each validation run draw a loader seed. A resumed
+    # run repeats those draws in other places: it builds its iterator before its first step, and
+    # resuming from the last batch of an epoch skips that epoch's validation. So the state after
+    # each step is kept, checkpoints save it, and the next step (in this run or a resumed one)
+    # starts from it, whatever Lightning drew in between: the steps see one unbroken stream.
+    _train_rng: dict[str, Any] | None = None
+    _in_train_batch = False
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)  # type: ignore[misc]
+        if self._train_rng is not None:
+            restore_rng_state(self._train_rng)
+        self._in_train_batch = True
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Lightning calls the callbacks' hooks (ModelCheckpoint's batch-end save) before this one.
+        super().on_train_batch_end(outputs, batch, batch_idx)  # type: ignore[misc]
+        self._train_rng = rng_state()
+        self._in_train_batch = False
+
+    def _training_rng_state(self) -> dict[str, Any]:
+        """The stream's state after the latest step: the global state during a step's batch
+        hooks (nothing drew since the step), the kept one elsewhere (after validation)."""
+        return rng_state() if self._in_train_batch or self._train_rng is None else self._train_rng

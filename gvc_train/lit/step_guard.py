@@ -11,6 +11,8 @@
 - :func:`rng_state` / :func:`restore_rng_state`: Python, NumPy, torch (and CUDA) RNG states,
   saved with every checkpoint: Lightning does not save them, and exact resume needs them for
   anything that still draws from the global RNG (dropout, augmentations in the main process).
+  ``ComponentCheckpointMixin`` keeps them as one stream across steps (restored at each step's
+  start), so the draws Lightning makes between steps (loader seeds) do not shift it.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class NonFiniteGuardHooks:
         return [("nonfinite_skipped" + attr[len("_nonfinite") :], getattr(self, attr)) for attr in self.nonfinite_guards]
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)  # type: ignore[misc]
         for _, guard in self._guards():
             guard.stop_if_diverged(self)  # type: ignore[arg-type]
 
