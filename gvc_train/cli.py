@@ -11,28 +11,114 @@ every stage of every codec family.
 Every run saves checkpoints atomically (``AtomicCheckpointIO``). Inside a SLURM job it also
 takes preemption into its own hands (``PreemptionCallback``: save at a batch boundary on
 SIGUSR1, requeue) instead of Lightning's in-handler save, which can deadlock DDP.
+
+Checkpoints (``--ckpt_path PATH``, ``last``, ``best``, a SLURM job's ``hpc_ckpt_N``) are read
+without unpickling code (``gvc_train.safe_load``): one holding anything but tensors and plain
+values is refused with one line. User errors (a bad key, a missing recipe, an invalid value) are
+one line ``gvc-train: error: ...`` with exit status 2 (``GVC_DEBUG=1``: the traceback), and a
+run that fails before it starts leaves no run folder behind (``lit/run_folders.py``).
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import netrc
 import os
 import sys
-import lightning as L
-from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+import warnings
+from pathlib import Path
+from typing import Any
+
+# Start-up noise a user cannot act on (listed so that nothing actionable is hidden):
+# torch_geometric, imported by a dependency, calls the deprecated torch.jit.script at import.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+import lightning as L  # noqa: E402
+from jsonargparse import Namespace  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
+
+from gvc_train.cli_errors import UsageError, explain_argument_error  # noqa: E402
+from gvc_train.lit.run_folders import HeldLogs, RunStarted, StartupFolders  # noqa: E402
+
+
+class _NoAdverts(logging.Filter):
+    """Lightning's "💡 Tip: try installing litlogger/litmodels" lines: advertising, not advice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning_utilities.core.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoAdverts())
 
 
 class RecordConfigCallback(SaveConfigCallback):
-    """Save config.yaml as usual, and hand the resolved recipe to the module for provenance."""
+    """Hand the resolved recipe to the module for provenance at setup, and write config.yaml
+    when the run starts rather than at setup: a run that fails at start-up (missing shards, a
+    refused checkpoint) leaves an existing run folder's config.yaml as it was."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if hasattr(pl_module, "run_config"):
             pl_module.run_config = self.parser.dump(self.config, skip_none=False)
-        super().setup(trainer, pl_module, stage)
+        self._stage = stage
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        super().setup(trainer, pl_module, getattr(self, "_stage", "fit"))
+
+    on_fit_start = on_validation_start = on_test_start = on_predict_start = _write
 
 
 class GvcCLI(LightningCLI):
+    def __init__(
+        self, *args: Any, startup: StartupFolders | None = None, run_started: RunStarted | None = None, **kwargs: Any
+    ) -> None:
+        self.startup = startup or StartupFolders()
+        self.run_started = run_started or RunStarted()
+        super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as e:
+            argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
+            raise UsageError(explain_argument_error(str(e), parser, argv)) from e
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyper-parameters here, before anything else
+        # (torch.load with weights_only=True): gate it like every other checkpoint read.
+        import pickle
+
+        from gvc_train.safe_load import check_torch_file, refusal
+
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            check_torch_file(ckpt_path)
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError as e:
+            raise refusal(ckpt_path, "checkpoint", e) from None
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        from gvc_train.lit.checkpoint_io import guard_checkpoint_loads
+
+        trainer = super().instantiate_trainer(**kwargs)
+        guard_checkpoint_loads(trainer.strategy)
+        for logger in trainer.loggers:
+            # Lightning's WandbLogger always passes anonymous=None, and wandb warns at every run
+            # that the setting "has no effect": nothing a user can change.
+            init = getattr(logger, "_wandb_init", None)
+            if isinstance(init, dict) and init.get("anonymous") is None:
+                init.pop("anonymous", None)
+        trainer.callbacks.insert(0, self.run_started)  # first: the held start-up lines come first
+        return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if self.trainer.global_rank == 0:
+            self.startup.record(self.trainer)
+        super()._run_subcommand(subcommand)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--run_dir",
@@ -46,6 +132,11 @@ class GvcCLI(LightningCLI):
         cfg = self.config.get(self.subcommand) if self.subcommand else self.config
         if cfg is None or "trainer" not in cfg:
             return
+        if cfg.get("weights_only") is False:
+            raise UsageError(
+                "--weights_only=false is not offered: checkpoints are read without unpickling code (tensors and "
+                "plain values); gvc_train's own checkpoints need nothing more"
+            )
         run_dir = cfg.get("run_dir")
         if run_dir:
             move_run_dir(cfg.trainer, str(run_dir))
@@ -122,6 +213,10 @@ def _quiet_defaults() -> None:
 def run(args: list[str] | None = None) -> LightningCLI:
     """Run the CLI and return it (its trainer and model), for the demo and the tests."""
     _quiet_defaults()
+    startup = StartupFolders()
+    held = HeldLogs()
+    started = RunStarted(held)
+    held.hold()
     try:
         return GvcCLI(
             model_class=None,
@@ -132,9 +227,35 @@ def run(args: list[str] | None = None) -> LightningCLI:
             save_config_kwargs={"overwrite": True},
             args=args,
             auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False, "description": _DESCRIPTION, **_SUBCOMMANDS},
+            startup=startup,
+            run_started=started,
         )
+    except BaseException:
+        _finish_wandb()  # first: wandb writes into its run folder until it is closed
+        if not started.started:
+            startup.remove_new()
+        raise
     finally:
+        held.release(drop=not started.started)
         _finish_wandb()
+
+
+_SAFE_CKPT = (
+    " The checkpoint (--ckpt_path PATH, last, best; a SLURM job's hpc_ckpt_N) is read without unpickling "
+    "code: a file holding anything but tensors and plain values is refused."
+)
+_SUBCOMMANDS = {
+    "fit": {"description": "Train a stage from a recipe; --ckpt_path last resumes the run." + _SAFE_CKPT},
+    "validate": {"description": "Run the validation loop on a checkpoint." + _SAFE_CKPT},
+    "test": {"description": "Run the test loop on a checkpoint." + _SAFE_CKPT},
+    "predict": {"description": "Run the predict loop on a checkpoint." + _SAFE_CKPT},
+}
+_DESCRIPTION = (
+    "Train, validate or test a gvc_train stage from a recipe (recipes/). Checkpoints given to "
+    "--ckpt_path (a path, last, best) are read without unpickling code: a file holding anything "
+    "but tensors and plain values is refused."
+)
 
 
 def _finish_wandb() -> None:
@@ -146,14 +267,23 @@ def _finish_wandb() -> None:
 
 
 def main(args: list[str] | None = None) -> int:
-    """The console script: bad input (missing shards, a recipe that does not fit) ends in one
-    line and exit status 2; ``GVC_DEBUG=1`` shows the traceback instead."""
+    """The console script: bad input (a bad key or value, a missing recipe, missing shards, a
+    recipe that does not fit, a refused checkpoint) ends in one line and exit status 2;
+    ``GVC_DEBUG=1`` shows the traceback instead."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from gvc_train.components import ComponentError
     from gvc_train.data.pipeline import NoUsableSamples
     from gvc_train.lit.step_guard import TrainingDiverged
+    from gvc_train.safe_load import NotTorchFile, UnsafeFile
 
     try:
         run(args)
+    except (UsageError, argparse.ArgumentError, MisconfigurationException, UnsafeFile, NotTorchFile) as e:
+        if os.environ.get("GVC_DEBUG"):
+            raise
+        print(f"gvc-train: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, NoUsableSamples, ComponentError, ValueError, TrainingDiverged) as e:
         if os.environ.get("GVC_DEBUG"):
             raise

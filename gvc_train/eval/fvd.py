@@ -4,7 +4,17 @@ The network is the one nearly every PyTorch FVD uses: ``i3d_torchscript.pt``, th
 I3D of the original TensorFlow FVD converted to TorchScript by the StyleGAN-V authors
 (universome/stylegan-v ``src/metrics/frechet_video_distance.py``; also the "styleganv" FVD of
 common_metrics_on_video_quality). Nothing ships it and nothing here downloads it: the user
-gives its path (``gvc eval --i3d PATH``). Its interface, as those ports call it:
+gives its path (``gvc eval --i3d PATH``).
+
+A TorchScript file is a program, not only weights: loading it does not unpickle Python objects
+(TorchScript's own reader builds tensors and TorchScript types only), but its code runs on the
+videos when FVD is computed, with whatever torch operators it calls. So, unlike the checkpoints
+and state dicts that gvc_train reads as plain data (``gvc_train.safe_load``), there is no safe
+way to read an untrusted one: give ``--i3d`` only a file from a source you trust, as you would
+a script. (Refusing it without an extra opt-in flag would only repeat what ``--i3d PATH``
+already says: run this network.)
+
+Its interface, as those ports call it:
 
     features_N400 = i3d(x_NCTHW, rescale=False, resize=False, return_features=True)
 
@@ -42,7 +52,7 @@ I3D_KWARGS = {"rescale": False, "resize": False, "return_features": True}
 
 def load_i3d(path: str | Path) -> torch.jit.ScriptModule:
     """Load the I3D TorchScript file (on the CPU, eval mode); clear errors for a missing or
-    non-TorchScript file."""
+    non-TorchScript file. The file is code (see the module notes): trusted files only."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"I3D TorchScript file not found: {path}")

@@ -3,6 +3,8 @@
 Both need ImageNet VGG16 weights that no package here ships, so both load a LOCAL torchvision
 VGG16 state dict the user gives (``.pth`` or ``.safetensors``, whole model or ``.features``):
 the network is built with ``weights=None`` and filled from that file; nothing is downloaded.
+A ``.pth`` is read without unpickling code (``gvc_train.safe_load``: tensors and plain values
+only); a file holding other pickled types is refused with one line.
 
 DISTS (Ding, Ma, Wang, Simoncelli 2020, "Image Quality Assessment: Unifying Structure and
 Texture Similarity"), as in the authors' ``DISTS_pytorch`` code: VGG16 up to relu5_3 with its
@@ -28,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gvc_train.safe_load import UnsafeFile, load_torch_file
+
 # torchvision vgg16().features indices: max-pools DISTS replaces by L2 pooling, and where each
 # of its five stages ends (after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
 _VGG_POOLS = {4: 64, 9: 128, 16: 256, 23: 512}
@@ -46,10 +50,13 @@ def _load_state(path: Path, what: str) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        else:  # never unpickles code: tensors and plain values only, else one line (UnsafeFile)
+            state = load_torch_file(path, map_location="cpu", what=f"DISTS {what}")
+    except UnsafeFile:
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes the same one-line error
-        raise ValueError(f"DISTS {what} {path} cannot be read as a state dict: {type(e).__name__}: {e}") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"DISTS {what} {path} cannot be read as a state dict: {type(e).__name__}: {first}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"DISTS {what} {path} is not a state dict of tensors")
     return state

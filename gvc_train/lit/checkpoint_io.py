@@ -9,7 +9,12 @@ nothing that looks for checkpoints by name (``*.ckpt``, ``hpc_ckpt_*``, ``last*`
 killed save's leftover for a checkpoint, and the next save into the same folder removes the
 leftovers of writers that are no longer alive.
 
-``gvc-train`` installs this plug-in in every run (see ``gvc_train.cli``).
+Reading never unpickles code: ``load_checkpoint`` goes through ``gvc_train.safe_load`` (the
+weights-only unpickler, whatever ``weights_only`` Lightning passes, and a refusal in one line),
+and ``guard_checkpoint_loads`` puts the same check in front of the strategy's own loader,
+because some strategies (FSDP with a full checkpoint) unpickle without the checkpoint IO.
+
+``gvc-train`` installs this plug-in and the guard in every run (see ``gvc_train.cli``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from gvc_train.safe_load import UnsafeFile, check_torch_file, load_torch_file, open_for_check
 
 TMP_PREFIX = ".gvc-partial-"
 
@@ -87,3 +94,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path)
             return
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = lambda storage, loc: storage, weights_only: bool | None = None) -> dict[str, Any]:
+        # weights_only is ignored on purpose: a checkpoint is data, never code (safe_load)
+        if "://" in str(path):
+            with open_for_check(str(path)) as f:
+                return load_torch_file(f, map_location=map_location, what=f"checkpoint {path}")
+        return load_torch_file(path, map_location=map_location)
+
+
+class _CheckedLoad:
+    """``strategy.load_checkpoint`` behind :func:`check_torch_file` (a class, not a closure: a
+    spawned strategy must pickle)."""
+
+    def __init__(self, load: Any) -> None:
+        self.load = load
+
+    def __call__(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
+        path = str(checkpoint_path)
+        if "://" in path:
+            with open_for_check(path) as f:
+                check_torch_file(f, f"checkpoint {path}")
+        elif Path(path).is_dir():
+            raise UnsafeFile(
+                f"checkpoint {path} is a folder (a sharded checkpoint): gvc_train reads single-file checkpoints only, "
+                "because torch.distributed.checkpoint unpickles a folder's metadata; not loaded"
+            )
+        elif Path(path).is_file():
+            check_torch_file(path)
+        return self.load(checkpoint_path, weights_only=True)
+
+
+def guard_checkpoint_loads(strategy: Any) -> None:
+    """Check every checkpoint ``strategy`` loads (``--ckpt_path``, ``last``, ``best``, SLURM's
+    ``hpc_ckpt_N``: Lightning reads them all through ``strategy.load_checkpoint``)."""
+    if not isinstance(strategy.load_checkpoint, _CheckedLoad):
+        strategy.load_checkpoint = _CheckedLoad(strategy.load_checkpoint)
