@@ -8,8 +8,10 @@ For each component the checkpoint names (see ``lit/checkpoint_meta.py``), writes
 first, so their CDF tables travel in the safetensors. When the components make a whole codec
 (tokenizer + latent_codec), ``codec.json`` is written too: the folder is then what ``gvc
 encode``/``gvc decode`` take. The result loads with :func:`gvc_train.components.load_component`,
-which needs neither Lightning nor pickle. Reading the training checkpoint itself does
-unpickle (Lightning's format), so export only checkpoints you trust.
+which needs neither Lightning nor pickle. The training checkpoint is read without unpickling
+code (``gvc_train.safe_load``: torch's weights-only unpickler; gvc_train's checkpoints hold only
+tensors and plain values): a file holding any other pickled type is refused with one line,
+before any of it is built.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from gvc_train.codecs.codec_folder import FAMILY_COMPONENTS, write_codec_json
 from gvc_train.components import ComponentError, build_and_load, save_component
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY
+from gvc_train.safe_load import NotTorchFile, UnsafeFile, load_torch_file
 from gvc_train.safe_output import OutputError, atomic_output, raise_on_sigterm
 
 
@@ -36,9 +39,12 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ExportError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_torch_file(path, map_location="cpu")
+    except (UnsafeFile, NotTorchFile) as e:
+        raise ExportError(str(e)) from None
     except Exception as e:  # torch raises many types for a damaged file
-        raise ExportError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ExportError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ExportError(f"{path} is not a Lightning training checkpoint (no state_dict)")
     if CHECKPOINT_KEY not in ckpt:
@@ -87,7 +93,11 @@ def _is_export_file(path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gvc-export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a training checkpoint (.ckpt) written by gvc-train")
+    parser.add_argument(
+        "checkpoint",
+        help="a training checkpoint (.ckpt) written by gvc-train; read without unpickling code (tensors and plain "
+        "values only): a file holding other pickled types is refused",
+    )
     parser.add_argument("--out", required=True, help="folder to write the component(s) into: new, empty, or an earlier export with --overwrite")
     parser.add_argument("--component", action="append", help="export only this component (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (a folder holding only .json/.safetensors files)")
