@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -131,3 +134,33 @@ def synthetic_data_args(batch_size: int, samples_per_epoch: int = 16, frames: in
         f"{init}.clip_frames={frames}", f"{init}.height={size}", f"{init}.width={size}",
         f"{init}.batch_size={batch_size}", f"{init}.samples_per_epoch={samples_per_epoch}",
     ]  # fmt: skip
+
+
+class _Growth:
+    mb: float = 0.0
+
+
+@contextlib.contextmanager
+def peak_rss_growth() -> Iterator[_Growth]:
+    """How far this process's resident memory peaked above its level at the start of the block, in MB
+    (``.mb``, set on exit, exceptions included).
+
+    Linux only: writing 5 to ``/proc/self/clear_refs`` resets the kernel's high-water mark (VmHWM)
+    to the current RSS, so the peak read after the block is the block's own. ``ru_maxrss`` cannot be
+    reset: it holds the session's all-time peak (across exec, even the parent's), so an allocation
+    below any earlier peak would go unseen. Unlike tracemalloc this sees every allocator (torch's
+    included) but only pages actually touched: memory reserved and never written costs nothing.
+    """
+    Path("/proc/self/clear_refs").write_text("5")
+    start = _status_mb("VmRSS")
+    growth = _Growth()
+    try:
+        yield growth
+    finally:
+        growth.mb = _status_mb("VmHWM") - start
+
+
+def _status_mb(field: str) -> float:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    assert match, f"no {field} in /proc/self/status"
+    return int(match.group(1)) / 1024
