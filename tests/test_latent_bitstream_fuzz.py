@@ -44,6 +44,7 @@ from PIL import Image
 from conftest import peak_rss_growth
 
 from gvc_train.codecs.latent import LatentCodec, StreamConfig
+from gvc_train.codecs.latent_stream import STREAM_VERSION
 from gvc_train.coding.container import (
     FORMAT_VERSION,
     MAGIC,
@@ -156,7 +157,7 @@ def _header(h: StreamHeader, **fields: Any) -> bytes:
 def _config(s: Stream, **fields: int) -> bytes:
     """The stream's CONFIG payload with fields replaced (``version`` included)."""
     config = dataclasses.asdict(StreamConfig.parse(s.chunks[0][1]))
-    values = {"version": 1, **config, **fields}
+    values = {"version": STREAM_VERSION, **config, **fields}
     return b"".join(encode_varint(values[k]) for k in ("version", *config))
 
 
@@ -230,7 +231,7 @@ def _damaged(
 
     # CONFIG rewritten with a valid CRC but fields that do not fit the header or the codec
     config_fields: list[dict[str, int]] = [
-        *({"version": v} for v in (0, 2, 2**63)),
+        *({"version": v} for v in sorted({0, STREAM_VERSION - 1, STREAM_VERSION + 1, 2**63})),
         *({"quality": q} for q in (3, 4, 1000, 2**63)),
         *({"latents_per_chunk": n} for n in (0, 2, 3, 8, 64, 65, 2**40)),
         *({"latent_frames": n} for n in (0, 2, 4, 2**40)),
