@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+# compressai scripts a function with torch.jit at import; the deprecation notice is not the user's concern.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+
 from gvc_train.codecs.codec_folder import FAMILY_COMPONENTS, write_codec_json
 from gvc_train.components import ComponentError, build_and_load, save_component
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY
 from gvc_train.safe_load import NotTorchFile, UnsafeFile, load_torch_file
+from gvc_train.cli_parser import OneLineArgumentParser
 from gvc_train.safe_output import OutputError, atomic_output, raise_on_sigterm
 
 
@@ -92,7 +97,7 @@ def _is_export_file(path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gvc-export", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="gvc-export", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "checkpoint",
         help="a training checkpoint (.ckpt) written by gvc-train; read without unpickling code (tensors and plain "
