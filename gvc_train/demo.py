@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from gvc_train.data.sample_videos import HELD_OUT, sample_video
+from gvc_train.safe_output import free_name
 from gvc_train.strict_json import write_json
 
 RECIPE = "recipes/tiny/tokenizer.yaml"
@@ -62,6 +62,25 @@ def reconstruct_held_out(export_dir: Path, frames: int = HELD_OUT_FRAMES, chunk_
     }
 
 
+def summary_lines(summary: dict) -> list[str]:
+    """The figures the demo prints, from its summary (also what the README quotes: make readme-figures)."""
+    held, codec = summary["held_out"], summary["reference_codec"]
+    lines = [
+        f"trained      {summary['steps']} steps in {summary['train_seconds']:.0f} s ({summary['steps_per_second']:.2f} steps/s) on {summary['recipe']}",
+        f"held out     {held['video']}: {held['frames']} frames {held['width']}x{held['height']}, latent {held['latent_shape']}",
+        f"             PSNR {held['psnr']:.2f} dB   MS-SSIM {held['ms_ssim']:.4f}   ({held['fps']:.1f} frames/s)",
+        f"checkpoint   {summary['checkpoint']}",
+        f"export       {EXPORT_DIR}/tokenizer.json + tokenizer.safetensors",
+        f"codec        {codec['codec']} on {codec['frames']} frames of {held['video']} (gvc encode/decode):",
+    ]
+    for p in codec["points"]:
+        lines.append(
+            f"             quality {p['quality']}: {p['bpp']:.4f} bpp ({p['bytes']} bytes)   PSNR {p['psnr']:.2f} dB   "
+            f"MS-SSIM {p['ms_ssim']:.4f}   encode {p['encode_fps']:.1f} / decode {p['decode_fps']:.1f} frames/s"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gvc_train.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's max_steps")
@@ -81,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== 1/5 sample shards in {SHARDS_DIR}/{{train,val}}", flush=True)
 
     print(f"== 2/5 training {RECIPE} (a fresh run in {RUN_DIR})", flush=True)
-    if RUN_DIR.exists():
-        shutil.rmtree(RUN_DIR)
+    if RUN_DIR.exists():  # an earlier run (perhaps trained further by hand) is kept, under a new name
+        kept = free_name(RUN_DIR.with_name(RUN_DIR.name + "-earlier"))
+        RUN_DIR.rename(kept)
+        print(f"   the earlier run in {RUN_DIR} is kept in {kept}", flush=True)
     overrides = [f"--trainer.max_time={args.max_time}"]
     if args.max_steps is not None:
         overrides.append(f"--trainer.max_steps={args.max_steps}")
@@ -117,20 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(RUN_DIR / "demo_summary.json", summary, indent=2)
     print()
-    print(f"trained      {steps} steps in {train_seconds:.0f} s ({steps / train_seconds:.2f} steps/s) on {RECIPE}")
-    print(
-        f"held out     {held_out_video().name}: {held_out['frames']} frames {held_out['width']}x{held_out['height']}, "
-        f"latent {held_out['latent_shape']}"
-    )
-    print(f"             PSNR {held_out['psnr']:.2f} dB   MS-SSIM {held_out['ms_ssim']:.4f}   ({held_out['fps']:.1f} frames/s)")
-    print(f"checkpoint   {last}")
-    print(f"export       {EXPORT_DIR}/tokenizer.json + tokenizer.safetensors")
-    print(f"codec        {REFERENCE_CODEC} on {CODEC_FRAMES} frames of {held_out_video().name} (gvc encode/decode):")
-    for p in codec:
-        print(
-            f"             quality {p['quality']}: {p['bpp']:.4f} bpp ({p['bytes']} bytes)   PSNR {p['psnr']:.2f} dB   "
-            f"MS-SSIM {p['ms_ssim']:.4f}   encode {p['encode_fps']:.1f} / decode {p['decode_fps']:.1f} frames/s"
-        )
+    print("\n".join(summary_lines(summary)))
     print(f"summary      {RUN_DIR / 'demo_summary.json'}")
     return 0
 
