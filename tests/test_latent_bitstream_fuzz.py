@@ -14,13 +14,16 @@ They are listed in ``_undetectable`` with what they decode to, not skipped:
 - header frame rate rewritten (any in-bounds fraction): the same frames;
 - header width 33..39 or height 17..23 (same latent size): the same frames, cropped;
 - header frame count 6..8 (same latent count): the first frames;
-- CONFIG latents-per-chunk 3..64 on a one-chunk, three-latent stream: the same frames;
-- CONFIG quality set to another valid quality, FRAMES chunks reordered, a FRAMES chunk from
-  another stream, a FRAMES payload replaced by random bytes: garbage of the right size (the
-  chunk CRC is all the integrity there is, and a forger recomputes it);
-- a FRAMES payload crafted so that the rANS decoder's bypass count runs over the whole payload:
-  garbage of the right size. Before ``coding/rans.py`` padded 16 bytes per payload byte, this
-  read far past the decoder's buffer and killed the process (SIGSEGV).
+- CONFIG latents-per-chunk 3..64 on a one-chunk, three-latent stream: the same frames.
+
+Rewrites that used to decode to garbage of the right size (stream version 1) now fail each
+FRAMES chunk's model check (a CRC32 of the scale indexes and latents the encoder computed, see
+``codecs/latent.py``) and are among the damaged cases: CONFIG quality set to another valid
+quality, FRAMES chunks reordered, a FRAMES chunk from another stream, a FRAMES payload replaced
+by random bytes, and a FRAMES payload crafted so that the rANS decoder's bypass count runs over
+the whole payload (before ``coding/rans.py`` padded 16 bytes per payload byte, this read far
+past the decoder's buffer and killed the process: SIGSEGV; it is still decoded to the end of
+the chunk before the check fails).
 
 ``tests/test_latent_cli_errors.py`` puts the same streams through ``gvc`` itself.
 """
@@ -285,6 +288,20 @@ def _damaged(
     cases.append(("an mp4's head", b"\x00\x00\x00\x20ftypisom" + rng.randbytes(200)))
     cases.append(("text", b"GVC is a video codec\n" * 4))
     cases.append(("the header alone", s.head))
+
+    # consistent rewrites that only the FRAMES chunks' model check can tell (all valid CRCs)
+    for q in (0, 2):
+        cases.append((f"CONFIG quality {q}: model check", s.build(_with_config(s, _config(s, quality=q)))))
+    for name, chunks in (("FRAMES 2 and 3 swapped", [c, f1, f3, f2]), ("FRAMES 3, 1, 2", [c, f3, f1, f2]),
+                         ("FRAMES 2 from the other codec's stream", [c, f1, other.chunks[2], f3])):  # fmt: skip
+        cases.append((f"chunks: {name}: model check", s.build(chunks)))
+    for n in (0, 1, 30, 3000):
+        cases.append((f"FRAMES 2 payload: {n} random bytes", s.build([c, f1, (int(ChunkType.FRAMES), rng.randbytes(n)), f3])))
+    for n in (4, 30, 3000):
+        payload = f1[1][:4] + rng.randbytes(n - 4)  # FRAMES 1's own check, then garbage
+        cases.append((f"FRAMES 1 payload: its check and {n - 4} random bytes: model check", s.build([c, (int(ChunkType.FRAMES), payload), f2, f3])))
+    crafted = s.build([c, (int(ChunkType.FRAMES), f1[1][:4] + _escape_payload(codec, 60_000)), f2, f3])
+    cases.append(("FRAMES 1 payload: 60 KB crafted escape (SIGSEGV before rans.py's fix): model check", crafted))
     return cases
 
 
@@ -306,15 +323,6 @@ def _undetectable(codec: LatentCodec, s: Stream, single: Stream, other: Stream, 
     for n in (3, 9, 64):
         forged = single.build(_with_config(single, _config(single, latents_per_chunk=n)))
         cases.append((f"single: CONFIG latents_per_chunk {n}", forged, single.frames))
-    for q in (0, 2):
-        cases.append((f"CONFIG quality {q}", s.build(_with_config(s, _config(s, quality=q))), None))
-    for name, chunks in (("FRAMES 2 and 3 swapped", [c, f1, f3, f2]), ("FRAMES 3, 1, 2", [c, f3, f1, f2]),
-                         ("FRAMES 2 from the other codec's stream", [c, f1, other.chunks[2], f3])):  # fmt: skip
-        cases.append((f"chunks: {name}", s.build(chunks), None))
-    for n in (0, 1, 30, 3000):
-        cases.append((f"FRAMES 2 payload: {n} random bytes", s.build([c, f1, (int(ChunkType.FRAMES), rng.randbytes(n)), f3]), None))
-    crafted = s.build([c, (int(ChunkType.FRAMES), _escape_payload(codec, 60_000)), f2, f3])
-    cases.append(("FRAMES 1 payload: 60 KB crafted escape (SIGSEGV before rans.py's fix)", crafted, None))
     return cases
 
 
@@ -358,6 +366,8 @@ def test_every_damaged_stream_is_one_bitstream_error(
             assert "another codec" in message, (name, message)
         if "16384x16384" in name:
             assert "chunk limit" in message, (name, message)
+        if "model check" in name:
+            assert "probability model differs" in message, (name, message)
     assert slowest[0] < CASE_SECONDS, slowest
 
 

@@ -12,11 +12,21 @@ is padded by repeating the last frame, and the decoder emits exactly the header'
 Stream (inside the container of ``coding/container.py``, family LATENT)::
 
     CONFIG   varints: stream version, quality, latents per chunk, latent frames, latent h, latent w
-    FRAMES   one per chunk of latent frames: compressai rANS, per latent frame z then y symbols
+    FRAMES   one per chunk of latent frames: model check (4 bytes), then compressai rANS, per
+             latent frame z then y symbols
     END
 
 The CONFIG fields the header also implies (latent count and size) are checked against it, so a
 stream whose header was rewritten with a valid CRC is still refused before decoding.
+
+**Across machines.** The decoder recomputes the entropy parameters in fixed point
+(``models/fixed_point.py``), so the scale indexes, the means and the reconstructed latents are
+the same integers on every CPU kind, thread count and device. The model check is a CRC32 of the
+chunk's y scale indexes and reconstructed latents as the encoder computed them
+(``fixed_point.ModelCheck``): a decoder that computes anything else (another build of the
+model, an altered decoder, a stream made for other weights or rewritten consistently) stops
+with a BitstreamError at that chunk instead of decoding garbage. The pixels are the tokenizer
+decoder's float arithmetic on those latents: bounded, not bit-exact, across CPU kinds.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from gvc_train.codecs.latent_stream import STREAM_VERSION, StreamConfig, describ
 from gvc_train.codecs.codec_folder import CodecFolderError, load_codec_components
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.data.video_io import VideoReader
+from gvc_train.models.fixed_point import FixedPointError, FrameObserver, ModelCheck
 from gvc_train.safe_output import check_target
 
 DEFAULT_LATENTS_PER_CHUNK = 8
@@ -63,6 +74,7 @@ MAX_LATENTS_PER_CHUNK = 64
 # for tens of GB) and the encoder refuses to write one. Raise ``LatentCodec.max_chunk_pixels``
 # to code larger frames or chunks where the memory is there.
 MAX_CHUNK_PIXELS = 1920 * 1088 * 4 * 2
+MODEL_CHECK_BYTES = 4  # CRC32 of the chunk's scale indexes and latents (fixed_point.ModelCheck)
 FrameCallback = Callable[[np.ndarray], None]
 
 
@@ -77,7 +89,7 @@ class CodingReport:
     fps: float
     quality: int
     file_bytes: int
-    payload_bytes: int  # the rANS strings alone
+    payload_bytes: int  # the rANS strings alone (not the chunks' 4-byte model checks)
     chunks: int
     seconds: float
     model_bits: float | None = None  # encoder only: -sum log2 p of what was coded, as coded
@@ -118,7 +130,8 @@ class LatentCodec:
             )
         try:
             self.tables = self.codec.cdf_tables()
-        except ValueError as e:
+            self.net = self.codec.fixed_point()
+        except (ValueError, FixedPointError) as e:
             raise CodecFolderError(f"{folder}: {e}") from None
         self.deterministic = deterministic
         self.fingerprint = meta["fingerprint"]
@@ -205,15 +218,22 @@ class LatentCodec:
 
     # ---- decoding -----------------------------------------------------------------------------
 
-    def decode(self, bitstream: str | os.PathLike, on_frame: FrameCallback) -> CodingReport:
-        """Decode ``bitstream`` and hand every frame to ``on_frame``; BitstreamError on bad input."""
+    def decode(
+        self, bitstream: str | os.PathLike, on_frame: FrameCallback | None, on_latent: FrameObserver | None = None
+    ) -> CodingReport:
+        """Decode ``bitstream`` and hand every frame to ``on_frame``; BitstreamError on bad input.
+
+        ``on_latent`` sees each latent frame as entropy-decoded, ``(y symbols, y scale indexes,
+        latent)``, all integers (the latent at ``2^-fixed_point.FRAC_BITS``): the same on every
+        machine. ``on_frame=None`` skips the tokenizer (latents only).
+        """
         started = time.perf_counter()
         path = Path(bitstream)
         if not path.is_file():
             raise BitstreamError(f"no bitstream at {path}")
         with open(path, "rb") as f, inference_mode(self.deterministic):
             header, config, chunks = self._open_stream(f)
-            payload_bytes = self._decode_chunks(header, config, chunks, on_frame)
+            payload_bytes = self._decode_chunks(header, config, chunks, on_frame, on_latent)
         return CodingReport(
             str(path), header.frames, header.width, header.height, header.fps, config.quality,
             path.stat().st_size, payload_bytes, config.num_chunks(), time.perf_counter() - started,
@@ -252,10 +272,19 @@ class LatentCodec:
     def _symbols_per_latent(self, header: StreamHeader) -> int:
         return self.codec.symbols_per_frame(math.ceil(header.height / self.spatial), math.ceil(header.width / self.spatial))
 
-    def _decode_chunks(self, header: StreamHeader, config: StreamConfig, chunks: Iterator[Chunk], on_frame: FrameCallback) -> int:
+    def _decode_chunks(
+        self, header: StreamHeader, config: StreamConfig, chunks: Iterator[Chunk], on_frame: FrameCallback | None, on_latent: FrameObserver | None
+    ) -> int:
         size_hw = (config.latent_height, config.latent_width)
         per_latent = self.codec.symbols_per_frame(*size_hw)
-        codec_state, pixel_state = self.codec.init_state(), self.tokenizer.init_decoder_state()
+        codec_state, pixel_state = self.net.init_state(), self.tokenizer.init_decoder_state()
+        check = ModelCheck()
+
+        def observe(symbols: torch.Tensor, indexes: torch.Tensor, latent: torch.Tensor) -> None:
+            check(symbols, indexes, latent)
+            if on_latent is not None:
+                on_latent(symbols, indexes, latent)
+
         emitted = payload_bytes = 0
         for index in range(config.num_chunks()):
             chunk = next(chunks, None)
@@ -263,13 +292,26 @@ class LatentCodec:
                 raise BitstreamError(f"stream ends after {index} of {config.num_chunks()} frame chunks")
             if chunk.type != ChunkType.FRAMES:
                 raise BitstreamError(f"chunk at byte {chunk.offset} is {chunk.type.name}, expected FRAMES")
-            payload_bytes += len(chunk.payload)
+            if len(chunk.payload) < MODEL_CHECK_BYTES:
+                raise BitstreamError(f"FRAMES chunk at byte {chunk.offset} is shorter than its model check")
+            expected_check = int.from_bytes(chunk.payload[:MODEL_CHECK_BYTES], "big")
+            rans = chunk.payload[MODEL_CHECK_BYTES:]
+            payload_bytes += len(rans)
             count = min(config.latents_per_chunk, config.latent_frames - index * config.latents_per_chunk)
-            decoder = SymbolDecoder(chunk.payload, count * per_latent)
+            decoder = SymbolDecoder(rans, count * per_latent)
             latents = []
             for _ in range(count):
-                latent, codec_state = self.codec.decompress_frame(codec_state, config.quality, size_hw, decoder, self.tables)
+                latent, codec_state = self.codec.decompress_frame(
+                    codec_state, config.quality, size_hw, decoder, self.tables, self.net, observe
+                )
                 latents.append(latent)
+            if check.take() != expected_check:
+                raise BitstreamError(
+                    f"FRAMES chunk {index + 1}: this decoder's probability model differs from the encoder's (its scale "
+                    "indexes or latents fail the stream's model check: another build of this codec, or a rewritten stream)"
+                )
+            if on_frame is None:
+                continue
             pixels, pixel_state = self.tokenizer.decode_chunk(torch.stack(latents, dim=2), pixel_state)
             emitted += _emit(pixels, header.height, header.width, header.frames - emitted, on_frame)
         if next(chunks, None) is not None:
@@ -291,8 +333,9 @@ class _EncodeRun:
         self.pending: list[torch.Tensor] = []
         self.tok_state = owner.tokenizer.init_encoder_state()
         self.pix_state = owner.tokenizer.init_decoder_state()
-        self.codec_state = owner.codec.init_state()
+        self.codec_state = owner.net.init_state()
         self.coder = SymbolEncoder()
+        self.check = ModelCheck()
         self.in_chunk = self.frames = self.latents = self.chunks = self.payload_bytes = self.emitted = 0
         self.model_bits = self.estimate_bits = 0.0
         self.recon_latents: list[torch.Tensor] = []
@@ -323,7 +366,7 @@ class _EncodeRun:
         latent_BCthw = posterior.mode()
         for i in range(latent_BCthw.shape[2]):
             recon, self.codec_state, bits = self.o.codec.compress_frame(
-                latent_BCthw[:, :, i], self.codec_state, self.quality, self.coder, self.o.tables
+                latent_BCthw[:, :, i], self.codec_state, self.quality, self.coder, self.o.tables, self.o.net, self.check
             )
             self.model_bits += bits[0]
             self.estimate_bits += bits[1]
@@ -336,7 +379,7 @@ class _EncodeRun:
 
     def _flush(self) -> None:
         payload = self.coder.flush()
-        self.body.write(chunk_bytes(ChunkType.FRAMES, payload))
+        self.body.write(chunk_bytes(ChunkType.FRAMES, self.check.take().to_bytes(MODEL_CHECK_BYTES, "big") + payload))
         self.payload_bytes += len(payload)
         self.chunks += 1
         self.in_chunk = 0

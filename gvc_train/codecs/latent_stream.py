@@ -3,8 +3,11 @@
 Inside the container of ``coding/container.py`` (family LATENT)::
 
     CONFIG   varints: stream version, quality, latents per chunk, latent frames, latent h, latent w
-    FRAMES   one per chunk of latent frames: compressai rANS, per latent frame z then y symbols
+    FRAMES   one per chunk of latent frames: model check (CRC32 of the chunk's y scale indexes and
+             reconstructed latents, 4 bytes), then compressai rANS, per latent frame z then y symbols
     END
+
+Version 2 added the model check (and the fixed-point entropy parameters it checks).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader, _read_varint, encode_varint
 
-STREAM_VERSION = 1
+STREAM_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)

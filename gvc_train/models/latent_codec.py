@@ -45,6 +45,7 @@ from torch import nn
 
 from gvc_train.coding.rans import CdfTables, SymbolDecoder, SymbolEncoder
 from gvc_train.components import register_component
+from gvc_train.models.fixed_point import FixedPointNet, FixedPointState, FrameObserver, to_float
 from gvc_train.models.latent_codec_parts import (
     ConvGRUCell,
     HyperAnalysis,
@@ -220,13 +221,21 @@ class LatentVideoCodec(CompressionModel):
         }
 
     # ---- entropy coding (after update()) ------------------------------------------------------
-    # compress_frame and decompress_frame run the same arithmetic as forward_frame in eval mode
-    # (z_hat = round(z - median) + median, y_hat = round(y - mu) + mu), so the reconstruction,
-    # the context and the memory are the same at both ends; only the symbols travel.
+    # compress_frame and decompress_frame run everything the decoder recomputes (context, scales,
+    # means, reconstruction, memory) in fixed point (models/fixed_point.py): the same integers on
+    # every CPU kind and device, so the scale indexes cannot differ between encoder and decoder.
+    # The arithmetic is forward_frame's in eval mode (z_hat = round(z - median) + median,
+    # y_hat = round(y - mu) + mu) up to the fixed-point roundings; g_a, h_a and the rates stay
+    # float: only the encoder runs them.
 
     def cdf_tables(self) -> dict[str, CdfTables]:
         """The coder's view of both entropy models' tables (build once, after update())."""
         return {"z": CdfTables.of(self.entropy_bottleneck), "y": CdfTables.of(self.gaussian_conditional)}
+
+    def fixed_point(self) -> FixedPointNet:
+        """The decoder side in fixed point (build once, after update(); FixedPointError if a
+        weight is too large to run exactly)."""
+        return FixedPointNet(self)
 
     def symbols_per_frame(self, height: int, width: int) -> int:
         """Symbols one latent frame of ``height x width`` puts in the stream (y and z)."""
@@ -237,62 +246,73 @@ class LatentVideoCodec(CompressionModel):
     def compress_frame(
         self,
         frame_BChw: torch.Tensor,
-        state: LatentCodecState,
+        state: FixedPointState,
         quality: int,
         coder: SymbolEncoder,
         tables: dict[str, CdfTables],
-    ) -> tuple[torch.Tensor, LatentCodecState, tuple[float, float]]:
+        net: FixedPointNet,
+        observer: FrameObserver | None = None,
+    ) -> tuple[torch.Tensor, FixedPointState, tuple[float, float]]:
         """Put one latent frame's symbols (z, then y) into ``coder``. Returns the decoder's
-        reconstruction of the frame, the next state and ``(model_bits, estimate_bits)``:
+        reconstruction of the frame (float32), the next state (``net.init_state()`` first) and
+        ``(model_bits, estimate_bits)``:
 
         - ``model_bits``: ``-sum log2 p`` under the model as it codes, i.e. each Gaussian at the
           scale-table entry its index selects (compressai rounds scales up to its 64-step table);
           what the coder's output should match, up to the CDFs' 16-bit precision;
         - ``estimate_bits``: the same at the exact predicted scales, the training loss's rate.
+
+        ``observer`` sees ``(y symbols, y scale indexes, latent at 2^-FRAC_BITS)``.
         """
-        gain, inv_gain = self.gains(quality, frame_BChw.shape[0])
-        ctx = self.context(state, frame_BChw)
+        b, _, h, w = frame_BChw.shape
+        gain, _ = self.gains(quality, b)
+        ctx_fixed = net.context(state, b, h, w)
+        ctx = to_float(ctx_fixed).to(frame_BChw.device)
         y = self.g_a(torch.cat([frame_BChw, ctx], dim=1)) * gain
         z = self.h_a(y)
         eb, gc = self.entropy_bottleneck, self.gaussian_conditional
-        medians = eb._get_medians().detach()
-        z_symbols = eb.quantize(z, "symbols", medians)
+        z_symbols = eb.quantize(z, "symbols", eb._get_medians().detach())
         coder.put(z_symbols.cpu(), eb._build_indexes(z.size()), tables["z"])
-        z_hat = eb.dequantize(z_symbols, medians)
-        scales, means = self.entropy_parameters(z_hat, ctx)
+        scales_fixed, means_fixed = net.entropy_parameters(z_symbols, ctx_fixed)
+        scales, means = to_float(scales_fixed).to(y.device), to_float(means_fixed).to(y.device)
         y_symbols = gc.quantize(y, "symbols", means)
-        indexes = gc.build_indexes(scales)
-        coder.put(y_symbols.cpu(), indexes.cpu(), tables["y"])
-        recon = self.synthesize(gc.dequantize(y_symbols, means), inv_gain, ctx)
+        indexes = net.scale_indexes(scales_fixed)
+        coder.put(y_symbols.cpu(), indexes, tables["y"])
+        recon_fixed = net.synthesize(y_symbols, means_fixed, quality, ctx_fixed)
+        if observer is not None:
+            observer(y_symbols, indexes, recon_fixed)
         _, z_likelihoods = eb(z, training=False)
         _, y_likelihoods = gc(y, gc.scale_table[indexes.long()].to(scales), means, training=False)
         _, y_estimate = gc(y, scales, means, training=False)
         z_bits = self.rate_bits(z_likelihoods)
         bits = (float(z_bits + self.rate_bits(y_likelihoods)), float(z_bits + self.rate_bits(y_estimate)))
-        return recon, self.advance(state, recon), bits
+        return to_float(recon_fixed).to(frame_BChw.device), net.advance(state, recon_fixed), bits
 
     @torch.no_grad()
     def decompress_frame(
         self,
-        state: LatentCodecState,
+        state: FixedPointState,
         quality: int,
         size_hw: tuple[int, int],
         decoder: SymbolDecoder,
         tables: dict[str, CdfTables],
-    ) -> tuple[torch.Tensor, LatentCodecState]:
+        net: FixedPointNet,
+        observer: FrameObserver | None = None,
+    ) -> tuple[torch.Tensor, FixedPointState]:
         """Read one latent frame (batch 1) of ``size_hw`` from ``decoder``; return it and the next state."""
         h, w = size_hw
-        device = self.y_gain.device
-        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        eb = self.entropy_bottleneck
+        self.gains(quality, 1)  # checks the index
         z_size = (1, eb.channels, (h + 1) // 2, (w + 1) // 2)
-        z_symbols = decoder.get(eb._build_indexes(z_size), tables["z"]).to(device)
-        z_hat = eb.dequantize(z_symbols, eb._get_medians().detach())
-        _, inv_gain = self.gains(quality, 1)
-        ctx = self.context(state, z_hat.new_empty(1, self.latent_channels, h, w))
-        scales, means = self.entropy_parameters(z_hat, ctx)
-        y_symbols = decoder.get(gc.build_indexes(scales).cpu(), tables["y"]).to(device)
-        recon = self.synthesize(gc.dequantize(y_symbols, means), inv_gain, ctx)
-        return recon, self.advance(state, recon)
+        z_symbols = decoder.get(eb._build_indexes(z_size), tables["z"])
+        ctx_fixed = net.context(state, 1, h, w)
+        scales_fixed, means_fixed = net.entropy_parameters(z_symbols, ctx_fixed)
+        indexes = net.scale_indexes(scales_fixed)
+        y_symbols = decoder.get(indexes, tables["y"])
+        recon_fixed = net.synthesize(y_symbols, means_fixed, quality, ctx_fixed)
+        if observer is not None:
+            observer(y_symbols, indexes, recon_fixed)
+        return to_float(recon_fixed).to(self.y_gain.device), net.advance(state, recon_fixed)
 
     @staticmethod
     def rate_bits(likelihoods: Any) -> torch.Tensor:
