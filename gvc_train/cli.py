@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 # Start-up noise a user cannot act on (listed so that nothing actionable is hidden):
-# torch_geometric, imported by a dependency, calls the deprecated torch.jit.script at import.
+# torch_geometric, imported by a dependency, calls the deprecated torch.jit.script at import;
+# Lightning's pytree helper builds torch's deprecated LeafSpec when it restores a checkpoint.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 import lightning as L  # noqa: E402
 from jsonargparse import Namespace  # noqa: E402
@@ -49,7 +51,11 @@ class _NoAdverts(logging.Filter):
         return not str(record.msg).startswith("💡 Tip")
 
 
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning_utilities.core.rank_zero"):
+for _name in (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+):
     logging.getLogger(_name).addFilter(_NoAdverts())
 
 
@@ -117,7 +123,12 @@ class GvcCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         if self.trainer.global_rank == 0:
             self.startup.record(self.trainer)
-        super()._run_subcommand(subcommand)
+        with warnings.catch_warnings():
+            if self.config[subcommand].get("ckpt_path"):
+                # Resuming into the run's own checkpoint folder: that it holds checkpoints is the
+                # point, not a warning (a fresh run into a used folder still gets it).
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            super()._run_subcommand(subcommand)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(

@@ -49,7 +49,8 @@ def explain_argument_error(message: str, parser: Any, args: list[str] | None) ->
         return _explain_key_error(m.group(1), m.group(2), lines, str(message), hint)
     if m := re.match(r"the following arguments are required: (.*)", first):
         keys = [k.strip().split(".", 1)[-1] for k in m.group(1).split(",")]
-        return f"missing {', '.join(keys)}: give a recipe with --config (e.g. recipes/tiny/tokenizer.yaml) or --{keys[0]}=..."
+        recipe = "give a recipe with --config (e.g. recipes/tiny/tokenizer.yaml)"
+        return f"missing {', '.join(keys)}: {recipe} or --{keys[0]}=..."
     if "subcommand" in first and "not provided" in first:
         return f"no subcommand: gvc-train fit|validate|test|predict --config RECIPE (see {hint})"
     return first if not first.endswith(":") else f"{first} {_deepest_reason(lines[1:])}"

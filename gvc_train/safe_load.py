@@ -86,7 +86,8 @@ def check_torch_file(source: str | os.PathLike | IO[bytes], what: str = "checkpo
         except ValueError as e:  # a TorchScript archive, or not a torch.save file at all
             raise UnsafeFile(f"{label}: {_first_line(e)}; {_WHY}") from None
         except (RuntimeError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise NotTorchFile(f"{label} is not a readable torch.save archive ({type(e).__name__}: {_first_line(e)})") from None
+            reason = f"{type(e).__name__}: {_first_line(e)}"
+            raise NotTorchFile(f"{label} is not a readable torch.save archive ({reason})") from None
         finally:
             f.seek(start)
     finally:

@@ -149,6 +149,14 @@ def test_start_up_prints_nothing_a_user_cannot_act_on(tmp_path) -> None:
     assert ok.returncode == 0, ok.stderr[-3000:]
     for silenced in ("torch.jit.script", "💡", "anonymous setting"):
         assert silenced not in ok.stdout + ok.stderr
+    resumed = subprocess.run(
+        [gvc_train, *_ok_args(str(tmp_path / "r.yaml"), tmp_path / "ok"), "--trainer.max_steps=3", "--ckpt_path=last"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restored all states" in resumed.stdout + resumed.stderr
+    for silenced in ("torch.jit.script", "💡", "anonymous setting", "LeafSpec", "exists and is not empty"):
+        assert silenced not in resumed.stdout + resumed.stderr
     # what a user may act on, or wants to know, still shows
     assert "GPU available" in ok.stdout + ok.stderr
     assert "logging interval" in ok.stdout + ok.stderr  # 2 batches < log_every_n_steps=10
