@@ -200,8 +200,19 @@ def test_tokenizer_checkpoints_with_gan_are_plain_and_export(tmp_path: Path, mon
         _assert_plain(path)
     ckpt = load_torch_file(run / "checkpoints" / "last.ckpt")
     assert len(ckpt["optimizer_states"]) == 2  # generator + discriminator, both restored on resume
-    # resume through the safe loader
+    # resume: Lightning 2.6 reads the checkpoint through AtomicCheckpointIO.load_checkpoint
+    from gvc_train.lit.checkpoint_io import AtomicCheckpointIO
+
+    loaded = []
+    original = AtomicCheckpointIO.load_checkpoint
+
+    def spy(self, path, *a, **k):
+        loaded.append(Path(path).name)
+        return original(self, path, *a, **k)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "load_checkpoint", spy)
     assert gvc_train_main([*args, "--trainer.max_steps=3", "--ckpt_path=last"]) == 0
+    assert loaded == ["last.ckpt"]
     assert load_torch_file(run / "checkpoints" / "last.ckpt")["global_step"] == 3
     assert gvc_export_main([str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "export")]) == 0
     assert (tmp_path / "export" / "tokenizer.safetensors").is_file()
