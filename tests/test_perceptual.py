@@ -79,8 +79,19 @@ def test_lpips_errors(backbones, tmp_path) -> None:
     with pytest.raises(ValueError, match="does not fit torchvision vgg"):
         LPIPS(tmp_path / "alex.pth", heads_path=folder / "vgg_a.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match="junk.pth is not a torch.save file"):
         LPIPS(tmp_path / "junk.pth", heads_path=folder / "vgg_a.pth")
+    # a crafted pickle is refused before anything in it runs
+    import io
+
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204
+            return (io.open, (str(tmp_path / "ran"), "w"))
+
+    torch.save({"w": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="could run code"):
+        LPIPS(tmp_path / "evil.pth", heads_path=folder / "vgg_a.pth")
+    assert not (tmp_path / "ran").exists()
     with pytest.raises(ValueError, match="heads"):
         LPIPS(folder / "vgg_a.pth", heads_path=folder / "vgg_a.pth")
 

@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--anchor-cache", default=None, help="cache folder for anchor results (default: OUT/anchor_cache, kept by --overwrite)")
     ev.add_argument("--lpips-backbone", default=None, help="local torchvision VGG16 state dict for LPIPS")
     ev.add_argument("--dists-backbone", default=None, help="local torchvision VGG16 state dict for DISTS")
-    ev.add_argument("--i3d", default=None, help="local TorchScript I3D for FVD")
+    ev.add_argument("--i3d", default=None, help="local I3D TorchScript for FVD; a TorchScript file is code that runs on the videos: use a trusted file only")
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("--out", required=True, help="report folder (new or empty; a previous report with --overwrite)")
     ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

@@ -16,6 +16,8 @@ import importlib.util
 from pathlib import Path
 
 import torch
+
+from gvc_train.safe_load import load_torch_file
 from torch import nn
 
 # (feature-layer end indices of the five slices, their channel counts) in torchvision's
@@ -35,9 +37,12 @@ def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = load_torch_file(path, what=f"LPIPS {what} weights")  # never unpickles code
+    except ValueError:  # UnsafeFile / NotTorchFile: already one line that names the file
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes the same one-line error
-        raise ValueError(f"LPIPS {what} weights {path} cannot be read as a state dict: {type(e).__name__}: {e}") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"LPIPS {what} weights {path} cannot be read as a state dict: {type(e).__name__}: {first}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"LPIPS {what} weights {path} are not a state dict of tensors")
     return state
