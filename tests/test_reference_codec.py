@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from gvc_train.codecs import cli
-from gvc_train.codecs.latent import LatentCodec
+from gvc_train.codecs.latent import MODEL_CHECK_BYTES, LatentCodec
 from gvc_train.data.sample_videos import HELD_OUT, sample_video
 from gvc_train.data.video_io import read_frames
 from gvc_train.eval.metrics import ms_ssim
@@ -63,9 +63,9 @@ def test_file_bits_match_the_model_bits_plus_the_reported_overhead(coded: dict) 
         # the rANS strings cost the model's cross-entropy (as coded: Gaussians at the scale
         # table's entries) within 1%: CDF precision, tails, stream flush
         assert 0.99 * report.model_bits <= report.payload_bytes * 8 <= 1.01 * report.model_bits, q
-        # the container (header, CONFIG, per-chunk framing, END) is all the rest, and small
+        # the container (header, CONFIG, per-chunk framing and model check, END) is all the rest, and small
         assert report.file_bytes * 8 <= 1.01 * report.model_bits + report.overhead_bytes * 8
-        assert report.overhead_bytes <= 27 + 16 + 6 * report.chunks + 1, q
+        assert report.overhead_bytes <= 27 + 16 + (7 + MODEL_CHECK_BYTES) * report.chunks + 1, q
         assert report.overhead_bytes / report.file_bytes < 0.02, q
 
 
