@@ -12,21 +12,27 @@ arithmetic, so it is bit-exact by construction:
 - activations are integers at ``2^-FRAC_BITS``, clamped to ``+-ACT_LIMIT`` at every conv input;
 - conv weights are the float32 weights rounded to integers at ``2^-WEIGHT_BITS`` (the same
   integers everywhere: nothing new is stored), biases at ``2^-(FRAC_BITS + WEIGHT_BITS)``;
-- a convolution is an integer-valued float64 GEMM (``unfold`` + ``matmul``): every product and
-  partial sum is an integer below 2^53, so it is exact in any summation order, with or without
-  FMA, on any BLAS (checked per layer when the tables are built, :class:`FixedPointError`
+- a convolution is an integer-valued float64 GEMM (im2col + ``mm``): every product and partial
+  sum is an integer below 2^53, so it is exact in any summation order, with or without FMA, on
+  any BLAS or device (when one GEMM could pass 2^53, the activations' high and low 20 bits go
+  through two; the bound is checked per layer when the net is built, :class:`FixedPointError`
   otherwise), then rounded back to ``2^-FRAC_BITS`` by an exact round-shift;
 - LeakyReLU(0.1) is an integer multiply by ``round(0.1 * 2^16)`` and a floor;
-- sigmoid and tanh are lookup tables over the clamped input range, built with a fixed sequence
-  of IEEE float64 ``+ * /`` (Taylor ``exp`` with range reduction), so identical on every IEEE
-  machine; the GRU's gating and the inverse gain are integer products and round-shifts;
+- sigmoid and tanh are tables over the clamped input range, interpolated in integers, built
+  with a fixed sequence of IEEE float64 ``+ * /`` (Taylor ``exp`` with range reduction), so
+  identical on every IEEE machine (nothing new is stored); the GRU's gating and the inverse
+  gain are integer products and round-shifts;
 - the scale index is a ``searchsorted`` of the integer scale in the scale table converted once
   to integers, with compressai's ``build_indexes`` semantics (smallest entry >= scale, after its
   lower bound).
 
 Integer-valued tensors are kept as float64 (exact below 2^53, and fast matmuls everywhere).
-Training stays in float32 (``LatentVideoCodec.forward``); this path is inference only, and
-differs from the float path by the roundings above (measured in the codec's docstring).
+Training stays in float32 (``LatentVideoCodec.forward``); this path is inference only. Against
+the float path on the reference codec (carphone, 96 frames): scales within 4e-5 and means within
+8e-5 on the first latent frame (no scale index of 12,672 moved; 1 on the second), per-frame rates
+equal to 0.01% until the closed loop first rounds a symbol the other way, then +-1% per frame
+either way; over 25 latent frames the rate estimate moved -0.3..+1.0% and the latent MSE
+-0.4..+0.1% per quality. Decoding costs ~20 ms more per latent frame of 22x18 (1 thread).
 """
 
 from __future__ import annotations
@@ -160,7 +166,9 @@ class FixedConv:
         bias = conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
         self.bias = to_fixed(bias, FRAC_BITS + WEIGHT_BITS)[:, None]
         # The largest partial sum of either GEMM, whatever the order: sum |w| * max |a part|
-        # (+ |b| for the low part). Integers here, so the check itself is exact.
+        # (+ |b| for the low part). Integers here, so the check itself is exact. It also keeps
+        # every output below 2^50, so the residual adds, LeakyReLU, gains and means after it
+        # are exact as well.
         self.l1 = int(self.weight.abs().to(torch.int64).sum(dim=1).max())
         self.max_bias = int(self.bias.abs().max())
         high = int(ACT_LIMIT) >> SPLIT_BITS
