@@ -29,10 +29,10 @@ from gvc_train.eval.metrics import ms_ssim
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "checkpoints" / "latent_tiny"
 FRAMES, WIDTH, HEIGHT = 96, 176, 144
-# How closely this machine must reproduce rd.json. Rate: the same frame sizes came out 7,256,
-# 7,268 and 7,272 bytes on three CPUs (0.22%: float rounding in the tokenizer's encoder moves a
-# few symbols); on one machine they are equal. Distortion: a few moved symbols or pixels one level
-# off change the mean PSNR by far less than the card's 0.01 dB (measured here: 1e-6 dB).
+# How closely this machine must reproduce rd.json. Rate: the same quality-0 encode came out
+# 7,256, 7,268 and 7,272 bytes on three CPUs (0.22%: float rounding in the tokenizer's encoder
+# moves a few symbols). Distortion: a few moved symbols or pixels one level off change the mean
+# PSNR by far less than the card's 0.01 dB (the tokenizer ceiling, recomputed here: 1e-6 dB off).
 RATE_REL = 0.005
 PSNR_DB, MS_SSIM_ABS = 0.01, 1e-4
 
