@@ -8,13 +8,13 @@ of the latent codec gave identical results with 1 and 2 threads, but the tokeniz
 one level. A flip in the networks that produce the entropy model's means and scales would be
 worse: the decoder would pick other CDFs and lose sync with the encoder.
 
-So encoding and decoding run every network on one intra-op thread (the result then depends on
-the build and the CPU's instruction set, not on the thread setting). Scale indexes are then
-bit-exact because the scales that compressai's ``build_indexes`` compares against its table
-come from the same float arithmetic at both ends; the means enter only through
-``round(y - mu)`` at the encoder and ``symbol + mu`` at both ends. ``deterministic=False``
-lets torch use its threads: faster on many cores, exact only between runs with equal thread
-counts.
+So encoding and decoding run every network on one intra-op thread. Scale indexes, means and
+latents do not depend on this switch: the decoder side computes them in exact fixed point
+(``models/fixed_point.py``), the same integers on every CPU kind and thread count. The switch
+keeps the float parts (the tokenizer, g_a, h_a) reproducible on one machine, so the decoded
+pixels equal the encoder's own reconstruction. ``deterministic=False`` lets torch use its
+threads: faster on many cores; the latents stay exact, the pixels then match only between runs
+with equal thread counts.
 """
 
 from __future__ import annotations
