@@ -19,13 +19,13 @@ Ctrl-C or SIGTERM. This module imports only the standard library at start, so ``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
 import gvc_train
+from gvc_train import strict_json
 from gvc_train.cli_parser import OneLineArgumentParser, positive_int
 from gvc_train.safe_output import OutputError, atomic_output, check_target, raise_on_sigterm
 
@@ -152,7 +152,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "chunks": rows,
     }
     if args.json:
-        print(json.dumps(summary, indent=2, allow_nan=False))
+        print(strict_json.dumps(summary, indent=2))
         return 0
     for key in ("file", "family", "fingerprint", "width", "height", "frames", "fps", "bytes"):
         print(f"{key:12s} {summary[key]}")
