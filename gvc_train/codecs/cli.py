@@ -193,14 +193,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if kept_cache:
             os.rename(out / "anchor_cache", tmp / "anchor_cache")
         try:
-            run_eval(dataclasses.replace(options, out=str(tmp)))
+            run_eval(dataclasses.replace(options, out=str(tmp), shown_out=str(out)))
         except BaseException as e:
             if kept_cache:
                 os.rename(tmp / "anchor_cache", out / "anchor_cache")
             if isinstance(e, AnchorError):
                 raise UsageError(str(e)) from None
             raise
-    print(f"gvc eval: report in {out}")
     return 0
 
 

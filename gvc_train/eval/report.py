@@ -53,6 +53,7 @@ class EvalOptions:
     anchor_cache: str | None = None
     metric_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     progress: bool = True
+    shown_out: str | None = None  # the name to print for ``out`` (gvc eval writes beside it, then moves it there)
 
 
 class _Progress:
@@ -253,5 +254,5 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
     (out / "points.csv").write_text(points_csv(points, metrics))
     (out / "bd.csv").write_text(points_csv(bd, [], columns=BD_COLUMNS))
     (out / "summary.md").write_text(summary_markdown(report))
-    log(f"gvc eval: {len(points)} points, {len(bd)} BD figures, {len(plots)} plots in {out} ({report['seconds']:.0f} s)")
+    log(f"gvc eval: {len(points)} points, {len(bd)} BD figures, {len(plots)} plots in {options.shown_out or out} ({report['seconds']:.0f} s)")
     return report
