@@ -10,7 +10,7 @@ PY     := $(BIN)/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.gvc-installed
 
-.PHONY: setup demo test bench samples clean-runs lock-update
+.PHONY: setup demo test bench samples clean-runs lock-update readme-figures
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.run
+
+# The README's measured figures from bench_out/bench.json, the demo's summary, the reference
+# codec's rd.json and the gvc eval report (benchmarks/readme_figures.py); commit what it changes.
+readme-figures: setup
+	$(PY) -m benchmarks.readme_figures
 
 clean-runs:
 	rm -rf runs wandb lightning_logs exports

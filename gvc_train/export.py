@@ -16,13 +16,10 @@ before any of it is built.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
-
-import torch
 
 # compressai scripts a function with torch.jit at import; the deprecation notice is not the user's concern.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)

@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -194,31 +193,3 @@ def atomic_output(
     except BaseException:
         remove_path(tmp)
         raise
-
-
-def remove_dead_temporaries(folder: Path) -> None:
-    """Remove this mechanism's temporaries in ``folder`` whose writer process is gone (SIGKILL)."""
-    with contextlib.suppress(OSError):
-        for p in folder.iterdir():
-            if TEMP_MARK not in p.name:
-                continue
-            pid = p.name.split(TEMP_MARK, 1)[1].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                remove_path(p)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_regular_file(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(path.lstat().st_mode)
-    except OSError:
-        return False

@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -164,3 +165,17 @@ def _status_mb(field: str) -> float:
     match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
     assert match, f"no {field} in /proc/self/status"
     return int(match.group(1)) / 1024
+
+
+def numpy_psnr(recon_THWC: np.ndarray, source_THWC: np.ndarray) -> float:
+    """RGB PSNR per frame, averaged (the cards' definition), in plain numpy: not gvc_train.eval.metrics."""
+    mse = ((recon_THWC.astype(np.float64) - source_THWC.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+    return float(np.mean(10 * np.log10(255.0**2 / mse)))
+
+
+def frames_ms_ssim(recon_THWC: np.ndarray, source_THWC: np.ndarray) -> float:
+    """MS-SSIM of two uint8 ``T x H x W x 3`` clips, averaged over frames."""
+    from gvc_train.eval.metrics import ms_ssim
+
+    video = lambda a: torch.from_numpy(a).permute(3, 0, 1, 2)[None].float() / 255  # noqa: E731
+    return float(ms_ssim(video(recon_THWC), video(source_THWC)).mean())

@@ -15,7 +15,8 @@ from gvc_train.components import load_component
 from gvc_train.data.sample_videos import sample_video
 from gvc_train.data.video_io import read_frames
 from gvc_train.eval import codec_rd
-from gvc_train.eval.metrics import ms_ssim
+
+from conftest import frames_ms_ssim, numpy_psnr
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +42,6 @@ def _source(video: Path, frames: int = 7) -> np.ndarray:
     return np.stack([np.asarray(Image.open(video / f"im{i + 1}.png").convert("RGB")) for i in range(frames)])
 
 
-def _psnr(recon_THWC: np.ndarray, source_THWC: np.ndarray) -> float:
-    """RGB PSNR per frame, averaged, in plain numpy (not eval.metrics)."""
-    mse = ((recon_THWC.astype(np.float64) - source_THWC.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(255.0**2 / mse)))
-
-
-def _ms_ssim(recon_THWC: np.ndarray, source_THWC: np.ndarray) -> float:
-    video = lambda a: torch.from_numpy(a).permute(3, 0, 1, 2)[None].float() / 255  # noqa: E731
-    return float(ms_ssim(video(recon_THWC), video(source_THWC)).mean())
-
-
 def test_codec_points_are_the_files_and_what_they_decode_to(tiny_codec_dir: Path, small_video: Path, tmp_path: Path) -> None:
     """Each point, recomputed outside codec_rd: the stream file's size, and the PSNR and MS-SSIM of
     what the file decodes to against the source PNGs."""
@@ -71,8 +61,8 @@ def test_codec_points_are_the_files_and_what_they_decode_to(tiny_codec_dir: Path
         assert p["payload_bits"] == report.payload_bytes * 8 and p["overhead_bytes"] == size - report.payload_bytes
         assert p["model_bits"] == pytest.approx(report.model_bits, rel=1e-9)
         # codec_rd averages float32 per-frame PSNRs: 1e-4 dB is float32, not a definition
-        assert p["psnr"] == pytest.approx(_psnr(recon, source), abs=1e-4), p["quality"]
-        assert p["ms_ssim"] == pytest.approx(_ms_ssim(recon, source), abs=1e-6), p["quality"]
+        assert p["psnr"] == pytest.approx(numpy_psnr(recon, source), abs=1e-4), p["quality"]
+        assert p["ms_ssim"] == pytest.approx(frames_ms_ssim(recon, source), abs=1e-6), p["quality"]
 
 
 def test_tokenizer_ceiling_and_the_cli_table(tiny_codec_dir: Path, small_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,8 +76,8 @@ def test_tokenizer_ceiling_and_the_cli_table(tiny_codec_dir: Path, small_video: 
         x = torch.from_numpy(padded).permute(3, 0, 1, 2)[None].float() / 255
         recon = (vae.decode(vae.encode(x).mode()).clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 3, 0).numpy()
     recon = recon[:7, :30, :44]
-    assert ceiling["psnr"] == pytest.approx(_psnr(recon, source), abs=1e-3)
-    assert ceiling["ms_ssim"] == pytest.approx(_ms_ssim(recon, source), abs=1e-5)
+    assert ceiling["psnr"] == pytest.approx(numpy_psnr(recon, source), abs=1e-3)
+    assert ceiling["ms_ssim"] == pytest.approx(frames_ms_ssim(recon, source), abs=1e-5)
     out = tmp_path / "rd.json"
     argv = ["--codec", str(tiny_codec_dir), "--video", str(small_video), "--frames", "7", "--anchors", "", "--tokenizer-ceiling"]
     assert codec_rd.main([*argv, "--out", str(out)]) == 0

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from gvc_train.codecs import cli
 from gvc_train.codecs.latent import MODEL_CHECK_BYTES, LatentCodec
 from gvc_train.data.sample_videos import HELD_OUT, sample_video
 from gvc_train.data.video_io import read_frames
-from gvc_train.eval.metrics import ms_ssim
+
+from conftest import frames_ms_ssim, numpy_psnr
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "checkpoints" / "latent_tiny"
@@ -78,17 +77,6 @@ def _rd() -> dict:
     return json.loads((REFERENCE / "rd.json").read_text())
 
 
-def _psnr(recon_THWC: np.ndarray, source_THWC: np.ndarray) -> float:
-    """RGB PSNR per frame, averaged: the card's definition, in plain numpy (not eval.metrics)."""
-    mse = ((recon_THWC.astype(np.float64) - source_THWC.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(255.0**2 / mse)))
-
-
-def _ms_ssim(recon_THWC: np.ndarray, source_THWC: np.ndarray) -> float:
-    video = lambda a: torch.from_numpy(a).permute(3, 0, 1, 2)[None].float() / 255  # noqa: E731
-    return float(ms_ssim(video(recon_THWC), video(source_THWC)).mean())
-
-
 def test_the_codec_reproduces_rd_json(coded: dict) -> None:
     """Every learned-codec point of rd.json, recomputed: rate, bits, PSNR and MS-SSIM of what it decodes to."""
     points = {p["quality"]: p for p in _rd()["points"] if "quality" in p}
@@ -102,8 +90,8 @@ def test_the_codec_reproduces_rd_json(coded: dict) -> None:
         assert report.model_bits == pytest.approx(p["model_bits"], rel=RATE_REL), q
         assert report.estimate_bits == pytest.approx(p["estimate_bits"], rel=RATE_REL), q
         assert report.overhead_bytes == p["overhead_bytes"], q
-        assert _psnr(recon, source) == pytest.approx(p["psnr"], abs=PSNR_DB), q
-        assert _ms_ssim(recon, source) == pytest.approx(p["ms_ssim"], abs=MS_SSIM_ABS), q
+        assert numpy_psnr(recon, source) == pytest.approx(p["psnr"], abs=PSNR_DB), q
+        assert frames_ms_ssim(recon, source) == pytest.approx(p["ms_ssim"], abs=MS_SSIM_ABS), q
 
 
 def test_the_tokenizer_ceiling_reproduces_rd_json() -> None:

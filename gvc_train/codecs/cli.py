@@ -26,7 +26,7 @@ from pathlib import Path
 
 import gvc_train
 from gvc_train import strict_json
-from gvc_train.cli_parser import OneLineArgumentParser, positive_int
+from gvc_train.cli_parser import OneLineArgumentParser, int_at_least, positive_int
 from gvc_train.safe_output import OutputError, atomic_output, check_target, raise_on_sigterm
 
 # compressai scripts a function with torch.jit at import; the deprecation notice is not the user's concern.
@@ -203,16 +203,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quality(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 OVERWRITE_HELP = "replace an existing output (never the input; a folder only if it holds nothing but this command's output)"
 
 
@@ -225,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("output")
     enc.add_argument("--codec", required=True, help="an exported codec folder (codec.json)")
     enc.add_argument(
-        "--quality", type=_quality, default=None,
+        "--quality", type=int_at_least(0), default=None,
         help="quality index from 0 to the codec's 'qualities' - 1 (codec.json; 0-3 for checkpoints/latent_tiny): "
         "higher = more bits, better quality. Default: the middle one, qualities // 2",
     )  # fmt: skip
