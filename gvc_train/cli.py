@@ -35,6 +35,10 @@ from typing import Any
 # Lightning's pytree helper builds torch's deprecated LeafSpec when it restores a checkpoint.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+# Lightning's "The `srun` command is available on your system but is not used" fires wherever a
+# SLURM client is installed (a login node, a workstation), twice, before any error: gvc-train's
+# own sbatch templates (slurm/) launch with srun, and inside a job it is not shown.
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 import lightning as L  # noqa: E402
 from jsonargparse import Namespace  # noqa: E402

@@ -247,7 +247,7 @@ def test_lpips_frames_wrapper(weights, tmp_path) -> None:
     torch.testing.assert_close(d.mean(dim=1), whole(x, y))
     assert torch.equal(frames(x, x), torch.zeros(1, 5))
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match="junk.pth is not a torch.save file"):
         LPIPSFrames(tmp_path / "junk.pth")
 
 
