@@ -8,6 +8,7 @@ input never changes; no temporary is left behind; every refusal is one line and 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -357,3 +358,17 @@ def test_gvc_info_reads_only_what_it_prints(seed_folder: Path, tmp_path: Path) -
     assert codes == "[2, 0]", proc.stderr
     assert "not a gvc bitstream" in proc.stderr
     assert int(maxrss_kb) < 100_000, f"gvc info peaked at {int(maxrss_kb) // 1024} MB"
+
+
+def test_gvc_encode_quality_default_and_range(seed_folder: Path, tiny_codec_dir: Path, tmp_path: Path, capsys: Capture) -> None:
+    """No --quality: the middle of the codec's range (qualities // 2); out of range: one line naming it."""
+    from gvc_train.codecs.cli import build_parser, main
+
+    qualities = json.loads((tiny_codec_dir / "codec.json").read_text())["qualities"]
+    assert main(["encode", str(seed_folder / "in.mp4"), str(tmp_path / "a.gvc"), "--codec", str(tiny_codec_dir)]) == 0
+    assert f"quality {qualities // 2}," in capsys.readouterr().out
+    code, err = _run(["gvc", "encode", str(seed_folder / "in.mp4"), str(tmp_path / "b.gvc"), "--codec", str(tiny_codec_dir), "--quality", str(qualities)], capsys)
+    assert code == 2 and f"outside this codec's 0..{qualities - 1}" in err, err
+    assert not (tmp_path / "b.gvc").exists()
+    encode_help = build_parser()._subparsers._group_actions[0].choices["encode"].format_help()  # type: ignore[union-attr]
+    assert "qualities // 2" in encode_help and "0 to the codec's" in " ".join(encode_help.split())
