@@ -22,7 +22,7 @@ import os
 import re
 import sys
 
-from gvc_train.cli_parser import OneLineArgumentParser
+from gvc_train.cli_parser import OneLineArgumentParser, int_at_least, positive_int
 from gvc_train.data.sample_format import ShardIndex
 from gvc_train.data.shard_writer import NothingWrittenError, ShardOptions, write_shards
 from gvc_train.data.video_io import DEFAULT_PNG_FPS
@@ -43,23 +43,8 @@ def parse_size(text: str) -> int:
     return value
 
 
-def _int_at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum``, with a one-line message otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}: {text!r}")
-        return value
-
-    return parse
-
-
-_positive = _int_at_least(1)
-_non_negative = _int_at_least(0)
+_positive = positive_int
+_non_negative = int_at_least(0)
 
 
 def parse_crop(text: str) -> tuple[int, int]:
