@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gvc_train.codecs import cli
+from gvc_train import gvc_cli as cli
 from gvc_train.data.sample_videos import sample_video
 from gvc_train.data.video_io import read_frames
 from gvc_train.eval.bdrate import bd_rate

@@ -43,3 +43,20 @@ def test_no_module_is_past_the_size_rule() -> None:
     root = Path(gvc_train.__file__).parent
     long = [(p.relative_to(root), n) for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500]
     assert not long, f"files past ~500 lines, split them by concern: {long}"
+
+
+def test_inference_never_imports_training_or_evaluation() -> None:
+    """DESIGN.md: ``codecs/`` and ``coding/`` import neither ``lit/`` nor ``eval/`` (``gvc eval``
+    joins the ``gvc`` parser from above, through ``gvc_train.gvc_cli``), read from the source so
+    that a lazy import inside a function counts too."""
+    import ast
+    from pathlib import Path
+
+    root = Path(gvc_train.__file__).parent
+    found = []
+    for package in ("codecs", "coding"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                found += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith(("gvc_train.eval", "gvc_train.lit"))]
+    assert not found, found

@@ -183,7 +183,7 @@ _SUFFIX = {"gvc encode": ".gvc", "gvc decode": ".mp4", "gvc eval": "", "gvc-shar
 
 
 def _run(argv: list[str], capsys: Capture) -> tuple[int, str]:
-    from gvc_train.codecs.cli import main as gvc_main
+    from gvc_train.gvc_cli import main as gvc_main
     from gvc_train.data.shard_cli import main as shard_main
     from gvc_train.export import main as export_main
 
@@ -328,7 +328,7 @@ def test_a_signal_mid_decode_keeps_the_frames_and_says_where(sig: int, seed_fold
 def test_gvc_answers_help_version_and_argument_errors_without_the_model_stack() -> None:
     """``--help``, ``--version``, ``info`` and argument errors import neither torch nor numpy."""
     probe = (
-        "import sys; from gvc_train.codecs.cli import main\n"
+        "import sys; from gvc_train.gvc_cli import main\n"
         "for argv in (['--version'], ['encode', '--help'], ['encode', 'a', 'b', '--codec', 'c', '--frames', '0'], ['info', sys.argv[1]]):\n"
         "    main(argv)\n"
         "heavy = [m for m in ('torch', 'numpy', 'av', 'compressai') if m in sys.modules]\n"

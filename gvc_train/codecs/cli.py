@@ -3,12 +3,15 @@
     gvc encode INPUT OUTPUT --codec DIR [--quality Q] [--frames N] [--overwrite]
     gvc decode INPUT OUTPUT [--codec DIR] [--overwrite]   OUTPUT: out.mp4, out.mkv, out.y4m or a PNG folder
     gvc info FILE [--json]                      header, chunk table, bits per frame
-    gvc eval --codec DIR... --video FILE... --out REPORT_DIR [--anchors x264,x265,svtav1]
+    gvc eval --codec DIR... --video FILE... --out REPORT_DIR [--anchors x264,x265,svtav1]   (gvc_train/eval/cli.py)
 
 ``decode`` finds the codec from the stream's fingerprint when ``--codec`` is not given: it
 looks in ``$GVC_CODEC_PATH`` (folders separated by ``:``) and ``checkpoints/``.
 Every failure is one line on stderr (``gvc: error: ...``) and exit status 2; set
 ``GVC_DEBUG=1`` for the traceback.
+
+``gvc eval`` lives in ``gvc_train/eval/cli.py`` and joins this parser through ``gvc_train.gvc_cli``
+(the ``gvc`` console script), so that inference never imports evaluation.
 
 Outputs follow ``gvc_train.safe_output``: never the input, an existing output is replaced only
 with ``--overwrite``, written beside and moved into place when whole, removed on failure,
@@ -22,7 +25,9 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import gvc_train
 from gvc_train import strict_json
@@ -31,9 +36,6 @@ from gvc_train.safe_output import OutputError, atomic_output, check_target, rais
 
 # compressai scripts a function with torch.jit at import; the deprecation notice is not the user's concern.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-
-EVAL_FILES = {"report.json", "points.csv", "bd.csv", "summary.md", "streams", "plots", "anchor_cache"}
-
 
 class UsageError(RuntimeError):
     pass
@@ -71,7 +73,7 @@ def _load(folder: str | Path, deterministic: bool):
     raise UsageError(f"{folder}: no inference module for the {family!r} family yet")
 
 
-def _folder_files(folder: str | Path) -> list[Path]:
+def folder_files(folder: str | Path) -> list[Path]:
     """A codec folder's files: outputs must not land on them either."""
     folder = Path(folder)
     return [folder, *folder.iterdir()] if folder.is_dir() else [folder]
@@ -80,7 +82,7 @@ def _folder_files(folder: str | Path) -> list[Path]:
 def cmd_encode(args: argparse.Namespace) -> int:
     import dataclasses
 
-    inputs = [args.input, *_folder_files(args.codec)]
+    inputs = [args.input, *folder_files(args.codec)]
     check_target(args.output, inputs=inputs, overwrite=args.overwrite)  # before minutes of model loading
     codec = _load(args.codec, not args.nondeterministic)
     quality = codec.num_qualities // 2 if args.quality is None else args.quality
@@ -102,13 +104,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     if not Path(args.input).is_file():
         raise BitstreamError(f"no bitstream at {args.input}")
-    inputs = [args.input, *(_folder_files(args.codec) if args.codec else [])]
+    inputs = [args.input, *(folder_files(args.codec) if args.codec else [])]
     check_frame_output(args.output, inputs, args.overwrite)  # before the codec is loaded
     with open(args.input, "rb") as f:
         header = read_header(f)
     folder = Path(args.codec) if args.codec else find_codec(header.fingerprint)
     codec = _load(folder, not args.nondeterministic)
-    sink = FrameSink(args.output, header.fps, overwrite=args.overwrite, inputs=[*inputs, *_folder_files(folder)])
+    sink = FrameSink(args.output, header.fps, overwrite=args.overwrite, inputs=[*inputs, *folder_files(folder)])
     try:
         report = codec.decode(args.input, sink.write)
     except BaseException as e:
@@ -165,48 +167,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    if not args.codec and not args.anchors:
-        raise UsageError("nothing to evaluate: give --codec DIR and/or --anchors")
-    for folder in args.codec:
-        if not (Path(folder) / "codec.json").is_file():
-            raise UsageError(f"{folder} is not an exported codec folder (no codec.json)")
-    inputs = [*args.video, *(p for c in args.codec for p in _folder_files(c))]
-    out = Path(args.out)
-    owns = lambda p: p.name in EVAL_FILES  # noqa: E731
-    check_target(out, inputs=inputs, overwrite=args.overwrite, folder=True, owns=owns)
-    from gvc_train.eval.anchors import AnchorError
-    from gvc_train.eval.report import EvalOptions, run_eval
-
-    metric_options = {"lpips_backbone": args.lpips_backbone, "dists_backbone": args.dists_backbone, "i3d_path": args.i3d}
-    options = EvalOptions(
-        codecs=args.codec, videos=args.video, out=args.out, anchors=[a for a in args.anchors.split(",") if a],
-        frames=args.frames, intra_period=args.intra_period, ladder_points=args.ladder_points,
-        anchor_cache=args.anchor_cache, metric_options=metric_options, progress=not args.no_progress,
-    )  # fmt: skip
-    with atomic_output(out, inputs=inputs, overwrite=args.overwrite, folder=True, owns=owns) as tmp:
-        # A rerun into the same report folder keeps its anchor cache (the anchors' encodes are
-        # the slow part): moved into the new folder, and back if the run fails.
-        kept_cache = args.anchor_cache is None and (out / "anchor_cache").is_dir()
-        if kept_cache:
-            os.rename(out / "anchor_cache", tmp / "anchor_cache")
-        try:
-            run_eval(dataclasses.replace(options, out=str(tmp), shown_out=str(out)))
-        except BaseException as e:
-            if kept_cache:
-                os.rename(tmp / "anchor_cache", out / "anchor_cache")
-            if isinstance(e, AnchorError):
-                raise UsageError(str(e)) from None
-            raise
-    return 0
-
-
 OVERWRITE_HELP = "replace an existing output (never the input; a folder only if it holds nothing but this command's output)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_commands: Sequence[Callable[[Any], None]] = ()) -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="gvc", description="Encode and decode video with an exported gvc_train codec.")
     parser.add_argument("--version", action="version", version=f"gvc (gvc_train) {gvc_train.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,21 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("input")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
-    ev = sub.add_parser("eval", help="codecs and anchors on the same frames: RD points, BD-rate, plots")
-    ev.add_argument("--codec", nargs="*", default=[], help="exported codec folders")
-    ev.add_argument("--anchors", default="x264,x265,svtav1", help="comma-separated: x264, x265, svtav1 ('' for none)")
-    ev.add_argument("--video", nargs="+", required=True, help="video files or PNG folders")
-    ev.add_argument("--frames", type=positive_int, default=96, help="the first N frames of each video")
-    ev.add_argument("--intra-period", type=int, default=-1, help="anchors' intra period in frames (-1: first frame only)")
-    ev.add_argument("--ladder-points", type=positive_int, default=5, help="CRF points per anchor and setting")
-    ev.add_argument("--anchor-cache", default=None, help="cache folder for anchor results (default: OUT/anchor_cache, kept by --overwrite)")
-    ev.add_argument("--lpips-backbone", default=None, help="local torchvision VGG16 state dict for LPIPS")
-    ev.add_argument("--dists-backbone", default=None, help="local torchvision VGG16 state dict for DISTS")
-    ev.add_argument("--i3d", default=None, help="local I3D TorchScript for FVD; a TorchScript file is code that runs on the videos: use a trusted file only")
-    ev.add_argument("--no-progress", action="store_true")
-    ev.add_argument("--out", required=True, help="report folder (new or empty; a previous report with --overwrite)")
-    ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    ev.set_defaults(func=cmd_eval)
+    for add_command in extra_commands:  # commands of higher layers (gvc eval), added by gvc_train.gvc_cli
+        add_command(sub)
     return parser
 
 
@@ -270,9 +221,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extra_commands: Sequence[Callable[[Any], None]] = ()) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(extra_commands).parse_args(argv)
     except SystemExit as e:  # --help, --version, argument errors: already printed
         return int(e.code or 0)
     raise_on_sigterm()
