@@ -166,6 +166,21 @@ def move_into_place(tmp: Path, target: Path, folder: bool = False) -> None:
     remove_path(old)
 
 
+def commit(
+    tmp: Path,
+    target: Path,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    folder: bool = False,
+    owns: Callable[[Path], bool] | None = None,
+) -> None:
+    """Move the finished ``tmp`` to ``target``, checking the target again first: something may
+    have appeared there while the command worked."""
+    check_target(target, inputs=inputs, overwrite=overwrite, folder=folder, owns=owns)
+    move_into_place(tmp, target, folder)
+
+
 @contextlib.contextmanager
 def atomic_output(
     target: str | os.PathLike,
@@ -187,9 +202,7 @@ def atomic_output(
         if folder:
             tmp.mkdir()
         yield tmp
-        # checked again: something may have appeared at the target while we worked
-        check_target(target, inputs=inputs, overwrite=overwrite, folder=folder, owns=owns)
-        move_into_place(tmp, target, folder)
+        commit(tmp, target, inputs=inputs, overwrite=overwrite, folder=folder, owns=owns)
     except BaseException:
         remove_path(tmp)
         raise

@@ -32,7 +32,7 @@ from typing import Any
 import gvc_train
 from gvc_train import strict_json
 from gvc_train.cli_parser import OneLineArgumentParser, int_at_least, positive_int
-from gvc_train.safe_output import OutputError, atomic_output, check_target, raise_on_sigterm
+from gvc_train.safe_output import OutputError, atomic_output, raise_on_sigterm
 
 # compressai scripts a function with torch.jit at import; the deprecation notice is not the user's concern.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
@@ -83,12 +83,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     import dataclasses
 
     inputs = [args.input, *folder_files(args.codec)]
-    check_target(args.output, inputs=inputs, overwrite=args.overwrite)  # before minutes of model loading
-    codec = _load(args.codec, not args.nondeterministic)
-    quality = codec.num_qualities // 2 if args.quality is None else args.quality
-    if not 0 <= quality < codec.num_qualities:
-        raise UsageError(f"--quality {quality} is outside this codec's 0..{codec.num_qualities - 1}")
+    # entered before the model loads: a refused output costs no loading time
     with atomic_output(args.output, inputs=inputs, overwrite=args.overwrite) as tmp:
+        codec = _load(args.codec, not args.nondeterministic)
+        quality = codec.num_qualities // 2 if args.quality is None else args.quality
+        if not 0 <= quality < codec.num_qualities:
+            raise UsageError(f"--quality {quality} is outside this codec's 0..{codec.num_qualities - 1}")
         report = codec.encode(args.input, tmp, quality, max_frames=args.frames, latents_per_chunk=args.latents_per_chunk)
     report = dataclasses.replace(report, path=str(args.output))
     print(
@@ -100,18 +100,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from gvc_train.coding.container import BitstreamError, read_header
-    from gvc_train.codecs.frame_io import FrameSink, check_frame_output
+    from gvc_train.codecs.frame_io import FrameSink
 
     if not Path(args.input).is_file():
         raise BitstreamError(f"no bitstream at {args.input}")
-    inputs = [args.input, *(folder_files(args.codec) if args.codec else [])]
-    check_frame_output(args.output, inputs, args.overwrite)  # before the codec is loaded
     with open(args.input, "rb") as f:
         header = read_header(f)
     folder = Path(args.codec) if args.codec else find_codec(header.fingerprint)
-    codec = _load(folder, not args.nondeterministic)
-    sink = FrameSink(args.output, header.fps, overwrite=args.overwrite, inputs=[*inputs, *folder_files(folder)])
+    # the sink checks the output before the model loads: a refused output costs no loading time
+    sink = FrameSink(args.output, header.fps, overwrite=args.overwrite, inputs=[args.input, *folder_files(folder)])
     try:
+        codec = _load(folder, not args.nondeterministic)
         report = codec.decode(args.input, sink.write)
     except BaseException as e:
         kept = sink.close(partial=True)

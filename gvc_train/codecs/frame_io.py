@@ -27,7 +27,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from gvc_train.safe_output import OutputError, remove_path, check_target, free_name, make_parent, move_into_place, temp_beside
+from gvc_train.safe_output import OutputError, check_target, commit, free_name, make_parent, remove_path, temp_beside
 
 VIDEO_OUT_EXTENSIONS = {".y4m", ".mp4", ".mkv"}
 _FRAME_NAME = re.compile(r"frame_\d{6}\.png")
@@ -129,9 +129,7 @@ class FrameSink:
             os.rename(self._tmp, target)
             return target
         try:
-            # checked again: something may have appeared at the target while we decoded
-            check_target(self.path, inputs=self._inputs, overwrite=self._overwrite, folder=self.kind == "png", owns=is_frame_file)
-            move_into_place(self._tmp, self.path, folder=self.kind == "png")
+            commit(self._tmp, self.path, inputs=self._inputs, overwrite=self._overwrite, folder=self.kind == "png", owns=is_frame_file)
         except BaseException:
             self.abort()
             raise

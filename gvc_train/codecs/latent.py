@@ -63,7 +63,7 @@ from gvc_train.codecs.codec_folder import CodecFolderError, load_codec_component
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.data.video_io import VideoReader
 from gvc_train.models.fixed_point import FixedPointError, FrameObserver, ModelCheck
-from gvc_train.safe_output import check_target
+from gvc_train.safe_output import check_target, temp_beside
 
 DEFAULT_LATENTS_PER_CHUNK = 8
 MAX_LATENTS_PER_CHUNK = 64
@@ -188,7 +188,7 @@ class LatentCodec:
         output = Path(output)
         check_target(output, inputs=[source], overwrite=True)
         output.parent.mkdir(parents=True, exist_ok=True)
-        body_path = output.with_name(output.name + ".body.part")
+        body_path = temp_beside(output.with_name(output.name + ".body"))  # a new name: never a user's file
         started = time.perf_counter()
         try:
             with VideoReader(source) as reader, open(body_path, "wb") as body, inference_mode(self.deterministic):
@@ -406,7 +406,7 @@ def _emit(pixels_BCThw: torch.Tensor, height: int, width: int, limit: int | None
 
 def _assemble(output: Path, head: bytes, body_path: Path) -> None:
     """Header + CONFIG, the chunks streamed to ``body_path``, END; renamed into place when whole."""
-    tmp = output.with_name(output.name + ".part")
+    tmp = temp_beside(output)  # a new name: never a user's file
     try:
         with open(tmp, "wb") as out, open(body_path, "rb") as body:
             out.write(head)

@@ -18,7 +18,7 @@ from typing import Any
 
 from gvc_train.cli_parser import positive_int
 from gvc_train.codecs.cli import OVERWRITE_HELP, UsageError, folder_files
-from gvc_train.safe_output import atomic_output, check_target
+from gvc_train.safe_output import atomic_output
 
 # What a report folder holds: a folder holding anything else is never replaced.
 EVAL_FILES = {"report.json", "points.csv", "bd.csv", "summary.md", "streams", "plots", "anchor_cache"}
@@ -33,17 +33,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     inputs = [*args.video, *(p for c in args.codec for p in folder_files(c))]
     out = Path(args.out)
     owns = lambda p: p.name in EVAL_FILES  # noqa: E731
-    check_target(out, inputs=inputs, overwrite=args.overwrite, folder=True, owns=owns)
-    from gvc_train.eval.anchors import AnchorError
-    from gvc_train.eval.report import EvalOptions, run_eval
-
-    metric_options = {"lpips_backbone": args.lpips_backbone, "dists_backbone": args.dists_backbone, "i3d_path": args.i3d}
-    options = EvalOptions(
-        codecs=args.codec, videos=args.video, out=args.out, anchors=[a for a in args.anchors.split(",") if a],
-        frames=args.frames, intra_period=args.intra_period, ladder_points=args.ladder_points,
-        anchor_cache=args.anchor_cache, metric_options=metric_options, progress=not args.no_progress,
-    )  # fmt: skip
+    # entered before the report code is imported: a refused output costs nothing
     with atomic_output(out, inputs=inputs, overwrite=args.overwrite, folder=True, owns=owns) as tmp:
+        from gvc_train.eval.anchors import AnchorError
+        from gvc_train.eval.report import EvalOptions, run_eval
+
+        metric_options = {"lpips_backbone": args.lpips_backbone, "dists_backbone": args.dists_backbone, "i3d_path": args.i3d}
+        options = EvalOptions(
+            codecs=args.codec, videos=args.video, out=args.out, anchors=[a for a in args.anchors.split(",") if a],
+            frames=args.frames, intra_period=args.intra_period, ladder_points=args.ladder_points,
+            anchor_cache=args.anchor_cache, metric_options=metric_options, progress=not args.no_progress,
+        )  # fmt: skip
         # A rerun into the same report folder keeps its anchor cache (the anchors' encodes are
         # the slow part): moved into the new folder, and back if the run fails.
         kept_cache = args.anchor_cache is None and (out / "anchor_cache").is_dir()
