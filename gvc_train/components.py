@@ -26,16 +26,17 @@ match ``weights_sha256``.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
+# register_component is re-exported: models import it from gvc_train.models.registry
+from gvc_train.models.registry import jsonable, name_of, register_component, registered, registered_names  # noqa: F401
 from gvc_train.component_checks import (
     SHA256_RE,
     check_config,
@@ -48,8 +49,6 @@ from gvc_train.component_checks import (
 )
 
 FORMAT_VERSION = 2  # 2: fingerprint over config + weights file, checksum over the whole JSON
-_REGISTRY: dict[str, type[torch.nn.Module]] = {}
-_T = TypeVar("_T", bound=type)
 _META_FIELDS = {
     "format_version": int, "class": str, "config": dict, "weights": str, "weights_sha256": str,
     "fingerprint": str, "checksum": str, "provenance": dict,
@@ -65,48 +64,26 @@ class ComponentError(RuntimeError):
     """A component folder is missing, foreign, damaged, edited or does not match its config."""
 
 
-def register_component(cls: _T) -> _T:
-    """Class decorator: make ``cls`` loadable by name and record its constructor arguments.
-
-    After construction ``module.config`` holds every constructor argument (defaults filled in),
-    which is exactly what :func:`save_component` writes and :func:`build_component` needs.
-    A class may declare ``config_bounds`` (see ``component_checks.check_config``); a loaded
-    config is checked against them and against the constructor's annotations before building.
-    """
-    name = cls.__name__
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"component name {name!r} registered twice")
-    _REGISTRY[name] = cls
-    signature = inspect.signature(cls.__init__)
-    original_init: Callable[..., None] = cls.__init__
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        config = {k: v for k, v in bound.arguments.items() if k != "self"}
-        original_init(self, *args, **kwargs)
-        # Set after the original init: nn.Module.__init__ would not mind, but subclasses
-        # calling super().__init__ with their own arguments must not overwrite ours.
-        if not hasattr(self, "config") or type(self) is cls:
-            object.__setattr__(self, "config", _jsonable(config))
-
-    __init__.__signature__ = signature  # type: ignore[attr-defined]
-    __init__.__doc__ = original_init.__doc__
-    __init__.__wrapped_init__ = original_init  # type: ignore[attr-defined]  # its annotations, for check_config
-    cls.__init__ = __init__  # type: ignore[method-assign]
-    return cls
-
-
 def registered_components() -> dict[str, type[torch.nn.Module]]:
-    _import_builtin_components()
-    return dict(_REGISTRY)
+    """Every component class: the built-in ones (all imported) and any registered since."""
+    import gvc_train.models
+
+    for name in gvc_train.models.BUILTIN_COMPONENTS:
+        gvc_train.models.import_component(name)
+    return {name: cls for name in registered_names() if (cls := registered(name)) is not None}
 
 
 def _registered(class_name: Any, what: str) -> type[torch.nn.Module]:
-    registry = registered_components()
-    if not isinstance(class_name, str) or class_name not in registry:
-        raise ComponentError(f"{what}: unknown component class {class_name!r}; known: {sorted(registry)}")
-    return registry[class_name]
+    """The class registered as ``class_name``; a built-in one's module is imported on first use,
+    and only that module."""
+    import gvc_train.models
+
+    cls = None
+    if isinstance(class_name, str):
+        cls = registered(class_name) or gvc_train.models.import_component(class_name)
+    if cls is None:
+        raise ComponentError(f"{what}: unknown component class {class_name!r}; known: {sorted(registered_components())}")
+    return cls
 
 
 def build_component(class_name: str, config: dict[str, Any], what: str | None = None) -> torch.nn.Module:
@@ -172,16 +149,7 @@ def build_and_load(class_name: str, config: dict[str, Any], state: dict[str, tor
     return module
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"component config value {value!r} of type {type(value).__name__} is not JSON")
+_jsonable = jsonable  # the name codec_folder imports
 
 
 def component_fingerprint(class_name: str, config: dict[str, Any], weights_sha256: str) -> str:
@@ -218,9 +186,9 @@ def save_component(
     provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``folder/name.json`` and ``folder/name.safetensors``; return the JSON path."""
-    cls_name = type(module).__name__
-    if cls_name not in _REGISTRY or not hasattr(module, "config"):
-        raise ComponentError(f"{cls_name} is not a registered component (use @register_component)")
+    cls_name = name_of(type(module))
+    if cls_name is None or not hasattr(module, "config"):
+        raise ComponentError(f"{type(module).__name__} is not a registered component (use @register_component(NAME))")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
@@ -317,7 +285,3 @@ def load_component(folder: str | Path, name: str, map_location: str | torch.devi
     weights; any problem is one :class:`ComponentError`."""
     return verify_component(folder, name).build(map_location)
 
-
-def _import_builtin_components() -> None:
-    # Importing the model modules runs their @register_component decorators.
-    import gvc_train.models  # noqa: F401

@@ -23,7 +23,7 @@ from gvc_train.eval import metric_suite, vmaf
 from gvc_train.eval.metric_suite import compute_metrics, metric_settings
 from gvc_train.eval.metrics import frame_psnr, frame_psnr_y, rgb_to_y
 from gvc_train.eval.perceptual import DISTS, LPIPSFrames, default_dists_weights_path
-from gvc_train.models.lpips import LPIPS
+from gvc_train.models.losses.lpips import LPIPS
 
 VGG16_CFG = torchvision.models.vgg.cfgs["D"]
 

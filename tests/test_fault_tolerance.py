@@ -184,7 +184,7 @@ def _fit_tiny_dropout_tokenizer(root: Path, max_steps: int, ckpt_path: Path | No
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from gvc_train.lit.tokenizer import TokenizerModule
-    from gvc_train.models.causal_vae import CausalVAE
+    from gvc_train.models.tokenizer.causal_vae import CausalVAE
 
     L.seed_everything(0, verbose=False)
     vae = CausalVAE(base_channels=8, channel_mults=[1, 2], num_res_blocks=1, mid_attention=False, norm_groups=4, temporal_downsample=[True], dropout=0.3)
@@ -219,7 +219,7 @@ def test_dropout_resumes_exactly_whatever_lightning_draws_between_steps(tmp_path
 def test_many_nonfinite_losses_in_a_row_stop_with_a_checkpoint_from_before(tmp_path: Path) -> None:
     from gvc_train.lit.step_guard import TrainingDiverged
     from gvc_train.lit.tokenizer import TokenizerModule
-    from gvc_train.models.causal_vae import CausalVAE
+    from gvc_train.models.tokenizer.causal_vae import CausalVAE
 
     torch.manual_seed(0)
     vae = CausalVAE(base_channels=8, channel_mults=[1, 2], num_res_blocks=1, mid_attention=False, norm_groups=4, temporal_downsample=[True])

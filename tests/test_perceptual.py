@@ -9,7 +9,7 @@ from pytorch_msssim import ms_ssim as reference_ms_ssim
 from safetensors.torch import save_file
 
 from gvc_train.eval.metrics import frame_psnr, ms_ssim, ms_ssim_params, psnr
-from gvc_train.models.lpips import LPIPS
+from gvc_train.models.losses.lpips import LPIPS
 
 # The reference lpips package's VGG slices (its module names slice1..slice5 hold these layers).
 _SLICES = {1: range(0, 4), 2: range(4, 9), 3: range(9, 16), 4: range(16, 23), 5: range(23, 30)}

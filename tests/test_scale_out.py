@@ -43,7 +43,7 @@ def _max_diff(a: dict, b: dict) -> float:
 @pytest.fixture(scope="module")
 def tokenizer_export(tmp_path_factory: pytest.TempPathFactory) -> str:
     from gvc_train.components import save_component
-    from gvc_train.models.causal_vae import CausalVAE
+    from gvc_train.models.tokenizer.causal_vae import CausalVAE
 
     torch.manual_seed(0)
     vae = CausalVAE(base_channels=8, channel_mults=[1, 2, 2, 2], num_res_blocks=1, mid_attention=False, norm_groups=4)

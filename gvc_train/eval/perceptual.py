@@ -1,4 +1,4 @@
-"""Perceptual distances per frame: DISTS (written here) and LPIPS (over ``models/lpips.py``).
+"""Perceptual distances per frame: DISTS (written here) and LPIPS (over ``models/losses/lpips.py``).
 
 Both need ImageNet VGG16 weights that no package here ships, so both load a LOCAL torchvision
 VGG16 state dict the user gives (``.pth`` or ``.safetensors``, whole model or ``.features``):
@@ -174,14 +174,14 @@ class DISTS(nn.Module):
 
 
 class LPIPSFrames(nn.Module):
-    """LPIPS (``models/lpips.py``: local VGG16/AlexNet backbone, ``lpips`` package heads) as
+    """LPIPS (``models/losses/lpips.py``: local VGG16/AlexNet backbone, ``lpips`` package heads) as
     per-frame scores: ``[B]`` for images, ``[B, T]`` for videos ``B x 3 x T x H x W`` in [0, 1]."""
 
     def __init__(
         self, backbone_path: str | Path, net: str = "vgg", heads_path: str | Path | None = None, frame_batch: int = 8
     ) -> None:
         super().__init__()
-        from gvc_train.models.lpips import LPIPS  # here: importing gvc_train.models pulls in every model
+        from gvc_train.models.losses.lpips import LPIPS  # here: importing gvc_train.models pulls in every model
 
         self.lpips = LPIPS(backbone_path, net=net, heads_path=heads_path)
         self.frame_batch = frame_batch

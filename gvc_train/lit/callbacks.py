@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from gvc_train.frames import tensor_to_frames
+
 
 def write_mp4(frames_THWC: np.ndarray, path: str | Path, fps: float = 8.0) -> Path:
     """Write uint8 RGB frames as a near-lossless H.264 mp4 (sizes padded to even for yuv420p)."""
@@ -35,8 +37,7 @@ def write_mp4(frames_THWC: np.ndarray, path: str | Path, fps: float = 8.0) -> Pa
 
 def side_by_side_uint8(x_CThw: torch.Tensor, recon_CThw: torch.Tensor) -> np.ndarray:
     """Source left, reconstruction right, as uint8 ``T x H x 2W x 3``."""
-    both_CThw = torch.cat([x_CThw, recon_CThw], dim=-1).clamp(0, 1)
-    return (both_CThw.permute(1, 2, 3, 0).float().cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    return tensor_to_frames(torch.cat([x_CThw, recon_CThw], dim=-1))
 
 
 class ReconstructionVideoLogger(L.Callback):

@@ -44,7 +44,7 @@ from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
 from gvc_train.lit.step_guard import NonFiniteGuard, NonFiniteGuardHooks, step_noise
 from gvc_train.models import sample_noise
-from gvc_train.models.latent_codec import LatentVideoCodec
+from gvc_train.models.latent.latent_codec import LatentVideoCodec
 
 # Lightning precisions under which the codec's parameters stay float32 (see the docstring).
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")

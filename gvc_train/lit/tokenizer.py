@@ -18,7 +18,7 @@ from gvc_train.eval.metrics import frame_psnr, ms_ssim, psnr
 from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
 from gvc_train.lit.step_guard import NonFiniteGuard, NonFiniteGuardHooks, step_noise
-from gvc_train.models.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+from gvc_train.models.losses.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
 
 
 class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.LightningModule):
@@ -71,7 +71,7 @@ class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightning
         if lpips_weight > 0:
             if not lpips_backbone:
                 raise ValueError("lpips_weight > 0 needs lpips_backbone: a local path to backbone weights")
-            from gvc_train.models.lpips import LPIPS
+            from gvc_train.models.losses.lpips import LPIPS
 
             self._lpips.append(LPIPS(backbone_path=lpips_backbone).eval().requires_grad_(False))
         self.components = {"tokenizer": "vae"}

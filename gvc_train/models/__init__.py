@@ -1,25 +1,48 @@
-"""gvc_train.models: pure-torch modules (no Lightning).
+"""gvc_train.models: pure-torch modules (no Lightning), one subpackage per family.
 
-Importing this package registers the exportable components (``@register_component``).
-``diffusers`` is imported lazily, only when a DiffusersVAE is built.
+    tokenizer/   causal video VAE, diffusers VAE wrapper, the latent distribution
+    latent/      the latent codec (GLVC-style) and its parts
+    losses/      discriminator, GAN losses, LPIPS
+    registry.py  the component registry (imports nothing from gvc_train)
+    fixed_point.py, sample_noise.py   shared by families
+
+Nothing is imported until asked for: ``from gvc_train.models import CausalVAE`` imports the
+tokenizer module alone, so importing one model never imports them all (and ``diffusers`` only
+comes in when a DiffusersVAE is built). :data:`BUILTIN_COMPONENTS` is also where the component
+loader finds the module of a registered name.
 """
 
-from gvc_train.models.causal_vae import CausalVAE
-from gvc_train.models.diffusers_vae import DiffusersVAE
-from gvc_train.models.discriminator import PatchDiscriminator3D
-from gvc_train.models.distributions import DiagonalGaussian
-from gvc_train.models.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
-from gvc_train.models.latent_codec import LatentVideoCodec
-from gvc_train.models.lpips import LPIPS
+from __future__ import annotations
 
-__all__ = [
-    "CausalVAE",
-    "DiagonalGaussian",
-    "DiffusersVAE",
-    "LPIPS",
-    "LatentVideoCodec",
-    "PatchDiscriminator3D",
-    "adaptive_gan_weight",
-    "hinge_d_loss",
-    "hinge_g_loss",
-]
+import importlib
+from typing import Any
+
+# Exported name -> module that defines it. Components (registered under these names) first.
+BUILTIN_COMPONENTS = {
+    "CausalVAE": "gvc_train.models.tokenizer.causal_vae",
+    "DiffusersVAE": "gvc_train.models.tokenizer.diffusers_vae",
+    "LatentVideoCodec": "gvc_train.models.latent.latent_codec",
+    "PatchDiscriminator3D": "gvc_train.models.losses.discriminator",
+}
+_OTHER_EXPORTS = {
+    "DiagonalGaussian": "gvc_train.models.tokenizer.distributions",
+    "LPIPS": "gvc_train.models.losses.lpips",
+    "adaptive_gan_weight": "gvc_train.models.losses.gan_losses",
+    "hinge_d_loss": "gvc_train.models.losses.gan_losses",
+    "hinge_g_loss": "gvc_train.models.losses.gan_losses",
+}
+_EXPORTS = {**BUILTIN_COMPONENTS, **_OTHER_EXPORTS}
+__all__ = sorted(_EXPORTS)
+
+
+def import_component(name: str) -> Any:
+    """The built-in component class registered as ``name`` (importing its module), or None."""
+    if name not in BUILTIN_COMPONENTS:
+        return None
+    return getattr(importlib.import_module(BUILTIN_COMPONENTS[name]), name)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'gvc_train.models' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Encoder and decoder trunks of :class:`gvc_train.models.causal_vae.CausalVAE` (Wan-VAE layout)."""
+"""Encoder and decoder trunks of :class:`gvc_train.models.tokenizer.causal_vae.CausalVAE` (Wan-VAE layout)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gvc_train.models.causal_layers import (
+from gvc_train.models.tokenizer.causal_layers import (
     CausalConv3d,
     CausalDownsample,
     CausalResBlock,

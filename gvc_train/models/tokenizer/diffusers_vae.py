@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gvc_train.components import register_component
-from gvc_train.models.distributions import DiagonalGaussian
-from gvc_train.models.video_vae_base import VideoVAEBase
+from gvc_train.models.registry import register_component
+from gvc_train.models.tokenizer.distributions import DiagonalGaussian
+from gvc_train.models.tokenizer.video_vae_base import VideoVAEBase
 
 
 def _diffusers_vae_class(class_name: str) -> type[nn.Module]:
@@ -58,7 +58,7 @@ def _infer_strides(vae: nn.Module) -> tuple[int, int]:
     return int(spatial), int(temporal)
 
 
-@register_component
+@register_component("DiffusersVAE")
 class DiffusersVAE(VideoVAEBase, nn.Module):
     """Wrap ``diffusers.<class_name>``; give exactly one of ``config`` or ``pretrained_path``.
 

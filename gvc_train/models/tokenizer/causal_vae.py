@@ -13,14 +13,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from gvc_train.components import register_component
-from gvc_train.models.causal_layers import StreamContext, StreamState, assign_cache_keys
-from gvc_train.models.causal_vae_nets import CausalDecoder, CausalEncoder
-from gvc_train.models.distributions import DiagonalGaussian
-from gvc_train.models.video_vae_base import VideoVAEBase
+from gvc_train.models.registry import register_component
+from gvc_train.models.tokenizer.causal_layers import StreamContext, StreamState, assign_cache_keys
+from gvc_train.models.tokenizer.causal_vae_nets import CausalDecoder, CausalEncoder
+from gvc_train.models.tokenizer.distributions import DiagonalGaussian
+from gvc_train.models.tokenizer.video_vae_base import VideoVAEBase
 
 
-@register_component
+@register_component("CausalVAE")
 class CausalVAE(VideoVAEBase, nn.Module):
     """Causal 3D convolutional VAE over ``B x 3 x T x H x W`` video in [0, 1].
 

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from gvc_train.components import register_component
+from gvc_train.models.registry import register_component
 
 __all__ = ["PatchDiscriminator3D"]
 
 
-@register_component
+@register_component("PatchDiscriminator3D")
 class PatchDiscriminator3D(nn.Module):
     """``B x 3 x T x H x W`` video in [0, 1] -> patch logits ``B x 1 x t x h x w``.
 

@@ -44,9 +44,9 @@ from compressai.models import CompressionModel
 from torch import nn
 
 from gvc_train.coding.rans import CdfTables, SymbolDecoder, SymbolEncoder
-from gvc_train.components import register_component
+from gvc_train.models.registry import register_component
 from gvc_train.models.fixed_point import FixedPointNet, FixedPointState, FrameObserver, to_float
-from gvc_train.models.latent_codec_parts import (
+from gvc_train.models.latent.latent_codec_parts import (
     ConvGRUCell,
     HyperAnalysis,
     HyperSynthesis,
@@ -59,7 +59,7 @@ from gvc_train.models.latent_codec_parts import (
 Quality = int | torch.Tensor
 
 
-@register_component
+@register_component("LatentVideoCodec")
 class LatentVideoCodec(CompressionModel):
     """Conditional latent-frame codec with hyperprior, ConvGRU memory and a quality index.
 

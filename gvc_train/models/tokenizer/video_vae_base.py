@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from gvc_train.models.distributions import DiagonalGaussian
+from gvc_train.models.tokenizer.distributions import DiagonalGaussian
 
 
 class VideoVAEBase:

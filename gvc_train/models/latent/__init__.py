@@ -1,0 +1,1 @@
+"""The latent codec family (GLVC-style): a conditional hyperprior codec on tokenizer latents."""
