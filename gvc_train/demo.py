@@ -43,10 +43,11 @@ def reconstruct_held_out(export_dir: Path, frames: int = HELD_OUT_FRAMES, chunk_
     from gvc_train.components import load_component
     from gvc_train.data.video_io import read_frames
     from gvc_train.eval.metrics import frame_psnr, ms_ssim
+    from gvc_train.frames import frames_to_tensor
 
     vae = load_component(export_dir, "tokenizer")
     frames_THWC = read_frames(held_out_video(), count=frames)
-    x_BCThw = torch.from_numpy(frames_THWC).permute(3, 0, 1, 2).unsqueeze(0).float() / 255.0
+    x_BCThw = frames_to_tensor(frames_THWC)
     started = time.perf_counter()
     z = vae.encode(x_BCThw, chunk_frames=chunk_frames).mode()
     recon_BCThw = vae.decode(z, chunk_latents=chunk_frames // vae.temporal_stride).clamp(0, 1)

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gvc_train.frames import frames_to_tensor
+
 CLIP_FRAMES = 16
 I3D_RESOLUTION = 224
 I3D_KWARGS = {"rescale": False, "resize": False, "return_features": True}
@@ -101,7 +103,7 @@ def i3d_features(
     out = []
     for i in range(0, len(starts), batch):
         clips = np.stack([frames_THWC[s : s + clip_frames] for s in starts[i : i + batch]])  # N T H W C
-        x_NCTHW = preprocess(torch.from_numpy(clips).to(device).permute(0, 4, 1, 2, 3).float() / 255.0)
+        x_NCTHW = preprocess(frames_to_tensor(clips, device=device))
         feats = i3d(x_NCTHW, **I3D_KWARGS)
         if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or feats.shape[0] != x_NCTHW.shape[0]:
             shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from gvc_train.eval.metrics import frame_psnr, frame_psnr_y, ms_ssim, ms_ssim_params, rgb_to_y
+from gvc_train.frames import frames_to_tensor
 
 NO_IMAGENET = "no ImageNet VGG16 weights ship with any package here"
 
@@ -119,11 +120,6 @@ def _require_file(path: str, flag: str) -> str:
     return path
 
 
-def _to_video(frames_THWC: np.ndarray) -> torch.Tensor:
-    """uint8 ``T x H x W x 3`` -> float ``1 x 3 x T x H x W`` in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames_THWC)).permute(3, 0, 1, 2).unsqueeze(0).float() / 255.0
-
-
 def metric_settings(height: int, width: int, options: Mapping[str, Any] | MetricOptions | None = None) -> dict[str, str]:
     """One line per metric saying exactly how it is computed at this frame size (for reports)."""
     opts = options if isinstance(options, MetricOptions) else MetricOptions.from_mapping(options)
@@ -183,8 +179,8 @@ def compute_metrics(
     source_y: list[np.ndarray] = []
     with torch.inference_mode():
         for start in range(0, t, opts.frame_batch):
-            x = _to_video(recon_THWC[start : start + opts.frame_batch])
-            y = _to_video(source_THWC[start : start + opts.frame_batch])
+            x = frames_to_tensor(recon_THWC[start : start + opts.frame_batch])
+            y = frames_to_tensor(source_THWC[start : start + opts.frame_batch])
             per_frame["psnr"] += frame_psnr(x, y)[0].tolist()
             per_frame["psnr_y"] += frame_psnr_y(x, y)[0].tolist()
             folded = lambda v: v[0].transpose(0, 1)  # noqa: E731 - 1 3 t h w -> t 3 h w
