@@ -6,7 +6,7 @@ For each component the checkpoint names (see ``lit/checkpoint_meta.py``), writes
 ``NAME.json`` (class, constructor config, provenance, weights fingerprint) beside
 ``NAME.safetensors``. Entropy models (compressai ``CompressionModel``s) get ``update(force=True)``
 first, so their CDF tables travel in the safetensors. When the components make a whole codec
-(tokenizer + latent_codec), ``codec.json`` is written too: the folder is then what ``gvc
+(those a family of ``codecs/families.py`` names), ``codec.json`` is written too: the folder is then what ``gvc
 encode``/``gvc decode`` take. The result loads with :func:`gvc_train.components.load_component`,
 which needs neither Lightning nor pickle. The training checkpoint is read without unpickling
 code (``gvc_train.safe_load``: torch's weights-only unpickler; gvc_train's checkpoints hold only
@@ -24,7 +24,8 @@ from typing import Any
 # compressai scripts a function with torch.jit at import; the deprecation notice is not the user's concern.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
-from gvc_train.codecs.codec_folder import FAMILY_COMPONENTS, write_codec_json
+from gvc_train.codecs.codec_folder import write_codec_json
+from gvc_train.codecs.families import FAMILIES
 from gvc_train.components import ComponentError, build_and_load, save_component
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY
 from gvc_train.safe_load import NotTorchFile, UnsafeFile, load_torch_file
@@ -68,10 +69,7 @@ def export_checkpoint(
     provenance = dict(meta.get("provenance", {}))
     provenance["checkpoint"] = str(ckpt_path)
     written: dict[str, Path] = {}
-    extra: dict[str, Any] = {
-        "quality_direction": "a higher quality index gives more bits and a better reconstruction",
-        "entropy_coder": "compressai rANS, one stream per chunk; CDF tables from update() in the safetensors",
-    }
+    modules: dict[str, Any] = {}
     for name in wanted:
         spec = components[name]
         prefix = spec["state_prefix"]
@@ -80,11 +78,15 @@ def export_checkpoint(
         if callable(getattr(module, "update", None)) and hasattr(module, "aux_loss"):
             module.update(force=True)  # compressai life cycle: tables before coding
         written[name] = save_component(module, out_dir, name, provenance=provenance)
-        if hasattr(module, "num_qualities"):
-            extra["qualities"] = module.num_qualities
-    for family, needed in FAMILY_COMPONENTS.items():
-        if set(needed) <= set(written):
-            written["codec"] = write_codec_json(out_dir, family, extra, provenance)
+        modules[name] = module
+    for entry in FAMILIES.values():  # the components make a whole codec of this family
+        if set(entry.components) <= set(written):
+            family = entry.codec_class()
+            try:
+                family.check_components(modules, str(ckpt_path))
+            except ValueError as e:
+                raise ExportError(str(e)) from None
+            written["codec"] = write_codec_json(out_dir, entry.name, family.export_extras(modules), provenance)
     return written
 
 

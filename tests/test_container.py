@@ -13,9 +13,9 @@ from gvc_train.coding.container import (
     BitstreamError,
     BitstreamWriter,
     ChunkType,
-    Family,
     StreamHeader,
     encode_varint,
+    end_marker,
     fingerprint_prefix,
     fps_fraction,
     header_bytes,
@@ -23,7 +23,8 @@ from gvc_train.coding.container import (
 )
 
 FP = fingerprint_prefix("0123456789abcdef" * 4)
-HEADER = StreamHeader(Family.LATENT, FP, width=176, height=144, frames=96, fps_num=30000, fps_den=1001)
+FAMILY = 1  # any stream id: the container does not know families
+HEADER = StreamHeader(FAMILY, FP, width=176, height=144, frames=96, fps_num=30000, fps_den=1001)
 
 
 def _stream(chunks: list[tuple[ChunkType, bytes]], header: StreamHeader = HEADER) -> bytes:
@@ -53,9 +54,20 @@ def test_round_trip() -> None:
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**63])
 def test_varints_round_trip(value: int) -> None:
-    from gvc_train.coding.container import _read_varint
+    from gvc_train.coding.container import read_varint
 
-    assert _read_varint(io.BytesIO(encode_varint(value)), "test") == value
+    assert read_varint(io.BytesIO(encode_varint(value)), "test") == value
+
+
+def test_a_stream_cut_at_a_chunk_boundary_and_ended_again_is_valid() -> None:
+    """What a progressive family does: keep a prefix of whole chunks, write END after it."""
+    data = _stream([(ChunkType.CONFIG, b"q"), (ChunkType.FRAMES, b"coarse"), (ChunkType.FRAMES, b"fine")])
+    assert data.endswith(end_marker()) and len(end_marker()) == 1
+    _, chunks = read_stream(data)
+    cut = data[: chunks[1].offset + chunks[1].size] + end_marker()
+    assert [c.payload for c in read_stream(cut)[1]] == [b"q", b"coarse"]
+    with pytest.raises(ValueError, match="end_marker"):
+        BitstreamWriter(io.BytesIO(), HEADER).write_chunk(ChunkType.END, b"")
 
 
 def test_fps_fractions() -> None:
@@ -101,7 +113,7 @@ def _mutations(data: bytes, rng: random.Random) -> list[tuple[str, bytes]]:
     swapped = bytearray(data)
     swapped[5:13] = swapped[5:13][::-1]
     cases.append(("fingerprint reversed", bytes(swapped)))
-    big = header_bytes(StreamHeader(Family.LATENT, FP, 16384, 16384, 10_000_000, 1)) + data[len(header_bytes(HEADER)) :]
+    big = header_bytes(StreamHeader(FAMILY, FP, 16384, 16384, 10_000_000, 1)) + data[len(header_bytes(HEADER)) :]
     big = bytearray(big)
     big[-5] ^= 0xFF
     cases.append(("huge frame size with damaged tail", bytes(big)))

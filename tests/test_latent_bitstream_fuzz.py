@@ -55,6 +55,7 @@ from gvc_train.coding.container import (
     ChunkType,
     StreamHeader,
     encode_varint,
+    end_marker,
     read_stream,
 )
 
@@ -113,7 +114,7 @@ class Stream:
 
     def build(self, chunks: list[tuple[int, bytes]] | None = None, head: bytes | None = None, end: bool = True) -> bytes:
         body = b"".join(_chunk(t, p) for t, p in (self.chunks if chunks is None else chunks))
-        return (self.head if head is None else head) + body + (bytes([int(ChunkType.END)]) if end else b"")
+        return (self.head if head is None else head) + body + (end_marker() if end else b"")
 
 
 def _encode(codec: LatentCodec, video: Path, path: Path, latents_per_chunk: int) -> Stream:

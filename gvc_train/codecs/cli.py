@@ -63,14 +63,9 @@ def find_codec(fingerprint: bytes) -> Path:
 
 
 def _load(folder: str | Path, deterministic: bool):
-    from gvc_train.codecs.codec_folder import read_codec_json
+    from gvc_train.codecs.base import open_codec
 
-    family = read_codec_json(folder)["family"]
-    if family == "latent":
-        from gvc_train.codecs.latent import LatentCodec
-
-        return LatentCodec(folder, deterministic=deterministic)
-    raise UsageError(f"{folder}: no inference module for the {family!r} family yet")
+    return open_codec(folder, deterministic=deterministic)
 
 
 def folder_files(folder: str | Path) -> list[Path]:
@@ -86,10 +81,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     # entered before the model loads: a refused output costs no loading time
     with atomic_output(args.output, inputs=inputs, overwrite=args.overwrite) as tmp:
         codec = _load(args.codec, not args.nondeterministic)
-        quality = codec.num_qualities // 2 if args.quality is None else args.quality
-        if not 0 <= quality < codec.num_qualities:
-            raise UsageError(f"--quality {quality} is outside this codec's 0..{codec.num_qualities - 1}")
-        report = codec.encode(args.input, tmp, quality, max_frames=args.frames, latents_per_chunk=args.latents_per_chunk)
+        quality = codec.default_rate_point if args.quality is None else args.quality
+        if not 0 <= quality < codec.num_rate_points:
+            raise UsageError(f"--quality {quality} is outside this codec's 0..{codec.num_rate_points - 1}")
+        # a family's own flags reach it only when given: a family that has no such setting says so
+        options = {} if args.latents_per_chunk is None else {"latents_per_chunk": args.latents_per_chunk}
+        report = codec.encode(args.input, tmp, quality, max_frames=args.frames, **options)
     report = dataclasses.replace(report, path=str(args.output))
     print(
         f"{report.path}: {report.frames} frames {report.width}x{report.height}, quality {report.quality}, "
@@ -126,32 +123,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from gvc_train.coding.container import BitstreamError, Family, iter_chunks, read_header
-    from gvc_train.codecs.latent_stream import describe_chunks
+    from gvc_train.codecs.base import describe_stream
 
-    path = Path(args.input)
-    if not path.is_file():
-        raise BitstreamError(f"no bitstream at {args.input}")
-    size = path.stat().st_size
-    with open(path, "rb") as f:  # chunk by chunk: memory is one chunk, whatever the file's size
-        header = read_header(f)
-        chunks = iter_chunks(f, offset=f.tell())
-        if header.family == Family.LATENT:
-            rows = describe_chunks(header, chunks)
-        else:  # a family without a stream layout here yet: the container's view
-            rows = [{"type": c.type.name, "offset": c.offset, "bytes": c.size} for c in chunks]
-    summary = {
-        "file": args.input,
-        "family": header.family.name.lower(),
-        "fingerprint": header.fingerprint.hex(),
-        "width": header.width,
-        "height": header.height,
-        "frames": header.frames,
-        "fps": f"{header.fps_num}/{header.fps_den}",
-        "bytes": size,
-        "bpp": size * 8 / (header.width * header.height * header.frames),
-        "chunks": rows,
-    }
+    summary = describe_stream(args.input)
+    rows = summary["chunks"]
     if args.json:
         print(strict_json.dumps(summary, indent=2))
         return 0

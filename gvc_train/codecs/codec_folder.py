@@ -1,8 +1,8 @@
 """An exported codec folder (DESIGN.md, "Exported codec")::
 
     codec.json                 format version, family, components, fingerprint, provenance
-    tokenizer.json/.safetensors      one pair per component (gvc_train.components)
-    latent_codec.json/.safetensors   entropy tables included (update() ran before the export)
+    NAME.json/.safetensors     one pair per component the family table names (gvc_train.components);
+                               entropy tables included (update() ran before the export)
 
 The codec fingerprint is a sha256 over the family and its components' fingerprints, each of
 which covers that component's class, config and weights file. Every bitstream carries its first
@@ -24,14 +24,13 @@ from gvc_train.component_checks import (
     read_sealed_json,
     tagged_sha256,
 )
+from gvc_train.codecs.families import FAMILIES
 from gvc_train.components import FORMAT_VERSION as COMPONENT_FORMAT_VERSION
 from gvc_train.components import ComponentError, _jsonable, read_component_meta, verify_component, write_sealed_json
 
 CODEC_FORMAT_VERSION = 2  # 2: fingerprint over family + component fingerprints, checksum over the file
 CODEC_JSON = "codec.json"
 
-# What each family's folder holds: component names.
-FAMILY_COMPONENTS = {"latent": ("tokenizer", "latent_codec")}
 _CODEC_FIELDS = {
     "format_version": int, "family": str, "components": dict, "component_fingerprints": dict,
     "fingerprint": str, "checksum": str, "provenance": dict,
@@ -49,7 +48,7 @@ def codec_fingerprint(family: str, component_fingerprints: dict[str, str]) -> st
 def write_codec_json(folder: str | Path, family: str, extra: dict[str, Any], provenance: dict[str, Any]) -> Path:
     """Write ``codec.json`` for components already saved in ``folder``."""
     folder = Path(folder)
-    names = FAMILY_COMPONENTS[family]
+    names = FAMILIES[family].components
     prints = {name: read_component_meta(folder, name)["fingerprint"] for name in names}
     clash = sorted(set(extra) & (set(_CODEC_FIELDS) | {"checksum"}))
     if clash:
@@ -79,9 +78,9 @@ def read_codec_json(folder: str | Path) -> dict[str, Any]:
     meta = read_sealed_json(path, "codec file", CodecFolderError, CODEC_FORMAT_VERSION)
     check_fields(meta, _CODEC_FIELDS, path, CodecFolderError)
     family = meta["family"]
-    if family not in FAMILY_COMPONENTS:
-        raise CodecFolderError(f"{path}: unknown codec family {family!r}")
-    names = FAMILY_COMPONENTS[family]
+    if family not in FAMILIES:
+        raise CodecFolderError(f"{path}: unknown codec family {family!r} (this gvc_train knows {sorted(FAMILIES)})")
+    names = FAMILIES[family].components
     if meta["components"] != {name: f"{name}.json" for name in names}:
         raise CodecFolderError(f"{path}: a {family} codec's components are {[f'{n}.json' for n in names]}")
     prints = meta["component_fingerprints"]
@@ -96,7 +95,7 @@ def load_codec_components(folder: str | Path) -> tuple[dict[str, Any], dict[str,
     """``(codec.json, {name: module})``. Every file of every component is checked against the
     fingerprints before the first module is built."""
     meta = read_codec_json(folder)
-    names = FAMILY_COMPONENTS[meta["family"]]
+    names = FAMILIES[meta["family"]].components
     for name in names:  # every file's seal first: an edit anywhere is refused in microseconds
         if (Path(folder) / f"{name}.json").exists():  # a missing one: read_component_meta says so
             path = member_path(folder, f"{name}.json", f"component {name!r}", ComponentError)

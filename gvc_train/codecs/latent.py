@@ -31,12 +31,11 @@ decoder's float arithmetic on those latents: bounded, not bit-exact, across CPU 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -48,9 +47,9 @@ from gvc_train.coding.container import (
     BitstreamError,
     Chunk,
     ChunkType,
-    Family,
     StreamHeader,
     chunk_bytes,
+    end_marker,
     fingerprint_prefix,
     fps_fraction,
     header_bytes,
@@ -59,11 +58,13 @@ from gvc_train.coding.container import (
 )
 from gvc_train.coding.rans import SymbolDecoder, SymbolEncoder
 from gvc_train.codecs.latent_stream import STREAM_VERSION, StreamConfig, describe_chunks, latent_frames_for, video_frames_of_chunk  # noqa: F401 (re-exported)
+from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
 from gvc_train.codecs.codec_folder import CodecFolderError, load_codec_components
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.data.video_io import VideoReader
+from gvc_train.frames import frames_to_tensor, tensor_to_frames
 from gvc_train.models.fixed_point import FixedPointError, FrameObserver, ModelCheck
-from gvc_train.safe_output import check_target, temp_beside
+from gvc_train.safe_output import atomic_write_with, check_target, temp_beside
 
 DEFAULT_LATENTS_PER_CHUNK = 8
 MAX_LATENTS_PER_CHUNK = 64
@@ -75,59 +76,31 @@ MAX_LATENTS_PER_CHUNK = 64
 # to code larger frames or chunks where the memory is there.
 MAX_CHUNK_PIXELS = 1920 * 1088 * 4 * 2
 MODEL_CHECK_BYTES = 4  # CRC32 of the chunk's scale indexes and latents (fixed_point.ModelCheck)
-FrameCallback = Callable[[np.ndarray], None]
 
 
-@dataclasses.dataclass
-class CodingReport:
-    """What one encode or decode did; bits are real file bits."""
-
-    path: str
-    frames: int
-    width: int
-    height: int
-    fps: float
-    quality: int
-    file_bytes: int
-    payload_bytes: int  # the rANS strings alone (not the chunks' 4-byte model checks)
-    chunks: int
-    seconds: float
-    model_bits: float | None = None  # encoder only: -sum log2 p of what was coded, as coded
-    estimate_bits: float | None = None  # encoder only: the same at the exact scales (training's rate)
-
-    @property
-    def bpp(self) -> float:
-        return self.file_bytes * 8 / (self.frames * self.width * self.height)
-
-    @property
-    def overhead_bytes(self) -> int:
-        return self.file_bytes - self.payload_bytes
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "bpp": self.bpp, "overhead_bytes": self.overhead_bytes}
-
-
-class LatentCodec:
+class LatentCodec(Codec):
     """An exported latent codec folder, ready to encode and decode.
 
     ``deterministic`` (the default) runs the networks on one intra-op thread so that decoding
     is bit-exact whatever the thread settings (see ``codecs/determinism.py``).
     """
 
-    family = Family.LATENT
+    family = "latent"
+    report_notes = ("latent codecs have no intra refresh: they code each video as one GOP whatever --intra-period says",)
 
     def __init__(self, folder: str | os.PathLike, deterministic: bool = True) -> None:
         meta, modules = load_codec_components(folder)
-        if meta["family"] != "latent":
-            raise CodecFolderError(f"{folder} holds a {meta['family']!r} codec, not a latent one")
+        if meta["family"] != self.family:
+            raise CodecFolderError(f"{folder} holds a {meta['family']!r} codec, not a {self.family} one")
         self.folder = Path(folder)
         self.meta = meta
+        try:
+            self.check_components(modules, str(folder))
+        except ValueError as e:
+            raise CodecFolderError(str(e)) from None
         self.tokenizer = modules["tokenizer"].eval()
         self.codec = modules["latent_codec"].eval()
-        if self.codec.latent_channels != self.tokenizer.latent_channels:
-            raise CodecFolderError(
-                f"{folder}: latent codec takes {self.codec.latent_channels} channels, tokenizer makes {self.tokenizer.latent_channels}"
-            )
+        self.stream_id = self.entry().stream_id
         try:
             self.tables = self.codec.cdf_tables()
             self.net = self.codec.fixed_point()
@@ -142,6 +115,24 @@ class LatentCodec:
     @property
     def num_qualities(self) -> int:
         return self.codec.num_qualities
+
+    @property
+    def num_rate_points(self) -> int:
+        return self.codec.num_qualities
+
+    @classmethod
+    def check_components(cls, modules: dict[str, Any], where: str) -> None:
+        tokenizer, codec = modules["tokenizer"], modules["latent_codec"]
+        if codec.latent_channels != tokenizer.latent_channels:
+            raise ValueError(f"{where}: latent codec takes {codec.latent_channels} channels, tokenizer makes {tokenizer.latent_channels}")
+
+    @classmethod
+    def export_extras(cls, modules: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "quality_direction": "a higher quality index gives more bits and a better reconstruction",
+            "entropy_coder": "compressai rANS, one stream per chunk; CDF tables from update() in the safetensors",
+            "qualities": modules["latent_codec"].num_qualities,
+        }
 
     def chunk_pixels(self, width: int, height: int, latents_per_chunk: int) -> int:
         """Padded pixels the tokenizer decodes at once for one chunk of this geometry."""
@@ -159,6 +150,20 @@ class LatentCodec:
             f"frame ({self.temporal} video frames) a chunk; scale the video down (largest ~{self._largest_frame()} at this aspect)"
         )
 
+    @torch.no_grad()
+    def ceiling(self, frames_THWC: np.ndarray) -> np.ndarray:
+        """The tokenizer alone (latents unquantized): the ceiling of this codec's reconstructions.
+        Frames are padded as the encoder pads them (edge pixels to a multiple of the spatial
+        stride, the last frame repeated to 1 + 4k) and cropped back."""
+        s, t = self.spatial, self.temporal
+        x = frames_to_tensor(frames_THWC)
+        x = F.pad(x, (0, -x.shape[4] % s, 0, -x.shape[3] % s, 0, -(x.shape[2] - 1) % t), mode="replicate")
+        with inference_mode(self.deterministic):
+            z = self.tokenizer.encode(x, chunk_frames=DEFAULT_LATENTS_PER_CHUNK * t).mode()
+            recon = self.tokenizer.decode(z, chunk_latents=DEFAULT_LATENTS_PER_CHUNK).clamp(0, 1)
+        height, width = frames_THWC.shape[1:3]
+        return tensor_to_frames(recon[0, :, : len(frames_THWC), :height, :width])
+
     def _largest_frame(self) -> str:
         side = int(math.sqrt(self.max_chunk_pixels / self.temporal * 16 / 9) // 16 * 16)
         return f"{side}x{side * 9 // 16}"
@@ -173,6 +178,7 @@ class LatentCodec:
         max_frames: int | None = None,
         latents_per_chunk: int | None = None,
         on_recon: FrameCallback | None = None,
+        **options: Any,
     ) -> CodingReport:
         """Code ``source`` (a video file or PNG folder) into ``output``.
 
@@ -181,6 +187,8 @@ class LatentCodec:
         frame by frame (uint8 H x W x 3), exactly what ``decode`` will produce. The file appears
         only when complete; ``output`` must not be ``source`` (see ``gvc_train.safe_output``).
         """
+        if options:
+            raise ValueError(f"the {self.family} codec takes no option {sorted(options)}")
         if not (isinstance(quality, int) and 0 <= quality < self.num_qualities):
             raise ValueError(f"quality must be an integer in 0..{self.num_qualities - 1}, got {quality!r}")
         if latents_per_chunk is not None and not 1 <= latents_per_chunk <= MAX_LATENTS_PER_CHUNK:
@@ -206,7 +214,7 @@ class LatentCodec:
                     run.add_frame(frame)
                 run.finish()
             fps_num, fps_den = fps_fraction(info.fps if info.fps > 0 else 30.0)
-            header = StreamHeader(Family.LATENT, fingerprint_prefix(self.fingerprint), info.width, info.height, run.frames, fps_num, fps_den)
+            header = StreamHeader(self.stream_id, fingerprint_prefix(self.fingerprint), info.width, info.height, run.frames, fps_num, fps_den)
             config = StreamConfig(quality, latents_per_chunk, run.latents, *run.latent_hw)
             _assemble(output, header_bytes(header) + chunk_bytes(ChunkType.CONFIG, config.payload()), body_path)
         finally:
@@ -241,8 +249,8 @@ class LatentCodec:
 
     def _open_stream(self, f: BinaryIO) -> tuple[StreamHeader, StreamConfig, Iterator[Chunk]]:
         header = read_header(f, expected_fingerprint=fingerprint_prefix(self.fingerprint))
-        if header.family != Family.LATENT:
-            raise BitstreamError(f"a {header.family.name.lower()} stream, not a latent codec stream")
+        if header.family != self.stream_id:
+            raise BitstreamError(f"a stream of codec family {header.family}, not of the {self.family} family ({self.stream_id})")
         # A chunk holds at most MAX_LATENTS_PER_CHUNK latent frames at (far less than) 8 bytes a
         # symbol: a damaged length above that is refused before it is read.
         max_chunk = 64 * 1024 + 8 * self._symbols_per_latent(header) * MAX_LATENTS_PER_CHUNK
@@ -342,7 +350,7 @@ class _EncodeRun:
 
     def add_frame(self, frame_HWC: np.ndarray) -> None:
         # a read-only frame (PNG via PIL) is copied: torch warns on stderr about non-writable arrays
-        x = torch.from_numpy(np.require(frame_HWC, requirements=("C", "W"))).permute(2, 0, 1)[None].float() / 255.0
+        x = frames_to_tensor(frame_HWC[None])[:, :, 0]  # 1 x 3 x H x W
         if any(self.pad_hw):
             x = F.pad(x, (0, self.pad_hw[1], 0, self.pad_hw[0]), mode="replicate")
         self.pending.append(x)
@@ -397,21 +405,21 @@ class _EncodeRun:
 
 def _emit(pixels_BCThw: torch.Tensor, height: int, width: int, limit: int | None, on_frame: FrameCallback) -> int:
     """Hand frames (cropped to ``height x width``, at most ``limit``) to ``on_frame`` as uint8."""
-    frames_THWC = (pixels_BCThw[0, :, :, :height, :width].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 3, 0)
+    frames_THWC = tensor_to_frames(pixels_BCThw[0, :, :, :height, :width])
     count = frames_THWC.shape[0] if limit is None else max(0, min(limit, frames_THWC.shape[0]))
     for t in range(count):
-        on_frame(frames_THWC[t].numpy())
+        on_frame(frames_THWC[t])
     return count
 
 
 def _assemble(output: Path, head: bytes, body_path: Path) -> None:
-    """Header + CONFIG, the chunks streamed to ``body_path``, END; renamed into place when whole."""
-    tmp = temp_beside(output)  # a new name: never a user's file
-    try:
-        with open(tmp, "wb") as out, open(body_path, "rb") as body:
-            out.write(head)
+    """Header + CONFIG, the chunks streamed to ``body_path``, END; renamed into place when whole
+    (the temporary is a new name beside ``output``: never a user's file)."""
+
+    def write(out: BinaryIO) -> None:
+        out.write(head)
+        with open(body_path, "rb") as body:
             shutil.copyfileobj(body, out, 1 << 20)
-            out.write(bytes([int(ChunkType.END)]))
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+        out.write(end_marker())
+
+    atomic_write_with(output, write)

@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader, _read_varint, encode_varint
+from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader, encode_varint, read_varint
 
 STREAM_VERSION = 2
 
@@ -38,10 +38,10 @@ class StreamConfig:
     @classmethod
     def parse(cls, payload: bytes) -> "StreamConfig":
         stream = io.BytesIO(payload)
-        version = _read_varint(stream, "CONFIG chunk")
+        version = read_varint(stream, "CONFIG chunk")
         if version != STREAM_VERSION:
             raise BitstreamError(f"latent stream version {version}; this gvc_train reads {STREAM_VERSION}")
-        fields = [_read_varint(stream, "CONFIG chunk") for _ in range(5)]
+        fields = [read_varint(stream, "CONFIG chunk") for _ in range(5)]
         if stream.read(1):
             raise BitstreamError("CONFIG chunk is longer than its fields")
         return cls(*fields)

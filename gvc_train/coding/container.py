@@ -4,7 +4,7 @@ Layout (all multi-byte integers are unsigned LEB128 varints unless sized)::
 
     header  magic     3s   b"GVC"
             version   B    FORMAT_VERSION
-            family    B    Family
+            family    B    the codec family's stream id (codecs/families.py; 0 is never one)
             print     8s   the first 8 bytes of the codec's sha256 weights fingerprint
             width     varint
             height    varint
@@ -57,13 +57,6 @@ class BitstreamError(ValueError):
     """A bitstream that cannot be decoded: damaged, truncated, foreign or for another codec."""
 
 
-class Family(enum.IntEnum):
-    LATENT = 1  # GLVC-style latent codec
-    PROGRESSIVE = 2  # ProGVC multi-scale tokens
-    CONTROLLED = 3  # CGVC control-conditioned diffusion
-    CODEBOOK = 4  # GVC zero-shot codebook coding
-
-
 class ChunkType(enum.IntEnum):
     END = 1  # the stream is complete
     CONFIG = 2  # codec-side parameters of this stream (quality index, padding, ...)
@@ -73,7 +66,7 @@ class ChunkType(enum.IntEnum):
 
 @dataclasses.dataclass(frozen=True)
 class StreamHeader:
-    family: Family
+    family: int  # the family's stream id; which family that is, the family table says (codecs/)
     fingerprint: bytes  # FINGERPRINT_BYTES, the prefix of the codec's sha256 hex digest
     width: int
     height: int
@@ -86,6 +79,8 @@ class StreamHeader:
         return self.fps_num / self.fps_den
 
     def check(self) -> None:
+        if not 1 <= self.family <= 255:
+            raise BitstreamError(f"codec family {self.family} is outside 1..255")
         if len(self.fingerprint) != FINGERPRINT_BYTES:
             raise BitstreamError(f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(self.fingerprint)}")
         if not (1 <= self.width <= MAX_SIDE and 1 <= self.height <= MAX_SIDE):
@@ -117,6 +112,8 @@ def fps_fraction(fps: float) -> tuple[int, int]:
 
 
 def encode_varint(value: int) -> bytes:
+    """``value`` as an unsigned LEB128 varint (7 bits a byte, low first): every length and header
+    field of the container, and what codecs use inside their own payloads."""
     if value < 0:
         raise ValueError(f"varints are unsigned, got {value}")
     out = bytearray()
@@ -137,7 +134,9 @@ def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
-def _read_varint(stream: BinaryIO, what: str, raw: bytearray | None = None) -> int:
+def read_varint(stream: BinaryIO, what: str, raw: bytearray | None = None) -> int:
+    """The varint at the stream's position; ``raw`` (if given) collects its bytes (for a CRC).
+    Truncation or more than ``_MAX_VARINT_BYTES`` bytes is a :class:`BitstreamError` naming ``what``."""
     value = shift = 0
     for _ in range(_MAX_VARINT_BYTES):
         byte = _read_exact(stream, 1, what)[0]
@@ -164,9 +163,17 @@ def header_bytes(header: StreamHeader) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
+def end_marker() -> bytes:
+    """The END byte that completes a stream (no length, no payload). Everything that finishes a
+    stream writes it through here: :meth:`BitstreamWriter.close`, a codec assembling its file from
+    parts, a progressive family that cuts a stream at a chunk boundary and ends it again."""
+    return bytes([int(ChunkType.END)])
+
+
 def chunk_bytes(chunk_type: ChunkType, payload: bytes) -> bytes:
+    """One chunk: type, varint length, payload, CRC32 of all three (END is :func:`end_marker`)."""
     if chunk_type == ChunkType.END:
-        raise ValueError("the END marker is written by BitstreamWriter.close()")
+        raise ValueError("END is not a chunk: write end_marker()")
     if len(payload) > MAX_CHUNK_BYTES:
         raise ValueError(f"chunk of {len(payload)} bytes is over the {MAX_CHUNK_BYTES}-byte limit")
     head = bytes([int(chunk_type)]) + encode_varint(len(payload))
@@ -191,8 +198,9 @@ class BitstreamWriter:
 
     def close(self) -> None:
         if not self._closed:
-            self._stream.write(bytes([int(ChunkType.END)]))
-            self.bytes_written += 1
+            end = end_marker()
+            self._stream.write(end)
+            self.bytes_written += len(end)
             self._closed = True
 
     def __enter__(self) -> "BitstreamWriter":
@@ -219,18 +227,14 @@ def read_header(stream: BinaryIO, expected_fingerprint: bytes | None = None) -> 
     if bytes(raw[: len(MAGIC)]) != MAGIC:
         raise BitstreamError("not a gvc bitstream (bad magic)")
     version, family = raw[len(MAGIC)], raw[len(MAGIC) + 1]
-    fields = [_read_varint(stream, "header", raw) for _ in range(5)]
+    fields = [read_varint(stream, "header", raw) for _ in range(5)]
     (crc,) = _CRC.unpack(_read_exact(stream, _CRC.size, "header CRC"))
     if crc != zlib.crc32(bytes(raw)):
         raise BitstreamError("damaged header (CRC mismatch)")
     if version != FORMAT_VERSION:
         raise BitstreamError(f"bitstream format version {version}; this gvc_train reads {FORMAT_VERSION}")
-    try:
-        fam = Family(family)
-    except ValueError:
-        raise BitstreamError(f"unknown codec family {family}") from None
     start = len(MAGIC) + 2
-    header = StreamHeader(fam, bytes(raw[start : start + FINGERPRINT_BYTES]), *fields)
+    header = StreamHeader(family, bytes(raw[start : start + FINGERPRINT_BYTES]), *fields)
     header.check()
     if expected_fingerprint is not None and header.fingerprint != expected_fingerprint[:FINGERPRINT_BYTES]:
         raise BitstreamError(
@@ -258,7 +262,7 @@ def iter_chunks(stream: BinaryIO, offset: int = 0, max_chunk_bytes: int = MAX_CH
         except ValueError:
             raise BitstreamError(f"unknown chunk type {type_byte} at byte {start}") from None
         raw = bytearray([type_byte])
-        length = _read_varint(stream, "chunk length", raw)
+        length = read_varint(stream, "chunk length", raw)
         if length > max_chunk_bytes:
             raise BitstreamError(f"chunk at byte {start} claims {length} bytes, over the {max_chunk_bytes} limit")
         payload = _read_exact(stream, length, f"chunk at byte {start}")

@@ -18,35 +18,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from gvc_train.codecs.determinism import inference_mode
 from gvc_train.data.video_io import probe, read_frames
 from gvc_train.eval.anchors import DEFAULT_CRFS, encode_anchor
 from gvc_train.eval.metrics import frame_psnr, ms_ssim
+from gvc_train.frames import frames_to_tensor
 from gvc_train.strict_json import write_json
-
-
-def _video_tensor(frames_THWC: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames_THWC)).permute(3, 0, 1, 2)[None].float() / 255.0
 
 
 def distortion(recon_THWC: np.ndarray, source_THWC: np.ndarray) -> dict[str, float]:
     if recon_THWC.shape != source_THWC.shape:
         raise ValueError(f"reconstruction {recon_THWC.shape} and source {source_THWC.shape} differ")
-    x, y = _video_tensor(recon_THWC), _video_tensor(source_THWC)
+    x, y = frames_to_tensor(recon_THWC), frames_to_tensor(source_THWC)
     return {"psnr": float(frame_psnr(x, y).mean()), "ms_ssim": float(ms_ssim(x, y).mean())}
 
 
 def codec_points(codec_dir: str | Path, video: str | Path, frames: int, qualities: list[int] | None = None) -> list[dict[str, Any]]:
-    from gvc_train.codecs.latent import LatentCodec
+    from gvc_train.codecs.base import open_codec
 
-    codec = LatentCodec(codec_dir)
+    codec = open_codec(codec_dir)
     source = read_frames(video, count=frames)
     points = []
     with tempfile.TemporaryDirectory() as tmp:
-        for q in qualities if qualities is not None else range(codec.num_qualities):
+        for q in qualities if qualities is not None else range(codec.num_rate_points):
             decoded: list[np.ndarray] = []
             enc = codec.encode(video, Path(tmp) / f"q{q}.gvc", q, max_frames=frames)
             dec = codec.decode(enc.path, decoded.append)
@@ -68,24 +62,16 @@ def codec_points(codec_dir: str | Path, video: str | Path, frames: int, qualitie
     return points
 
 
-@torch.no_grad()
 def tokenizer_point(codec_dir: str | Path, video: str | Path, frames: int) -> dict[str, Any]:
-    """The codec's tokenizer alone (latents unquantized): the ceiling of its reconstructions.
+    """The codec with no rate limit (its tokenizer alone, latents unquantized): the ceiling of its
+    reconstructions (``Codec.ceiling``). ValueError for a family that has none."""
+    from gvc_train.codecs.base import open_codec
 
-    Frames are padded as the codec pads them (edge pixels to a multiple of the spatial stride,
-    the last frame repeated to 1 + 4k) and cropped back before measuring.
-    """
-    from gvc_train.codecs.latent import LatentCodec
-
-    codec = LatentCodec(codec_dir)
-    vae, s, t = codec.tokenizer, codec.spatial, codec.temporal
+    codec = open_codec(codec_dir)
     source = read_frames(video, count=frames)
-    x = _video_tensor(source)
-    x = F.pad(x, (0, -x.shape[4] % s, 0, -x.shape[3] % s, 0, -(x.shape[2] - 1) % t), mode="replicate")
-    with inference_mode(True):
-        z = vae.encode(x, chunk_frames=8 * t).mode()
-        recon = vae.decode(z, chunk_latents=8).clamp(0, 1)
-    recon_THWC = (recon[0, :, : len(source), : source.shape[1], : source.shape[2]] * 255).round().byte().permute(1, 2, 3, 0).numpy()
+    recon_THWC = codec.ceiling(source)
+    if recon_THWC is None:
+        raise ValueError(f"{codec_dir}: the {codec.family} family has no reconstruction without a rate limit")
     return {"codec": f"{Path(codec_dir).name} tokenizer only", "bpp": None, **distortion(recon_THWC, source)}
 
 

@@ -73,14 +73,14 @@ class _Progress:
 
 
 def _codec_points(options: EvalOptions, video: Path, source_THWC: np.ndarray, streams: Path, progress: _Progress) -> list[dict[str, Any]]:
-    from gvc_train.codecs.latent import LatentCodec
+    from gvc_train.codecs.base import open_codec
     from gvc_train.eval.metric_suite import compute_metrics
 
     points = []
     for codec_dir in options.codecs:
-        codec = LatentCodec(codec_dir)
+        codec = open_codec(codec_dir)
         name = Path(codec_dir).name
-        for q in range(codec.num_qualities):
+        for q in range(codec.num_rate_points):
             stream = streams / f"{video.stem}.{name}.q{q}.gvc"
             decoded: list[np.ndarray] = []
             enc = codec.encode(video, stream, q, max_frames=options.frames)
@@ -88,15 +88,27 @@ def _codec_points(options: EvalOptions, video: Path, source_THWC: np.ndarray, st
             per_frame, mean, unavailable = compute_metrics(np.stack(decoded), source_THWC, options.metric_options)
             points.append(
                 {
-                    "video": video.name, "codec": name, "codec_dir": str(codec_dir), "family": codec.family.name.lower(),
+                    "video": video.name, "codec": name, "codec_dir": str(codec_dir), "family": codec.family,
                     "quality": q, "bytes": enc.file_bytes, "bpp": enc.bpp, "frames": enc.frames,
-                    # the latent codec has no intra refresh: one GOP whatever --intra-period says
-                    "intra_period": -1, "encode_seconds": enc.seconds, "decode_seconds": dec.seconds,
+                    "intra_period": codec.intra_period, "encode_seconds": enc.seconds, "decode_seconds": dec.seconds,
                     "stream": str(stream.relative_to(streams.parent)), "metrics": mean, "per_frame": per_frame, "unavailable": unavailable,
                 }
             )  # fmt: skip
             progress.step(f"{video.name} {name} q{q}")
     return points
+
+
+def _codec_notes(codec_dirs: Sequence[str | Path]) -> list[str]:
+    """What each codec's family says about its points (e.g. no intra refresh), once per family."""
+    from gvc_train.codecs.codec_folder import read_codec_json
+    from gvc_train.codecs.families import FAMILIES
+
+    notes: list[str] = []
+    for codec_dir in codec_dirs:
+        for note in FAMILIES[read_codec_json(codec_dir)["family"]].codec_class().report_notes:
+            if note not in notes:
+                notes.append(note)
+    return notes
 
 
 def _anchor_points(
@@ -242,9 +254,7 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         "metrics": metrics,
         "metric_settings": metric_settings_for(options),
         "unavailable_metrics": unavailable,
-        "notes": [
-            "latent codecs have no intra refresh: they code each video as one GOP whatever --intra-period says",
-        ],
+        "notes": _codec_notes(options.codecs),
         "seconds": round(time.perf_counter() - started, 1),
         "points": points,
         "bd": bd,

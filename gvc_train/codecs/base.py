@@ -1,0 +1,174 @@
+"""The codec-family interface: what ``gvc``, ``gvc eval`` and ``gvc-export`` rely on.
+
+Every family's inference class subclasses :class:`Codec` and is named in the family table
+(``codecs/families.py``). Callers never name a family: they call :func:`open_codec` on an
+exported folder and use the interface:
+
+* ``family`` (the table's name), ``fingerprint`` (codec.json's, which every stream carries);
+* rate points: integers ``0 .. num_rate_points - 1``, a higher one giving more bits and a better
+  reconstruction (the latent family's quality index, a progressive family's scale count);
+* ``encode(source, output, rate_point, ...) -> CodingReport`` and ``decode(stream, on_frame) ->
+  CodingReport``, real files and real bits;
+* ``describe(stream)``: what ``gvc info`` prints, read without building a model;
+* ``ceiling(frames)``: the reconstruction without any rate constraint (a tokenizer alone), where
+  the family has one, for rate-distortion plots.
+
+The family-specific settings of ``gvc-export`` come from :meth:`Codec.export_extras` and
+:meth:`Codec.check_components`, so a folder that cannot code is refused when it is exported.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from gvc_train.codecs.families import FAMILIES, FamilyEntry, family_by_stream_id
+
+FrameCallback = Callable[[Any], None]  # one decoded frame: uint8 numpy H x W x 3
+
+
+@dataclasses.dataclass
+class CodingReport:
+    """What one encode or decode did; bits are real file bits. ``quality`` is the rate point."""
+
+    path: str
+    frames: int
+    width: int
+    height: int
+    fps: float
+    quality: int
+    file_bytes: int
+    payload_bytes: int  # the entropy-coded strings alone (no container, no per-chunk checks)
+    chunks: int
+    seconds: float
+    model_bits: float | None = None  # encoder only: -sum log2 p of what was coded, as coded
+    estimate_bits: float | None = None  # encoder only: the same at the training model's exact probabilities
+
+    @property
+    def bpp(self) -> float:
+        return self.file_bytes * 8 / (self.frames * self.width * self.height)
+
+    @property
+    def overhead_bytes(self) -> int:
+        return self.file_bytes - self.payload_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "bpp": self.bpp, "overhead_bytes": self.overhead_bytes}
+
+
+class CodecError(ValueError):
+    """A codec folder whose family has no inference class, or a class that does not fit its entry."""
+
+
+class Codec(abc.ABC):
+    """An exported codec folder, ready to encode and decode.
+
+    ``deterministic`` (the default) makes decoding bit-exact whatever the thread settings
+    (``codecs/determinism.py``): DCVC's one switch.
+    """
+
+    family: ClassVar[str]  # its name in the family table
+    # What gvc eval writes beside the codec's points (e.g. that it has no intra refresh).
+    report_notes: ClassVar[tuple[str, ...]] = ()
+    intra_period: ClassVar[int] = -1  # frames between intra refreshes; -1: one GOP a video
+
+    folder: Path
+    meta: dict[str, Any]  # codec.json
+    fingerprint: str
+    deterministic: bool
+
+    @classmethod
+    def entry(cls) -> FamilyEntry:
+        return FAMILIES[cls.family]
+
+    @property
+    @abc.abstractmethod
+    def num_rate_points(self) -> int:
+        """Rate points are 0 .. num_rate_points - 1; higher = more bits, better quality."""
+
+    @property
+    def default_rate_point(self) -> int:
+        return self.num_rate_points // 2
+
+    @abc.abstractmethod
+    def encode(
+        self,
+        source: str | os.PathLike,
+        output: str | os.PathLike,
+        rate_point: int,
+        *,
+        max_frames: int | None = None,
+        on_recon: FrameCallback | None = None,
+        **options: Any,
+    ) -> CodingReport:
+        """Code ``source`` (a video file or PNG folder) into ``output`` (which appears when whole).
+
+        ``on_recon`` gets the decoder's reconstruction frame by frame, exactly what
+        :meth:`decode` will produce. ``options`` are the family's own (``gvc encode``'s family
+        flags); a family refuses one it does not know with a ValueError.
+        """
+
+    @abc.abstractmethod
+    def decode(self, stream: str | os.PathLike, on_frame: FrameCallback | None) -> CodingReport:
+        """Decode ``stream`` and hand every frame to ``on_frame``; BitstreamError on bad input."""
+
+    @classmethod
+    def describe(cls, stream: str | os.PathLike) -> dict[str, Any]:
+        return describe_stream(stream)
+
+    def ceiling(self, frames_THWC: Any) -> Any | None:
+        """The reconstruction of ``frames_THWC`` (uint8) with no rate limit, or None if the family has none."""
+        return None
+
+    @classmethod
+    def check_components(cls, modules: dict[str, Any], where: str) -> None:
+        """Refuse (ValueError, one line) components that cannot work together in this family."""
+
+    @classmethod
+    def export_extras(cls, modules: dict[str, Any]) -> dict[str, Any]:
+        """What ``gvc-export`` adds to codec.json for this family (``qualities`` at least)."""
+        return {}
+
+
+def open_codec(folder: str | os.PathLike, deterministic: bool = True) -> Codec:
+    """The codec exported in ``folder``, of whatever family its codec.json names."""
+    from gvc_train.codecs.codec_folder import read_codec_json
+
+    entry = FAMILIES[read_codec_json(folder)["family"]]  # read_codec_json refuses unknown families
+    cls = entry.codec_class()
+    if not (isinstance(cls, type) and issubclass(cls, Codec) and cls.family == entry.name):
+        raise CodecError(f"{entry.codec} is not the {entry.name!r} family's Codec class")
+    return cls(folder, deterministic=deterministic)
+
+
+def describe_stream(stream: str | os.PathLike) -> dict[str, Any]:
+    """Header, size and per-chunk rows of a bitstream, from its family's layout; no model built.
+    Reads chunk by chunk: memory is one chunk whatever the file's size."""
+    from gvc_train.coding.container import BitstreamError, iter_chunks, read_header
+
+    path = Path(stream)
+    if not path.is_file():
+        raise BitstreamError(f"no bitstream at {stream}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = read_header(f)
+        entry = family_by_stream_id(header.family)
+        if entry is None:
+            raise BitstreamError(f"unknown codec family {header.family} (this gvc_train knows {sorted(FAMILIES)})")
+        rows = entry.describe_chunks()(header, iter_chunks(f, offset=f.tell()))
+    return {
+        "file": str(stream),
+        "family": entry.name,
+        "fingerprint": header.fingerprint.hex(),
+        "width": header.width,
+        "height": header.height,
+        "frames": header.frames,
+        "fps": f"{header.fps_num}/{header.fps_den}",
+        "bytes": size,
+        "bpp": size * 8 / (header.width * header.height * header.frames),
+        "chunks": rows,
+    }
