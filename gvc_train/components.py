@@ -47,6 +47,7 @@ from gvc_train.component_checks import (
     sealed_json,
     tagged_sha256,
 )
+from gvc_train.safe_output import atomic_write_bytes
 
 FORMAT_VERSION = 2  # 2: fingerprint over config + weights file, checksum over the whole JSON
 _META_FIELDS = {
@@ -167,16 +168,7 @@ def file_sha256(path: str | Path) -> str:
 
 def write_sealed_json(path: Path, meta: dict[str, Any]) -> None:
     """``meta`` in canonical form with its checksum (what loaders demand), written atomically."""
-    _atomic_write_bytes(path, sealed_json(meta).encode())
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, sealed_json(meta).encode())
 
 
 def save_component(

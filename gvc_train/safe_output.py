@@ -10,6 +10,9 @@ One mechanism, shared by ``gvc encode/decode/eval``, ``gvc-export`` and ``gvc-sh
 - **Write beside, move into place.** Output goes to a hidden temporary beside the target
   (same file system, so the final ``os.replace`` is atomic) and is moved into place only when
   complete. A failure, Ctrl-C or SIGTERM removes the temporary and nothing else.
+- **One file, whole or not at all.** :func:`atomic_write_with` (and :func:`atomic_write_bytes`)
+  is the same idea for a single file written by library code (a component's JSON, a checkpoint,
+  a cache entry, an assembled bitstream): temporary beside it, fsync, ``os.replace``.
 - **Say where partial output went.** Commands that keep partial results (a decode that stops
   midway keeps the frames before the damage) put them under a new name that does not exist yet
   and say that name.
@@ -26,6 +29,7 @@ import shutil
 import signal
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 TEMP_MARK = ".gvc-partial-"
 
@@ -121,6 +125,35 @@ def temp_beside(target: Path, folder: bool = False) -> Path:
     The target's suffix is kept so that writers choosing a format by suffix still can."""
     tag = f"{TEMP_MARK}{os.getpid()}-{secrets.token_hex(3)}"
     return target.with_name(f".{target.stem}{tag}{'' if folder else target.suffix}")
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, temp: Path | None = None) -> Path:
+    """Write ``path`` whole or not at all: ``write(f)`` streams into a new temporary beside it
+    (``temp``, else :func:`temp_beside`), which is flushed, fsynced and renamed over ``path``.
+
+    On any exception (Ctrl-C included) the temporary is removed and ``path`` is as it was. The
+    temporary is created exclusively, so an existing file of that name is never truncated.
+    For streamed writers (``torch.save``, a file assembled from parts); returns ``path``.
+    """
+    path = Path(path)
+    tmp = temp_beside(path) if temp is None else temp
+    f = open(tmp, "xb")
+    try:
+        with f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` whole or not at all (see :func:`atomic_write_with`)."""
+    return atomic_write_with(path, lambda f: f.write(data))
 
 
 def free_name(path: Path) -> Path:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from gvc_train.safe_output import TEMP_MARK, OutputError, atomic_output, check_target
+from gvc_train.safe_output import TEMP_MARK, OutputError, atomic_output, atomic_write_bytes, atomic_write_with, check_target
 
 Capture = pytest.CaptureFixture[str]
 
@@ -82,6 +82,26 @@ def test_atomic_output_removes_only_its_temporary_on_failure(tmp_path: Path) -> 
         (tmp / "frame_000001.png").write_bytes(b"new")
     assert sorted(p.name for p in folder.iterdir()) == ["frame_000001.png"]
     assert not [p for p in tmp_path.iterdir() if TEMP_MARK in p.name]
+
+
+def test_atomic_write_replaces_whole_or_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    target = tmp_path / "component.json"
+    assert atomic_write_bytes(target, b"first") == target and target.read_bytes() == b"first"
+    atomic_write_bytes(target, b"second")
+    assert target.read_bytes() == b"second"
+
+    def half_then_fail(f: object) -> None:
+        f.write(b"half")  # type: ignore[attr-defined]
+        raise KeyboardInterrupt  # Ctrl-C in the middle of a streamed write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_with(target, half_then_fail)
+    assert target.read_bytes() == b"second" and [p.name for p in tmp_path.iterdir()] == ["component.json"]
+    mine = tmp_path / "named.tmp"
+    mine.write_bytes(b"a user's file")
+    with pytest.raises(FileExistsError):  # a given temporary name is created, never truncated
+        atomic_write_with(target, lambda f: f.write(b"x"), temp=mine)
+    assert mine.read_bytes() == b"a user's file" and target.read_bytes() == b"second"
 
 
 def test_read_only_folder_is_one_clear_line(tmp_path: Path) -> None:

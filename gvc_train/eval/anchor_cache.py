@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from gvc_train import strict_json
+from gvc_train.safe_output import atomic_write_bytes
 
 CACHE_SCHEMA = 1
 
@@ -72,16 +72,5 @@ class AnchorCache:
         self.root.mkdir(parents=True, exist_ok=True)
         stream_path, meta_path = self._paths(key, suffix)
         full = {**meta, "key": key, "schema": CACHE_SCHEMA, "bytes": len(stream), "stream_sha256": hashlib.sha256(stream).hexdigest()}
-        _atomic_write(stream_path, stream)
-        _atomic_write(meta_path, (strict_json.dumps(full, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write_bytes(stream_path, stream)
+        atomic_write_bytes(meta_path, (strict_json.dumps(full, indent=1, sort_keys=True) + "\n").encode())

@@ -28,24 +28,20 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gvc_train.safe_load import UnsafeFile, check_torch_file, load_torch_file, open_for_check
+from gvc_train.safe_output import atomic_write_with
 
 TMP_PREFIX = ".gvc-partial-"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`~gvc_train.safe_output.atomic_write_with`, the temporary
+    named as the module note says, the folder fsynced after the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path.parent)
     tmp = path.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)  # straight to the file: no second in-memory copy of a big state
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # straight to the file: no second in-memory copy of a big state
+    atomic_write_with(path, lambda f: torch.save(obj, f), temp=tmp)
     _fsync_dir(path.parent)
     return path
 
