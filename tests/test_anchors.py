@@ -15,7 +15,8 @@ import pytest
 
 from gvc_train.data.sample_videos import sample_video
 from gvc_train.data.video_io import read_frames
-from gvc_train.eval import anchors as A
+from gvc_train.eval import anchor_commands, anchors as A
+from gvc_train.eval.anchor_search import crf_bracket, spread_crfs
 from gvc_train.eval.anchor_cache import AnchorCache
 
 ALL = ("x264", "x265", "svtav1")
@@ -94,6 +95,11 @@ def test_padded_size_and_edge_replication() -> None:
     np.testing.assert_array_equal(padded[:, :3, :5], frames)
     np.testing.assert_array_equal(padded[:, 3, :5], frames[:, 2])  # bottom row repeated
     np.testing.assert_array_equal(padded[:, :, 5], padded[:, :, 4])  # right column repeated
+
+
+def test_the_frame_rate_argument_is_an_exact_fraction() -> None:
+    assert A.ffmpeg_rate_arg(FPS) == "30000/1001" and A.ffmpeg_rate_arg(25.0) == "25/1"
+    assert "-framerate 30000/1001" in " ".join(A.encode_command("x264", 30, height=16, width=16, fps=FPS, low_delay=True, intra_period=-1))
 
 
 @pytest.mark.parametrize("anchor", ALL)
@@ -194,12 +200,12 @@ def test_ladder_search_on_a_synthetic_rate_curve() -> None:
         known[c] = truth[c]
 
     measure(33)
-    assert A._boundary(math.log(0.5) + 0.05, known, measure, lambda: budget[0], (0, 51), -0.11) == (16, 17)
+    assert crf_bracket(math.log(0.5) + 0.05, known, measure, lambda: budget[0], (0, 51), -0.11) == (16, 17)
     assert budget[0] >= 0
-    assert A._boundary(5.0, known, lambda c: measure(c), lambda: 99, (0, 51), -0.11) == (0, 0)  # out of reach: the limit
-    assert A._spread(30, 31, 5, (0, 51), set()) == [29, 30, 31, 32, 33]  # widened both ways to 5 distinct CRFs
-    assert A._spread(49, 51, 5, (0, 51), set()) == [47, 48, 49, 50, 51]
-    assert A._spread(20, 40, 5, (0, 51), {24}) == [20, 24, 30, 35, 40]  # the probe at 24 stands in for 25
+    assert crf_bracket(5.0, known, lambda c: measure(c), lambda: 99, (0, 51), -0.11) == (0, 0)  # out of reach: the limit
+    assert spread_crfs(30, 31, 5, (0, 51), set()) == [29, 30, 31, 32, 33]  # widened both ways to 5 distinct CRFs
+    assert spread_crfs(49, 51, 5, (0, 51), set()) == [47, 48, 49, 50, 51]
+    assert spread_crfs(20, 40, 5, (0, 51), {24}) == [20, 24, 30, 35, 40]  # the probe at 24 stands in for 25
 
 
 def test_cache_hits_without_encoding_and_misses_on_any_change(carphone: np.ndarray, tmp_path: Path, encodes: list[list[str]]) -> None:
@@ -267,9 +273,9 @@ def test_bad_requests_are_one_line_anchor_errors(call: Any, message: str) -> Non
 
 def test_missing_ffmpeg_or_encoder_is_an_anchor_error(monkeypatch: pytest.MonkeyPatch) -> None:
     frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
-    monkeypatch.setattr(A, "_encoders", lambda binary: frozenset({"libx264"}))
+    monkeypatch.setattr(anchor_commands, "_encoders", lambda binary: frozenset({"libx264"}))
     with pytest.raises(A.AnchorError, match="has no libsvtav1 encoder"):
         A.encode_anchor(frames, FPS, "svtav1", 30, cache_dir=False)
-    monkeypatch.setattr(A, "FFMPEG", "ffmpeg-that-is-not-installed")
+    monkeypatch.setattr(anchor_commands, "FFMPEG", "ffmpeg-that-is-not-installed")
     with pytest.raises(A.AnchorError, match="not found on PATH"):
         A.encode_anchor(frames, FPS, "x264", 30, cache_dir=False)

@@ -31,23 +31,24 @@ Protocol (one function per step, each recorded in the :class:`AnchorPoint`):
 Presets: x264 and x265 ``medium``; SVT-AV1 ``6`` (bikes 640x272, 96 frames, random access:
 preset 4 is 4x slower for -12% BD-rate, preset 8 is 1.6x faster for +5%). Results are cached
 (:mod:`gvc_train.eval.anchor_cache`) by input bytes, command line and ffmpeg version.
+
+Modules: this one runs the protocol (encode, decode, cache, ladder); the specs, the input file
+and the command lines are :mod:`gvc_train.eval.anchor_commands` (every name re-exported here);
+the ladder's CRF search on a rate curve is :mod:`gvc_train.eval.anchor_search`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import math
 import os
 import shlex
-import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -55,38 +56,35 @@ import numpy as np
 
 from gvc_train.eval.anchor_cache import AnchorCache, cache_key, default_cache_dir
 
+# The protocol's data and command lines live in anchor_commands (re-exported: callers import
+# them from here); the ladder's CRF search lives in anchor_search.
+from gvc_train.eval.anchor_commands import (  # noqa: F401 (re-exported)
+    ANCHORS,
+    DECODED_NAME,
+    DEFAULT_CRFS,
+    DEFAULT_THREADS,
+    FFMPEG,
+    INPUT_NAME,
+    X26X_PRESETS,
+    AnchorError,
+    AnchorSpec,
+    anchor_spec,
+    check_frames,
+    decode_command,
+    encode_command,
+    ffmpeg_rate_arg,
+    ffmpeg_version,
+    input_recipe,
+    pad_frames,
+    padded_size,
+    require_encoder,
+    resolve_preset,
+    write_raw_input,
+)
+from gvc_train.eval.anchor_search import crf_bracket, spread_crfs
 
-@dataclasses.dataclass(frozen=True)
-class AnchorSpec:
-    encoder: str  # ffmpeg encoder
-    muxer: str  # ffmpeg muxer of the container-free stream
-    suffix: str
-    default_preset: str
-    crf_limits: tuple[int, int]
-    min_side: int  # smallest width and height the encoder accepts
-    log_bpp_per_crf: float  # d ln(bpp) / d CRF, typical; the ladder's first guess of the slope
-
-
-ANCHORS = {
-    "x264": AnchorSpec("libx264", "h264", ".264", "medium", (0, 51), 2, -0.11),
-    "x265": AnchorSpec("libx265", "hevc", ".hevc", "medium", (0, 51), 2, -0.11),
-    "svtav1": AnchorSpec("libsvtav1", "obu", ".obu", "6", (1, 63), 64, -0.06),
-}
-DEFAULT_CRFS = {"x264": (23, 28, 33, 38, 43), "x265": (25, 30, 35, 40, 45), "svtav1": (35, 41, 47, 53, 59)}
-X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
-DEFAULT_THREADS = 2
 MAX_PROBES = 8  # ladder search encodes on top of the ladder's own points (see anchor_ladder)
-FFMPEG = "ffmpeg"
-INPUT_NAME = "input.rgb"
-DECODED_NAME = "decoded.rgb"
 CacheDir = Union[str, "os.PathLike[str]", None, Literal[False]]
-
-
-class AnchorError(RuntimeError):
-    """Anything an anchor cannot do; ``str()`` is one line."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
 
 
 @dataclasses.dataclass
@@ -114,130 +112,6 @@ class AnchorPoint:
     def record(self) -> dict[str, Any]:
         """Everything but the frames and the stream, for reports (JSON-ready)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("frames", "stream")}
-
-
-def anchor_spec(anchor: str) -> AnchorSpec:
-    if anchor not in ANCHORS:
-        raise AnchorError(f"unknown anchor {anchor!r}; known: {', '.join(ANCHORS)}")
-    return ANCHORS[anchor]
-
-
-def resolve_preset(anchor: str, preset: str | int | None) -> str:
-    """The anchor's default preset for None; x264/x265 take names, SVT-AV1 takes 0..13."""
-    spec = anchor_spec(anchor)
-    name = spec.default_preset if preset is None else str(preset)
-    if anchor == "svtav1":
-        if not (name.isdigit() and 0 <= int(name) <= 13):
-            raise AnchorError(f"svtav1 preset must be a number 0..13, got {name!r}")
-    elif name not in X26X_PRESETS:
-        raise AnchorError(f"{anchor} preset must be one of {', '.join(X26X_PRESETS)}, got {name!r}")
-    return name
-
-
-def padded_size(anchor: str, height: int, width: int) -> tuple[int, int]:
-    """Height and width the encoder gets: even (4:2:0), and at least the encoder's minimum side."""
-    side = anchor_spec(anchor).min_side
-    return max(side, height + height % 2), max(side, width + width % 2)
-
-
-def check_frames(frames_THWC: np.ndarray) -> None:
-    shape = getattr(frames_THWC, "shape", None)
-    if shape is None or len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
-        raise AnchorError(f"anchor frames must be a non-empty T x H x W x 3 array, got shape {shape}")
-    if frames_THWC.dtype != np.uint8:
-        raise AnchorError(f"anchor frames must be uint8 RGB, got {frames_THWC.dtype}")
-
-
-def pad_frames(frames_THWC: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Edge-replicate the bottom rows and right columns up to ``height`` x ``width``."""
-    _, h, w, _ = frames_THWC.shape
-    if (h, w) == (height, width):
-        return np.ascontiguousarray(frames_THWC)
-    return np.pad(frames_THWC, ((0, 0), (0, height - h), (0, width - w), (0, 0)), mode="edge")
-
-
-def write_raw_input(frames_THWC: np.ndarray, anchor: str, path: str | os.PathLike[str]) -> tuple[int, int]:
-    """Write what the recorded command reads as ``input.rgb``; returns the padded (height, width)."""
-    check_frames(frames_THWC)
-    _, h, w, _ = frames_THWC.shape
-    height, width = padded_size(anchor, h, w)
-    Path(path).write_bytes(pad_frames(frames_THWC, height, width).tobytes())
-    return height, width
-
-
-def input_recipe(anchor: str, frames: int, height: int, width: int, sha256: str) -> str:
-    coded_h, coded_w = padded_size(anchor, height, width)
-    return (
-        f"{INPUT_NAME}: the {frames} source frames of {width}x{height}, padded by edge replication (bottom rows, right "
-        f"columns) to {coded_w}x{coded_h}, as raw rgb24, frame after frame, row-major (gvc_train.eval.anchors."
-        f"write_raw_input); sha256 {sha256}"
-    )
-
-
-def fps_fraction(fps: float) -> str:
-    """``29.97002997`` -> ``30000/1001``: exact for NTSC rates, and the same string every time."""
-    if not (fps > 0 and math.isfinite(fps)):
-        raise AnchorError(f"anchor fps must be a positive number, got {fps}")
-    f = Fraction(fps).limit_denominator(100000)
-    return f"{f.numerator}/{f.denominator}"
-
-
-def encode_command(
-    anchor: str, crf: int, *, height: int, width: int, fps: float, low_delay: bool, intra_period: int, preset: str | int | None = None,
-    threads: int = DEFAULT_THREADS,
-) -> list[str]:  # fmt: skip
-    """The ffmpeg command for one point; ``height``/``width`` are the padded (coded) size."""
-    spec = anchor_spec(anchor)
-    preset = resolve_preset(anchor, preset)
-    lo, hi = spec.crf_limits
-    if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not lo <= crf <= hi:
-        raise AnchorError(f"{anchor} crf must be an integer in {lo}..{hi}, got {crf!r}")
-    if intra_period != -1 and not (isinstance(intra_period, (int, np.integer)) and intra_period >= 1):
-        raise AnchorError(f"intra period must be -1 (first frame only) or >= 1, got {intra_period!r}")
-    if threads < 1:
-        raise AnchorError(f"threads must be >= 1, got {threads}")
-    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"]
-    cmd += ["-s", f"{width}x{height}", "-framerate", fps_fraction(fps), "-i", INPUT_NAME, "-pix_fmt", "yuv420p"]
-    cmd += ["-c:v", spec.encoder, "-preset", preset, "-crf", str(int(crf))]
-    if anchor == "x264":
-        keyint = "infinite" if intra_period == -1 else str(intra_period)
-        params = [f"threads={threads}", f"keyint={keyint}", "scenecut=0"] + (["bframes=0"] if low_delay else [])
-        cmd += ["-x264-params", ":".join(params), "-bsf:v", "filter_units=remove_types=6"]  # 6: SEI (options string)
-    elif anchor == "x265":
-        params = ["log-level=error", "info=0", f"pools={threads}", "frame-threads=1", f"keyint={intra_period}"]
-        params += ["scenecut=0", "open-gop=0"] + (["bframes=0"] if low_delay else [])
-        cmd += ["-x265-params", ":".join(params)]
-    else:
-        params = [f"lp={threads}", f"keyint={intra_period}", "irefresh-type=2", "scd=0", f"pred-struct={1 if low_delay else 2}"]
-        cmd += ["-svtav1-params", ":".join(params)]
-    return cmd + ["-f", spec.muxer, f"stream{spec.suffix}"]
-
-
-def decode_command(anchor: str) -> list[str]:
-    """Stream -> raw rgb24 at the coded size, every frame once (no frame-rate conversion)."""
-    head = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", f"stream{anchor_spec(anchor).suffix}"]
-    return head + ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", DECODED_NAME]
-
-
-@functools.lru_cache(maxsize=None)
-def ffmpeg_version(binary: str = FFMPEG) -> str:
-    """The whole ``ffmpeg -version`` text (build and library versions): part of every cache key."""
-    if shutil.which(binary) is None:
-        raise AnchorError(f"{binary!r} not found on PATH: the anchors need the ffmpeg command-line tool")
-    return subprocess.run([binary, "-version"], capture_output=True, text=True, check=False).stdout.strip()
-
-
-@functools.lru_cache(maxsize=None)
-def _encoders(binary: str) -> frozenset[str]:
-    out = subprocess.run([binary, "-hide_banner", "-encoders"], capture_output=True, text=True, check=False).stdout
-    return frozenset(line.split()[1] for line in out.splitlines() if len(line.split()) > 1 and line.startswith(" V"))
-
-
-def require_encoder(anchor: str) -> None:
-    spec = anchor_spec(anchor)
-    ffmpeg_version(FFMPEG)
-    if spec.encoder not in _encoders(FFMPEG):
-        raise AnchorError(f"{anchor}: this ffmpeg ({shutil.which(FFMPEG)}) has no {spec.encoder} encoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +142,7 @@ def _prepared(frames_THWC: np.ndarray, fps: float, anchor: str) -> Iterator[_Sou
     """Write input.rgb once into a temporary folder, for every encode of these frames."""
     check_frames(frames_THWC)
     require_encoder(anchor)
-    fps_fraction(fps)
+    ffmpeg_rate_arg(fps)  # a bad frame rate fails before any work
     with tempfile.TemporaryDirectory(prefix="gvc_anchor_") as tmp:
         height, width = write_raw_input(frames_THWC, anchor, Path(tmp) / INPUT_NAME)
         sha256 = hashlib.sha256((Path(tmp) / INPUT_NAME).read_bytes()).hexdigest()
@@ -296,7 +170,7 @@ def _encode(src: _Source, crf: int, s: _Settings, cache: AnchorCache | None, ref
         s.anchor, crf, height=src.coded_height, width=src.coded_width, fps=src.fps, low_delay=s.low_delay,
         intra_period=s.intra_period, preset=s.preset, threads=s.threads,
     )  # fmt: skip
-    key = cache_key(src.sha256, shlex.join(cmd), ffmpeg_version(FFMPEG))
+    key = cache_key(src.sha256, shlex.join(cmd), ffmpeg_version())
     hit = None if cache is None or refresh else cache.load(key, spec.suffix)
     if hit is not None:
         return hit[0], cmd, float(hit[1].get("encode_seconds", 0.0)), True
@@ -309,7 +183,7 @@ def _encode(src: _Source, crf: int, s: _Settings, cache: AnchorCache | None, ref
     if not stream:
         raise AnchorError(f"{s.anchor} crf {crf}: ffmpeg wrote an empty stream")
     if cache is not None:
-        meta = {"command": shlex.join(cmd), "input_sha256": src.sha256, "ffmpeg": ffmpeg_version(FFMPEG).splitlines()[0]}
+        meta = {"command": shlex.join(cmd), "input_sha256": src.sha256, "ffmpeg": ffmpeg_version().splitlines()[0]}
         cache.store(key, spec.suffix, stream, {**meta, "encode_seconds": round(seconds, 3)})
     return stream, cmd, seconds, False
 
@@ -351,7 +225,7 @@ def _point(src: _Source, crf: int, s: _Settings, cache: AnchorCache | None, enco
         s.anchor, int(crf), s.low_delay, s.preset, len(stream), shlex.join(cmd), frames, intra_period=s.intra_period,
         bpp=len(stream) * 8 / src.pixels, width=w, height=h, coded_width=src.coded_width, coded_height=src.coded_height,
         input_recipe=input_recipe(s.anchor, t, h, w, src.sha256), decode_command=shlex.join(decode_command(s.anchor)),
-        ffmpeg_version=ffmpeg_version(FFMPEG).splitlines()[0], encode_seconds=round(seconds, 3), cached=cached, stream=stream,
+        ffmpeg_version=ffmpeg_version().splitlines()[0], encode_seconds=round(seconds, 3), cached=cached, stream=stream,
     )  # fmt: skip
 
 
@@ -417,7 +291,7 @@ def _choose_crfs(
     probes: dict[int, _Encoded] = {}
     defaults = DEFAULT_CRFS[s.anchor]
     if bpp_range is None:
-        return _spread(defaults[0], defaults[-1], points, limits, set()), probes
+        return spread_crfs(defaults[0], defaults[-1], points, limits, set()), probes
     lo, hi = sorted(float(b) for b in bpp_range)
     if not (lo > 0 and math.isfinite(hi)):
         raise AnchorError(f"ladder bpp range must be positive and finite, got {tuple(bpp_range)}")
@@ -431,66 +305,6 @@ def _choose_crfs(
         return max_probes - len(probes)
 
     measure(defaults[len(defaults) // 2])
-    top, _ = _boundary(math.log(hi), log_bpp, measure, budget, limits, spec.log_bpp_per_crf)
-    _, bottom = _boundary(math.log(lo), log_bpp, measure, budget, limits, spec.log_bpp_per_crf)
-    return _spread(top, bottom, points, limits, set(probes)), probes
-
-
-def _boundary(
-    target: float, known: dict[int, float], measure: Callable[[int], None], budget: Callable[[], int], limits: tuple[int, int],
-    default_slope: float,
-) -> tuple[int, int]:  # fmt: skip
-    """CRFs a < b with ln bpp(a) >= target > ln bpp(b), adjacent if the probe budget allows.
-
-    bpp falls with CRF about log-linearly, so the next probe is the log-linear interpolation
-    inside the bracket, or, before there is one, an extrapolation along the local slope with
-    25% overshoot (to get a bracket in one step). A side that no CRF within the limits reaches
-    is that limit; a side the budget ran out on is the unmeasured next guess.
-    """
-    lo_crf, hi_crf = limits
-    while True:
-        above = [c for c in known if known[c] >= target]
-        a = max(above) if above else None
-        below = [c for c in known if known[c] < target and (a is None or c > a)]
-        b = min(below) if below else None
-        if a is not None and b is not None:
-            if b - a <= 1 or budget() <= 0:
-                return a, b
-            guess = a + (known[a] - target) / (known[a] - known[b]) * (b - a)
-            measure(min(b - 1, max(a + 1, round(guess))))
-            continue
-        ref = min(known) if a is None else max(known)  # every known rate is on one side of the target
-        if ref == (lo_crf if a is None else hi_crf):
-            return (lo_crf, ref) if a is None else (ref, hi_crf)
-        step = max(1, math.ceil(1.25 * abs((target - known[ref]) / _local_slope(known, ref, default_slope))))
-        guess = max(lo_crf, ref - step) if a is None else min(hi_crf, ref + step)
-        if budget() <= 0:
-            return (guess, ref) if a is None else (ref, guess)
-        measure(guess)
-
-
-def _local_slope(known: dict[int, float], ref: int, default: float) -> float:
-    """d ln(bpp) / d CRF between ``ref`` and its nearest measured neighbour; ``default`` if unusable."""
-    others = [c for c in known if c != ref]
-    if not others:
-        return default
-    near = min(others, key=lambda c: abs(c - ref))
-    slope = (known[ref] - known[near]) / (ref - near)
-    return slope if -1.0 < slope < -0.01 else default
-
-
-def _spread(top: int, bottom: int, points: int, limits: tuple[int, int], probed: set[int]) -> list[int]:
-    """``points`` distinct CRFs from ``top`` to ``bottom``, widened (within the limits) if too close."""
-    lo_crf, hi_crf = limits
-    top, bottom = min(top, bottom), max(top, bottom)
-    while bottom - top + 1 < points:  # fewer CRFs than points in the range: reach a little beyond it
-        bottom = min(hi_crf, bottom + 1)
-        if bottom - top + 1 < points:
-            top = max(lo_crf, top - 1)
-    step = (bottom - top) / (points - 1)
-    crfs = [math.floor(top + i * step + 0.5) for i in range(points)]  # step >= 1: distinct, increasing
-    for i in range(1, points - 1):  # a probe one CRF away saves an encode and barely shifts the spacing
-        if crfs[i] not in probed:
-            near = [c for c in (crfs[i] - 1, crfs[i] + 1) if c in probed and crfs[i - 1] < c < crfs[i + 1]]
-            crfs[i] = near[0] if near else crfs[i]
-    return crfs
+    top, _ = crf_bracket(math.log(hi), log_bpp, measure, budget, limits, spec.log_bpp_per_crf)
+    _, bottom = crf_bracket(math.log(lo), log_bpp, measure, budget, limits, spec.log_bpp_per_crf)
+    return spread_crfs(top, bottom, points, limits, set(probes)), probes
