@@ -79,6 +79,25 @@ class RecordConfigCallback(SaveConfigCallback):
     on_fit_start = on_validation_start = on_test_start = on_predict_start = _write
 
 
+class RecipeParser(LightningArgumentParser):
+    """Reads a recipe that names a ``base`` (``gvc_train.recipe_bases``) with the base laid under
+    it; any other config file (a cluster overlay, a recipe without a base) as jsonargparse does."""
+
+    def parse_path(
+        self, path: Any, ext_vars: dict | None = None, env: bool | None = None, defaults: bool = True, **kwargs: Any
+    ) -> Namespace:
+        from gvc_train.recipe_bases import load_recipe, names_a_base
+
+        if not (isinstance(path, (str, os.PathLike)) and os.path.isfile(path) and names_a_base(path)):
+            return super().parse_path(path, ext_vars, env, defaults, **kwargs)
+        import yaml
+
+        # Named after the recipe in jsonargparse's messages. Its values are read as plain strings
+        # (paths in recipes are relative to the working directory, as always).
+        content = yaml.safe_dump(load_recipe(path), sort_keys=False)
+        return self.parse_string(content, os.path.basename(path), ext_vars, env, defaults, **kwargs)
+
+
 class GvcCLI(LightningCLI):
     def __init__(
         self, *args: Any, startup: StartupFolders | None = None, run_started: RunStarted | None = None, **kwargs: Any
@@ -238,6 +257,7 @@ def run(args: list[str] | None = None) -> LightningCLI:
             datamodule_class=None,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            parser_class=RecipeParser,
             save_config_callback=RecordConfigCallback,
             save_config_kwargs={"overwrite": True},
             args=args,
