@@ -28,9 +28,9 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gvc_train.safe_load import UnsafeFile, check_torch_file, load_torch_file, open_for_check
-from gvc_train.safe_output import atomic_write_with
+from gvc_train.safe_output import TEMP_MARK, atomic_write_with
 
-TMP_PREFIX = ".gvc-partial-"
+TMP_PREFIX = TEMP_MARK  # the mark every temporary of gvc_train carries (safe_output)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
