@@ -4,7 +4,7 @@ The pipeline has to deliver at least 80 % of the frames per second that a plain 
 source videos gives (PyAV, ``thread_type="AUTO"``, frames to ``rgb24`` ndarrays), per
 DataLoader worker. Both are measured here in the same run, on the same clips:
 
-- pipeline: one :class:`ClipStream` iterated in this process (as one worker would: one torch
+- pipeline: one :class:`ShardStream` iterated in this process (as one worker would: one torch
   thread), over ``num_clips`` clips: tar read, decode, temporal window, crop, float tensor;
 - plain: the same frame ranges decoded from the source mp4 files.
 
@@ -32,7 +32,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from gvc_train.data.clip_codec import decode_clip
-from gvc_train.data.pipeline import ClipStream, StreamConfig
+from gvc_train.data.datamodule import VideoSampleStep
+from gvc_train.data.pipeline import ShardStream, ShardStreamConfig
 from gvc_train.data.sample_format import FRAMES_PREFIX, ClipMeta, frames_field
 from gvc_train.data.shard_split import expand_shards
 from gvc_train.data.transforms import ClipSampler, as_hw, to_video_batch
@@ -48,11 +49,11 @@ def _first_samples(urls: Sequence[str], count: int) -> list[dict[str, Any]]:
     return samples
 
 
-def _stream(urls: Sequence[str], clip_frames: int, crop: tuple[int, int] | None) -> ClipStream:
-    config = StreamConfig(
+def _stream(urls: Sequence[str], clip_frames: int, crop: tuple[int, int] | None) -> ShardStream:
+    config = ShardStreamConfig(
         split="bench",
         urls=tuple(urls),
-        sampler=ClipSampler(clip_frames, 1, crop),
+        step=VideoSampleStep(ClipSampler(clip_frames, 1, crop)),
         batch_size=1,
         rank=0,
         world_size=1,
@@ -60,7 +61,7 @@ def _stream(urls: Sequence[str], clip_frames: int, crop: tuple[int, int] | None)
         resampled=False,
         samples_per_epoch=None,
     )
-    return ClipStream(config)
+    return ShardStream(config)
 
 
 def time_pipeline(urls: Sequence[str], num_clips: int, clip_frames: int, crop: tuple[int, int] | None) -> tuple[float, int, list[dict]]:

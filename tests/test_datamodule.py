@@ -1,9 +1,13 @@
-"""VideoDataModule: batch contract, sampling, rank/worker splitting, epoch length, skips."""
+"""VideoDataModule: batch contract, sampling, rank/worker splitting, epoch length, skips;
+and the shard data-module base that a new kind of shard subclasses."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import random
 from pathlib import Path
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -11,11 +15,14 @@ import pytest
 import torch
 import webdataset as wds
 
-from gvc_train.data.clip_codec import encode_clip
+from gvc_train.data.clip_codec import ClipDecodeError, encode_clip
 from gvc_train.data.datamodule import SkipStatsLogger, VideoDataModule
-from gvc_train.data.pipeline import NoUsableSamples
+from gvc_train.data.pipeline import NoUsableSamples, Sample, SampleStep, caption_of
 from gvc_train.data.sample_format import ClipMeta, sample_key
+from gvc_train.data.shard_datamodule import ShardDataModule
 from gvc_train.data.shard_split import expand_shards
+from gvc_train.data.skip_stats import SkipSample, skip_reason
+from gvc_train.data.transforms import ClipTooShort
 
 H, W = 20, 24  # frame size of the synthetic clips
 CLIP_LEN = 9  # frames per stored clip
@@ -295,3 +302,69 @@ def test_fit_with_trainer_logs_skips(shard_dir: Path, damaged: list[str]) -> Non
     assert module.shapes == [(2, 3, T, CROP, CROP)] * 6  # 3 batches per epoch, 2 epochs
     assert trainer.callback_metrics["data/val_skipped_decode_error"] == 2  # one per validation pass
     assert dm.skip_stats("train")["total"] == 0
+
+
+# ---------------------------------------------------------------------------- a new kind of shard
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionLengthStep(SampleStep):
+    """Toy per-sample step: a caption's length; shorter captions are skipped as too short."""
+
+    min_length: int
+    batch_field: ClassVar[str] = "length"
+
+    def decode(self, sample: dict[str, Any], rng: random.Random | None) -> Sample:
+        text = caption_of(sample)
+        if len(text) < self.min_length:
+            raise SkipSample("too_short", f"caption {text!r}")
+        return Sample(str(sample["__key__"]), np.array([len(text)], dtype=np.float32), {}, text)
+
+    def stack(self, windows: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(windows))
+
+
+class CaptionLengthDataModule(ShardDataModule):
+    """A whole data module for another kind of shard: its argument, its step and its check."""
+
+    def __init__(self, min_length: int = 1, **shared: Any) -> None:
+        super().__init__(**shared)
+        self.min_length = min_length
+        self.checked: list[str] = []
+
+    def sample_step(self, train: bool) -> CaptionLengthStep:
+        return CaptionLengthStep(self.min_length)
+
+    def check_shards(self, split: str, urls: list[str]) -> None:
+        self.checked.append(split)
+
+
+def test_a_new_shard_data_module_is_a_small_subclass(shard_dir: Path) -> None:
+    """Splitting, epoch length, skip counting and exact resume come from the base."""
+    dm = CaptionLengthDataModule(
+        min_length=7, train_shards=str(shard_dir), val_shards=str(shard_dir), batch_size=2, num_workers=0,
+        samples_per_epoch=8, resampled=False, rank=0, world_size=1,
+    )  # fmt: skip
+    assert dm.hparams["min_length"] == 7 and dm.hparams["batch_size"] == 2
+    dm.setup("fit")
+    dm.setup("fit")
+    assert dm.checked == ["train", "val"]  # once per split
+    val = list(dm.val_dataloader())
+    keys = [k for b in val for k in b["key"]]
+    assert sorted(keys) == sorted(sample_key(f"src{c}", c * 100) for c in range(10, NUM_SHARDS * PER_SHARD))
+    assert all(b["length"].dtype == torch.float32 and (b["length"] == 7).all() for b in val)
+    assert dm.skip_stats("val")["too_short"] == 10  # "clip 0" ... "clip 9"
+    whole = [b["key"] for b in dm.train_dataloader()]
+    assert len(whole) == len(dm.train_dataloader()) == 4
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict({"epoch": 0, "batches": 1})
+    assert [b["key"] for b in resumed] == whole[1:]
+
+
+def test_skip_reason_maps_each_error_once() -> None:
+    assert skip_reason(SkipSample("bad_meta", "x")) == "bad_meta"
+    assert skip_reason(ClipDecodeError("x")) == "decode_error"
+    assert skip_reason(ClipTooShort("x")) == "too_short"
+    assert skip_reason(KeyError("x")) == "other"
+    with pytest.raises(ValueError, match="unknown skip reason"):
+        SkipSample("no_such_reason", "x")

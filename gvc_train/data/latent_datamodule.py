@@ -1,11 +1,12 @@
 """``LatentDataModule``: latent shards (``gvc-shard --tokenizer``) -> batches of tokenizer latents.
 
-The same machinery as :class:`~gvc_train.data.datamodule.VideoDataModule` (resampled shards or
-the explicit rank/worker split, ``samples_per_epoch``, the shuffle buffer, skip counting, the
-equal epoch length on every rank); only the per-sample step differs: the float16 latent is
-checked against its metadata, a window of ``latent_frames`` latent frames and a ``crop_size``
-crop in *latent* pixels are cut from it (random in training, the first window and the centre
-crop for validation and test), and the batch is made float32.
+A :class:`~gvc_train.data.shard_datamodule.ShardDataModule` (resampled shards or the explicit
+rank/worker split, ``samples_per_epoch``, the shuffle buffer, exact resume, skip counting, the
+equal epoch length on every rank), a sibling of
+:class:`~gvc_train.data.datamodule.VideoDataModule`. Its per-sample step,
+:class:`LatentSampleStep`, checks the float16 latent against its metadata and cuts a window of
+``latent_frames`` latent frames and a ``crop_size`` crop in *latent* pixels from it (random in
+training, the first window and the centre crop for validation and test); the batch is float32.
 
 A batch is a dict::
 
@@ -34,31 +35,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import random
 import tarfile
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
-from gvc_train.data.datamodule import ShardSpec, VideoDataModule
 from gvc_train.data.latent_format import (
     LATENT_FIELD,
-    LatentDecodeError,
     LatentMeta,
     TokenizerMismatch,
     decode_latent,
     index_latent_info,
     resolve_fingerprint,
 )
-from gvc_train.data.pipeline import ClipStream, StreamConfig, _Clip
-from gvc_train.data.sample_format import CAPTION_KEY, INDEX_FILE, META_KEY
-from gvc_train.data.skip_stats import SkipCounter
-from gvc_train.data.transforms import ClipSampler, ClipTooShort, ClipTooSmall, Window, empty_float_batch
-
-log = logging.getLogger(__name__)
+from gvc_train.data.pipeline import Sample, SampleStep, check_fits, make_sample, members, parse_meta, where
+from gvc_train.data.sample_format import INDEX_FILE, META_KEY
+from gvc_train.data.shard_datamodule import ShardDataModule, ShardSpec, shared_args
+from gvc_train.data.skip_stats import SkipSample
+from gvc_train.data.transforms import ClipSampler, Window, as_hw, empty_float_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,98 +89,46 @@ class LatentSampler:
         return np.ascontiguousarray(view), win
 
 
-def decode_latent_sample(
-    sample: dict[str, Any],
-    sampler: LatentSampler,
-    rng: random.Random | None,
-    skips: SkipCounter,
-    fingerprint: str | None = None,
-) -> _Clip | None:
-    """A raw WebDataset sample -> the sampled latent window, or None (the skip counted).
+@dataclasses.dataclass(frozen=True)
+class LatentSampleStep(SampleStep):
+    """A latent-shard sample -> a ``C x t x h x w`` float16 window chosen by ``sampler``.
 
-    Raises :class:`TokenizerMismatch` for a latent of another tokenizer than ``fingerprint``.
+    Raises :class:`TokenizerMismatch` (never skipped) for a latent of another tokenizer than
+    ``tokenizer_fingerprint``.
     """
-    key = str(sample.get("__key__"))
-    where = f"{key} in {sample.get('__url__')}"
-    try:
-        raw = sample.get(META_KEY)
-        if raw is None:
-            raise ValueError("no json member")
-        meta = LatentMeta.from_json(raw)
-    except Exception as exn:
-        skips.add("bad_meta", f"{where}: {type(exn).__name__}: {exn}")
-        return None
-    if fingerprint is not None and meta.tokenizer_fingerprint != fingerprint:
-        raise TokenizerMismatch(
-            f"{where}: latent made by tokenizer {meta.tokenizer_fingerprint[:16]}..., this stage expects "
-            f"{fingerprint[:16]}...; re-shard with gvc-shard --tokenizer <the stage's tokenizer>"
-        )
-    payload = sample.get(LATENT_FIELD)
-    if payload is None:
-        skips.add("missing_frames", f"{where}: no {LATENT_FIELD}; members {sorted(k for k in sample if not k.startswith('__'))}")
-        return None
-    _, t, h, w = meta.latent_shape
-    if sampler.latent_frames is not None and t < sampler.latent_frames:
-        skips.add("too_short", f"{where}: {t} latent frames < {sampler.latent_frames}")
-        return None
-    if sampler.crop_size is not None and (h < sampler.crop_size[0] or w < sampler.crop_size[1]):
-        skips.add("too_small", f"{where}: latent {h}x{w} < crop {sampler.crop_size}")
-        return None
-    try:
+
+    sampler: LatentSampler
+    tokenizer_fingerprint: str | None = None
+    batch_field: ClassVar[str] = "latent"
+    settings: ClassVar[str] = "latent_frames/crop_size"
+    refused: ClassVar[tuple[type[Exception], ...]] = (TokenizerMismatch,)
+
+    def decode(self, sample: dict[str, Any], rng: random.Random | None) -> Sample:
+        sampler, fingerprint = self.sampler, self.tokenizer_fingerprint
+        meta = parse_meta(sample, LatentMeta.from_json)
+        if fingerprint is not None and meta.tokenizer_fingerprint != fingerprint:
+            raise TokenizerMismatch(
+                f"{where(sample)}: latent made by tokenizer {meta.tokenizer_fingerprint[:16]}..., this stage "
+                f"expects {fingerprint[:16]}...; re-shard with gvc-shard --tokenizer <the stage's tokenizer>"
+            )
+        payload = sample.get(LATENT_FIELD)
+        if payload is None:
+            raise SkipSample("missing_frames", f"no {LATENT_FIELD}; members {members(sample)}")
+        _, t, h, w = meta.latent_shape
+        check_fits(t, h, w, sampler.latent_frames, sampler.crop_size, unit="latent ")
         window, win = sampler(decode_latent(payload, meta), rng)
-    except LatentDecodeError as exn:
-        skips.add("decode_error", f"{where}: {exn}")
-        return None
-    except ClipTooShort as exn:
-        skips.add("too_short", f"{where}: {exn}")
-        return None
-    except ClipTooSmall as exn:
-        skips.add("too_small", f"{where}: {exn}")
-        return None
-    except Exception as exn:  # one bad sample must not end a training run
-        log.debug("unexpected error decoding %s", where, exc_info=True)
-        skips.add("other", f"{where}: {type(exn).__name__}: {exn}")
-        return None
-    info = dataclasses.asdict(meta)
-    info.update(
-        latent_window_start=win.start,
-        latent_crop_top=win.top,
-        latent_crop_left=win.left,
-        flipped=win.flipped,
-        shard=str(sample.get("__url__")),
-    )
-    caption = sample.get(CAPTION_KEY)
-    return _Clip(key, window, info, caption.decode("utf-8", errors="replace") if isinstance(caption, bytes) else "")
+        return make_sample(
+            sample, window, meta, latent_window_start=win.start, latent_crop_top=win.top,
+            latent_crop_left=win.left, flipped=win.flipped,
+        )  # fmt: skip
 
-
-def collate_latents(clips: list[_Clip], skipped: dict[str, int], worker: int) -> dict[str, Any]:
-    """``latent``: the float16 windows as one float32 ``B x C x t x h x w`` tensor; then the lists."""
-    out = empty_float_batch((len(clips), *clips[0].window.shape))
-    dst = out.numpy()
-    for i, clip in enumerate(clips):
-        dst[i] = clip.window  # float16 -> float32 is exact
-    return {
-        "latent": out,
-        "key": [c.key for c in clips],
-        "meta": [c.meta for c in clips],
-        "caption": [c.caption for c in clips],
-        "skipped": skipped,
-        "worker": worker,
-    }
-
-
-class LatentStream(ClipStream):
-    """:class:`ClipStream` over latent samples (its sampler is a :class:`LatentSampler`)."""
-
-    def __init__(self, config: StreamConfig, tokenizer_fingerprint: str | None = None) -> None:
-        super().__init__(config)
-        self.tokenizer_fingerprint = tokenizer_fingerprint
-
-    def _decode_one(self, sample: dict[str, Any], rng: random.Random | None, skips: SkipCounter) -> _Clip | None:
-        return decode_latent_sample(sample, self.config.sampler, rng, skips, self.tokenizer_fingerprint)
-
-    def _collate(self, clips: list[_Clip], skipped: dict[str, int], worker: int) -> dict[str, Any]:
-        return collate_latents(clips, skipped, worker)
+    def stack(self, windows: list[np.ndarray]) -> torch.Tensor:
+        """The float16 windows as one float32 ``B x C x t x h x w`` tensor (an exact conversion)."""
+        out = empty_float_batch((len(windows), *windows[0].shape))
+        dst = out.numpy()
+        for i, window in enumerate(windows):
+            dst[i] = window
+        return out
 
 
 # ---------------------------------------------------------------------------- the setup check
@@ -238,11 +184,10 @@ def check_latent_shards(urls: Sequence[str], split: str, fingerprint: str | None
 # ---------------------------------------------------------------------------- the module
 
 
-class LatentDataModule(VideoDataModule):
+class LatentDataModule(ShardDataModule):
     """Tokenizer latents from WebDataset shards written by ``gvc-shard --tokenizer``.
 
     Args:
-        train_shards, val_shards, test_shards: shard specs, as for :class:`VideoDataModule`.
         latent_frames: t, latent frames per clip (``1 + k`` latent frames stand for ``1 + 4k``
             video frames); None: all the stored ones.
         crop_size: crop in *latent* pixels (``int`` or ``(h, w)``; 8 = 64 video pixels);
@@ -253,7 +198,8 @@ class LatentDataModule(VideoDataModule):
         tokenizer_fingerprint: refuse latents of any other tokenizer: the sha256 fingerprint,
             or an exported tokenizer folder (its ``tokenizer.json``). None: no check.
         shuffle_buffer: raw samples held per training stream (latents are small: 256).
-        The others as :class:`VideoDataModule`.
+        The others (shards, batch sizes, workers, epoch length, seed, ranks) as
+        :class:`~gvc_train.data.shard_datamodule.ShardDataModule`.
     """
 
     def __init__(
@@ -279,44 +225,17 @@ class LatentDataModule(VideoDataModule):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        super().__init__(
-            train_shards=train_shards,
-            val_shards=val_shards,
-            test_shards=test_shards,
-            clip_frames=1,  # unused: the latent window is latent_frames
-            crop_size=crop_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            samples_per_epoch=samples_per_epoch,
-            shuffle_buffer=shuffle_buffer,
-            resampled=resampled,
-            flip=flip,
-            seed=seed,
-            val_batch_size=val_batch_size,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            latent_time_stride=None,
-            max_consecutive_skips=max_consecutive_skips,
-            rank=rank,
-            world_size=world_size,
-        )
-        for name in ("clip_frames", "frame_stride", "latent_time_stride"):  # the parent's, unused here
-            self._hparams.pop(name, None)
-            self._hparams_initial.pop(name, None)
         LatentSampler(latent_frames)  # validates
+        super().__init__(**shared_args(locals()))
         self.latent_frames = latent_frames
+        self.crop_size = as_hw(crop_size)
+        self.flip = flip
         self.from_first_frame = from_first_frame
         self.tokenizer_fingerprint = resolve_fingerprint(tokenizer_fingerprint) if tokenizer_fingerprint else None
-        self._latents_checked: set[str] = set()
 
-    def _check(self, split: str) -> None:
-        super()._check(split)
-        if split not in self._latents_checked:
-            check_latent_shards(self.shard_urls(split), split, self.tokenizer_fingerprint)
-            self._latents_checked.add(split)
+    def sample_step(self, train: bool) -> LatentSampleStep:
+        sampler = LatentSampler(self.latent_frames, self.crop_size, self.flip and train, self.from_first_frame)
+        return LatentSampleStep(sampler, self.tokenizer_fingerprint)
 
-    def _sampler(self, train: bool) -> LatentSampler:  # type: ignore[override]
-        return LatentSampler(self.latent_frames, self.crop_size, self.flip and train, self.from_first_frame)
-
-    def _make_stream(self, config: StreamConfig) -> LatentStream:
-        return LatentStream(config, self.tokenizer_fingerprint)
+    def check_shards(self, split: str, urls: list[str]) -> None:
+        check_latent_shards(urls, split, self.tokenizer_fingerprint)

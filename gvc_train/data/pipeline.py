@@ -1,6 +1,6 @@
-"""The WebDataset pipeline: shard specs -> this stream's shards -> samples -> clips -> batches.
+"""The WebDataset pipeline: shard specs -> this stream's shards -> samples -> decoded -> batches.
 
-A *stream* is one (rank, DataLoader worker) pair; each runs :class:`ClipStream` in its own
+A *stream* is one (rank, DataLoader worker) pair; each runs :class:`ShardStream` in its own
 process. Its stages, in order:
 
 1. shard URLs: resampled with replacement (``wds.ResampledShards``, seeded per stream), or the
@@ -10,9 +10,14 @@ process. Its stages, in order:
 2. tar -> raw samples (``wds.tarfile_samples``), one shard at a time, with a ``handler`` that
    counts and skips unreadable or truncated tars;
 3. a shuffle buffer over the *raw* (still compressed) samples, so the buffer costs little memory;
-4. decode: meta checked, frames decoded once, a T-frame window cropped (uint8); a sample that
-   fails any step is skipped and counted, never passed on;
-5. batching: windows are converted to float straight into the batch tensor.
+4. decode: the data module's :class:`SampleStep` checks the metadata, decodes the payload once
+   and cuts a window (frames for video, latents for latent shards); a sample that fails any
+   step is skipped and counted under :func:`~gvc_train.data.skip_stats.skip_reason`, never
+   passed on;
+5. batching: the step's ``collate`` writes the windows straight into the batch tensor.
+
+Only stage 4 and the batch tensor depend on what the shards hold; the rest is shared by every
+shard data module (:mod:`gvc_train.data.shard_datamodule`).
 
 Skips are counted per stream. Each batch carries ``skipped``, the counts since the previous
 batch of that stream, and a stream that ends with counts not yet carried sends one last
@@ -27,20 +32,21 @@ import dataclasses
 import hashlib
 import logging
 import random
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from gvc_train.data.clip_codec import ClipDecodeError, decode_clip
-from gvc_train.data.sample_format import CAPTION_KEY, FRAMES_PREFIX, META_KEY, ClipMeta, frames_field
+from gvc_train.data.sample_format import CAPTION_KEY, META_KEY
 from gvc_train.data.shard_split import batches_per_stream, split_for_stream, stable_seed
-from gvc_train.data.skip_stats import SkipCounter
-from gvc_train.data.transforms import ClipSampler, ClipTooShort, ClipTooSmall, to_video_batch
+from gvc_train.data.skip_stats import SkipCounter, SkipSample
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M")  # a sample format's metadata class
 
 STATS_ONLY = "__stats_only__"  # marks the last item of a stream that only carries skip counts
 
@@ -60,16 +66,107 @@ class _CountTarErrors:
         return True
 
 
+# ---------------------------------------------------------------------------- the per-sample step
+
+
+@dataclasses.dataclass
+class Sample:
+    """One decoded sample: its window (the array that goes into the batch) and what describes it."""
+
+    key: str
+    window: np.ndarray  # frames: 3 x T x h x w uint8; latents: C x t x h x w float16
+    meta: dict[str, Any]
+    caption: str
+
+
+class SampleStep:
+    """What a stream does with one raw sample; the only stage that differs between data modules.
+
+    A subclass is plain data (a frozen dataclass), so it pickles into worker processes. Its
+    ``decode`` raises to skip a sample: :class:`~gvc_train.data.skip_stats.SkipSample` with a
+    reason, or a sample format's own error (see ``skip_reason``); errors of the types in
+    ``refused`` end the run instead (data that must never be trained on, such as another
+    tokenizer's latents).
+    """
+
+    batch_field: ClassVar[str]  # the name of the batch tensor: "video", "latent", ...
+    settings: ClassVar[str] = "window and crop"  # what to check when nothing is usable
+    refused: ClassVar[tuple[type[Exception], ...]] = ()
+
+    def decode(self, sample: dict[str, Any], rng: random.Random | None) -> Sample:
+        """A raw WebDataset sample -> its window; random when ``rng`` is given, else deterministic."""
+        raise NotImplementedError
+
+    def stack(self, windows: list[np.ndarray]) -> torch.Tensor:
+        """Equal-shape windows -> the float32 batch tensor."""
+        raise NotImplementedError
+
+    def collate(self, samples: list[Sample], skipped: dict[str, int], worker: int) -> dict[str, Any]:
+        """The batch: the stacked windows under ``batch_field``, then per-sample lists."""
+        return {
+            self.batch_field: self.stack([s.window for s in samples]),
+            "key": [s.key for s in samples],
+            "meta": [s.meta for s in samples],
+            "caption": [s.caption for s in samples],
+            "skipped": skipped,  # this stream's skips since its previous batch
+            "worker": worker,
+        }
+
+
+def where(sample: dict[str, Any]) -> str:
+    """``"{key} in {shard}"``: how skip messages name a sample."""
+    return f"{sample.get('__key__')} in {sample.get('__url__')}"
+
+
+def members(sample: dict[str, Any]) -> list[str]:
+    """The sample's fields (tar member suffixes), for a message about a missing one."""
+    return sorted(k for k in sample if not k.startswith("__"))
+
+
+def parse_meta(sample: dict[str, Any], parse: Callable[[bytes], M]) -> M:
+    """The sample's JSON through ``parse``; any failure (json, unicode, type) skips it as ``bad_meta``."""
+    try:
+        raw = sample.get(META_KEY)
+        if raw is None:
+            raise ValueError("no json member")
+        return parse(raw)
+    except Exception as exn:
+        raise SkipSample("bad_meta", f"{type(exn).__name__}: {exn}") from exn
+
+
+def check_fits(
+    frames: int, height: int, width: int, window: int | None, crop: tuple[int, int] | None, unit: str = ""
+) -> None:
+    """Skip, from the metadata alone (before any decode), a sample too short for the window
+    (``window`` frames) or too small for the crop; None: no limit. ``unit`` names the frames."""
+    if window is not None and frames < window:
+        raise SkipSample("too_short", f"{frames} {unit}frames < {window}")
+    if crop is not None and (height < crop[0] or width < crop[1]):
+        raise SkipSample("too_small", f"{unit}{height}x{width} < crop {crop}")
+
+
+def make_sample(sample: dict[str, Any], window: np.ndarray, meta: Any, **placement: Any) -> Sample:
+    """The decoded sample: ``meta``'s fields, then where the window was cut (``placement``) and the shard."""
+    info = {**dataclasses.asdict(meta), **placement, "shard": str(sample.get("__url__"))}
+    return Sample(str(sample.get("__key__")), window, info, caption_of(sample))
+
+
+def caption_of(sample: dict[str, Any]) -> str:
+    """The sample's caption text, "" where it has none."""
+    caption = sample.get(CAPTION_KEY)
+    return caption.decode("utf-8", errors="replace") if isinstance(caption, bytes) else ""
+
+
 # ---------------------------------------------------------------------------- the stream
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamConfig:
+class ShardStreamConfig:
     """Everything one stream needs; plain data, so it pickles into worker processes."""
 
     split: str  # "train", "val", "test": names the skip counts
     urls: tuple[str, ...]
-    sampler: ClipSampler
+    step: SampleStep
     batch_size: int
     rank: int
     world_size: int
@@ -82,18 +179,10 @@ class StreamConfig:
     max_consecutive_skips: int = 1000
 
 
-@dataclasses.dataclass
-class _Clip:
-    key: str
-    window: np.ndarray  # 3 x T x h x w uint8
-    meta: dict[str, Any]
-    caption: str
-
-
-class ClipStream(IterableDataset):
+class ShardStream(IterableDataset):
     """One epoch of batches for the calling (rank, worker) stream; see the module docstring."""
 
-    def __init__(self, config: StreamConfig) -> None:
+    def __init__(self, config: ShardStreamConfig) -> None:
         super().__init__()
         self.config = config
         self.epoch = 0
@@ -143,9 +232,9 @@ class ClipStream(IterableDataset):
                 mine, endless, random.Random(stable_seed(stream_seed, 3)), shuffle_rng, skips
             )
         aug_rng = random.Random(stable_seed(stream_seed, 5)) if cfg.random_sampling else None
-        clips = self._decoded(raw, aug_rng, endless, skips)
+        decoded = self._decoded(raw, aug_rng, endless, skips)
         count = 0
-        for batch in self._batched(clips, worker, skips):
+        for batch in self._batched(decoded, worker, skips):
             count += 1
             if count > skip:  # a resumed epoch re-makes its first batches and drops them
                 yield batch
@@ -214,43 +303,45 @@ class ClipStream(IterableDataset):
 
     def _decoded(
         self, raw: Iterator[dict[str, Any]], rng: random.Random | None, endless: bool, skips: SkipCounter
-    ) -> Iterator[_Clip]:
+    ) -> Iterator[Sample]:
         cfg = self.config
         in_a_row = 0
-        for sample in raw:
-            clip = self._decode_one(sample, rng, skips)
-            if clip is not None:
+        for raw_sample in raw:
+            sample = self._decode_one(raw_sample, rng, skips)
+            if sample is not None:
                 in_a_row = 0
-                yield clip
+                yield sample
                 continue
             in_a_row += 1
             if endless and in_a_row >= cfg.max_consecutive_skips:
                 raise NoUsableSamples(
                     f"{cfg.split} data: {in_a_row} samples in a row were skipped; the shards hold no "
-                    "usable clip for this clip_frames/frame_stride/crop_size (see the skip warnings)"
+                    f"usable sample for this {cfg.step.settings} (see the skip warnings)"
                 )
 
-    def _batched(self, clips: Iterator[_Clip], worker: int, skips: SkipCounter) -> Iterator[dict[str, Any]]:
+    def _batched(self, samples: Iterator[Sample], worker: int, skips: SkipCounter) -> Iterator[dict[str, Any]]:
         cfg = self.config
-        batch: list[_Clip] = []
-        for clip in clips:
-            if batch and clip.window.shape != batch[0].window.shape:
-                skips.add("size_mismatch", f"{clip.key}: {clip.window.shape} vs {batch[0].window.shape}")
+        batch: list[Sample] = []
+        for sample in samples:
+            if batch and sample.window.shape != batch[0].window.shape:
+                skips.add("size_mismatch", f"{sample.key}: {sample.window.shape} vs {batch[0].window.shape}")
                 continue
-            batch.append(clip)
+            batch.append(sample)
             if len(batch) == cfg.batch_size:
-                yield self._collate(batch, skips.drain(), worker)
+                yield cfg.step.collate(batch, skips.drain(), worker)
                 batch = []
         if batch and not cfg.drop_last:
-            yield self._collate(batch, skips.drain(), worker)
+            yield cfg.step.collate(batch, skips.drain(), worker)
 
-    # -- per-sample hooks: a stream of other samples (latent shards) overrides these two
-
-    def _decode_one(self, sample: dict[str, Any], rng: random.Random | None, skips: SkipCounter) -> _Clip | None:
-        return decode_sample(sample, self.config.sampler, rng, skips)
-
-    def _collate(self, clips: list[_Clip], skipped: dict[str, int], worker: int) -> dict[str, Any]:
-        return collate(clips, skipped, worker)
+    def _decode_one(self, sample: dict[str, Any], rng: random.Random | None, skips: SkipCounter) -> Sample | None:
+        step = self.config.step
+        try:
+            return step.decode(sample, rng)
+        except step.refused:
+            raise
+        except Exception as exn:  # one bad sample must not end a training run
+            skips.add_error(where(sample), exn)
+            return None
 
 
 def resumed_role(worker: int, num_workers: int, consumed: int) -> tuple[int, int]:
@@ -272,96 +363,5 @@ def _split_id(split: str) -> int:
     return int.from_bytes(hashlib.blake2b(split.encode(), digest_size=4).digest(), "little")
 
 
-# ---------------------------------------------------------------------------- one sample
-
-
-def _checked_meta(raw: bytes | None) -> ClipMeta:
-    if raw is None:
-        raise ValueError("no json member")
-    meta = ClipMeta.from_json(raw)
-    for name in ("first_frame", "num_frames", "width", "height"):
-        value = getattr(meta, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name}={value!r} is not a non-negative integer")
-    if not isinstance(meta.fps, (int, float)) or isinstance(meta.fps, bool):
-        raise ValueError(f"fps={meta.fps!r} is not a number")
-    return meta
-
-
-def decode_sample(
-    sample: dict[str, Any], sampler: ClipSampler, rng: random.Random | None, skips: SkipCounter
-) -> _Clip | None:
-    """A raw WebDataset sample -> a cropped clip, or None (the skip counted under its reason).
-
-    Length and size are checked from the metadata before the frames are decoded, so a clip that
-    cannot be used costs no decode.
-    """
-    key = str(sample.get("__key__"))
-    where = f"{key} in {sample.get('__url__')}"
-    try:
-        meta = _checked_meta(sample.get(META_KEY))
-    except Exception as exn:  # json/unicode/type errors all mean the same: unusable metadata
-        skips.add("bad_meta", f"{where}: {type(exn).__name__}: {exn}")
-        return None
-    field = frames_field(sample)
-    if field is None:
-        skips.add("missing_frames", f"{where}: members {sorted(k for k in sample if not k.startswith('__'))}")
-        return None
-    if meta.num_frames < sampler.span:
-        skips.add("too_short", f"{where}: {meta.num_frames} frames < {sampler.span}")
-        return None
-    if sampler.crop_size is not None and (meta.height < sampler.crop_size[0] or meta.width < sampler.crop_size[1]):
-        skips.add("too_small", f"{where}: {meta.height}x{meta.width} < crop {sampler.crop_size}")
-        return None
-    try:
-        frames = decode_clip(field[len(FRAMES_PREFIX) :], sample[field])
-        if frames.shape[:3] != (meta.num_frames, meta.height, meta.width):
-            skips.add("bad_meta", f"{where}: frames {frames.shape} disagree with {meta}")
-            return None
-        window, win = sampler(frames, rng)
-    except ClipDecodeError as exn:
-        skips.add("decode_error", f"{where}: {exn}")
-        return None
-    except ClipTooShort as exn:
-        skips.add("too_short", f"{where}: {exn}")
-        return None
-    except ClipTooSmall as exn:
-        skips.add("too_small", f"{where}: {exn}")
-        return None
-    except Exception as exn:  # one bad sample must not end a training run
-        log.debug("unexpected error decoding %s", where, exc_info=True)
-        skips.add("other", f"{where}: {type(exn).__name__}: {exn}")
-        return None
-    caption = sample.get(CAPTION_KEY)
-    info = dataclasses.asdict(meta)
-    info.update(
-        window_start=win.start,
-        frame_stride=sampler.frame_stride,
-        crop_top=win.top,
-        crop_left=win.left,
-        flipped=win.flipped,
-        shard=str(sample.get("__url__")),
-    )
-    return _Clip(
-        key=key,
-        window=window,
-        meta=info,
-        caption=caption.decode("utf-8", errors="replace") if isinstance(caption, bytes) else "",
-    )
-
-
-def collate(clips: list[_Clip], skipped: dict[str, int], worker: int) -> dict[str, Any]:
-    """The batch contract: ``video`` B x 3 x T x H x W float32 in [0, 1], then per-clip lists."""
-    return {
-        "video": to_video_batch([c.window for c in clips]),
-        "key": [c.key for c in clips],
-        "meta": [c.meta for c in clips],
-        "caption": [c.caption for c in clips],
-        "skipped": skipped,  # this stream's skips since its previous batch
-        "worker": worker,
-    }
-
-
 def is_stats_only(item: dict[str, Any]) -> bool:
     return bool(item.get(STATS_ONLY))
-

@@ -3,6 +3,10 @@
 Each stream counts its skips in a :class:`SkipCounter` (one per stream iteration) and its
 batches carry the counts since the previous batch; the main process adds them up in
 :class:`SkipTotals`. ``REASONS`` is fixed, so every rank logs the same metric names.
+
+A per-sample decode step says why it cannot use a sample by raising: :class:`SkipSample` with
+a reason, or one of the decode errors of the sample formats; :func:`skip_reason` is the one
+place that maps an exception to its reason.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ import collections
 import logging
 import math
 import time
+
+from gvc_train.data.clip_codec import ClipDecodeError
+from gvc_train.data.latent_format import LatentDecodeError
+from gvc_train.data.transforms import ClipTooShort, ClipTooSmall
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +33,37 @@ REASONS = (
     "size_mismatch",  # full-frame batches (crop_size=None) whose clips differ in size
     "other",  # any other exception while decoding one sample (logged with its traceback)
 )
+# The sample formats' own errors, by reason; anything not here (nor a SkipSample) is "other".
+_REASON_OF_ERROR: tuple[tuple[type[BaseException], str], ...] = (
+    (ClipDecodeError, "decode_error"),
+    (LatentDecodeError, "decode_error"),
+    (ClipTooShort, "too_short"),
+    (ClipTooSmall, "too_small"),
+)
 _DETAIL_LOGS_PER_REASON = 5  # per process: the first few skips are logged with key and error
 
 
 _logged_per_reason: collections.Counter[str] = collections.Counter()  # this process's detail logs
+
+
+class SkipSample(Exception):
+    """Raised by a per-sample decode step: skip this sample and count it under ``reason``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; one of {REASONS}")
+        super().__init__(detail)
+        self.reason = reason
+
+
+def skip_reason(exn: BaseException) -> str:
+    """The reason (one of ``REASONS``) to count a sample under whose decoding raised ``exn``."""
+    if isinstance(exn, SkipSample):
+        return exn.reason
+    for error_type, reason in _REASON_OF_ERROR:
+        if isinstance(exn, error_type):
+            return reason
+    return "other"
 
 
 class SkipCounter:
@@ -53,6 +88,18 @@ class SkipCounter:
         )
         if logged == _DETAIL_LOGS_PER_REASON:
             log.warning("%s data: further %s skips in this process are logged at DEBUG", self.split, reason)
+
+    def add_error(self, where: str, exn: BaseException) -> None:
+        """Count a sample whose decoding raised ``exn`` under :func:`skip_reason`'s reason.
+
+        An unexpected error (``other``) names its type, and its traceback goes to DEBUG.
+        """
+        reason = skip_reason(exn)
+        if reason == "other":
+            log.debug("unexpected error decoding %s", where, exc_info=exn)
+            self.add(reason, f"{where}: {type(exn).__name__}: {exn}")
+        else:
+            self.add(reason, f"{where}: {exn}")
 
     def drain(self) -> dict[str, int]:
         counts, self._pending = dict(self._pending), collections.Counter()

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from gvc_train.data.datamodule import ResumableEpochs, consumed_batches
+from gvc_train.data.resumable_loader import ResumableEpochs, consumed_batches
 
 
 def synthetic_clip(index: int, clip_frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
