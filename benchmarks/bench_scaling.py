@@ -66,7 +66,9 @@ def steps_per_second(processes: int, steps: int, warmup: int, train_shards: str,
 def _quiet_recipe(src: Path, dst: Path) -> None:
     import yaml
 
-    cfg = yaml.safe_load(src.read_text())
+    from gvc_train.recipe_bases import load_recipe
+
+    cfg = load_recipe(src)  # the recipe with its base resolved: the copy stands alone
     trainer = cfg["trainer"]
     trainer["logger"] = False
     trainer["enable_progress_bar"] = False

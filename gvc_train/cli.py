@@ -6,7 +6,8 @@
     gvc-train fit --config recipes/tiny/tokenizer.yaml --run_dir runs/exp1   # all outputs there
 
 Models and data modules are chosen by ``class_path`` in the recipe, so one entry point trains
-every stage of every codec family.
+every stage of every codec family. A stage recipe takes its trainer, loggers and callbacks from a
+base in ``recipes/base/`` that it names itself (``gvc_train.recipe_bases``, read by ``RecipeParser``).
 
 Every run saves checkpoints atomically (``AtomicCheckpointIO``). Inside a SLURM job it also
 takes preemption into its own hands (``PreemptionCallback``: save at a batch boundary on
@@ -92,8 +93,9 @@ class RecipeParser(LightningArgumentParser):
             return super().parse_path(path, ext_vars, env, defaults, **kwargs)
         import yaml
 
-        # Named after the recipe in jsonargparse's messages. Its values are read as plain strings
-        # (paths in recipes are relative to the working directory, as always).
+        # Parsed as text named after the recipe (jsonargparse's messages name it). Unlike a file,
+        # text is not parsed from inside the recipe's folder: recipes need not be, their paths
+        # (shards, exports, runs) are relative to the working directory.
         content = yaml.safe_dump(load_recipe(path), sort_keys=False)
         return self.parse_string(content, os.path.basename(path), ext_vars, env, defaults, **kwargs)
 

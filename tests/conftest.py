@@ -109,8 +109,10 @@ def tiny_codec_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def quiet_recipe(recipe: str | Path, out: Path, every_n_train_steps: int | None = None) -> Path:
     """A copy of ``recipe`` for subprocess tests: no progress bar or loggers, and (optionally) its
     periodic last.ckpt every ``every_n_train_steps``. Its other callbacks stay: under DDP they
-    must not hang (the reconstruction logger once did)."""
-    cfg = yaml.safe_load(Path(recipe).read_text())
+    must not hang (the reconstruction logger once did). The copy is standalone: its base resolved."""
+    from gvc_train.recipe_bases import load_recipe
+
+    cfg = load_recipe(recipe)
     trainer = cfg["trainer"]
     trainer["logger"] = False
     keep = []

@@ -16,6 +16,7 @@ from gvc_train.components import load_component, save_component
 from gvc_train.export import export_checkpoint
 from gvc_train.lit.latent_codec import LatentCodecModule
 from gvc_train.models import CausalVAE, LatentVideoCodec
+from gvc_train.recipe_bases import load_recipe
 
 from conftest import REPO, tiny_fit_args
 
@@ -24,8 +25,8 @@ STAGE = "gvc_train.lit.latent_codec.LatentCodecModule"
 LATENT_RECIPES = sorted(
     p.relative_to(REPO).as_posix()
     for p in (REPO / "recipes").rglob("*.yaml")
-    if "cluster" not in p.parts  # overlays: tests/test_scale_out.py
-    if yaml.safe_load(p.read_text())["model"]["class_path"] == STAGE
+    if p.parent.name not in ("cluster", "base")  # overlays (tests/test_scale_out.py), bases (test_recipes.py)
+    if load_recipe(p)["model"]["class_path"] == STAGE
 )
 TINY_CODEC = dict(channels=16, y_channels=8, z_channels=8, memory_channels=8, num_res_blocks=1)
 SHRINK_CODEC = [f"--model.init_args.codec.init_args.{k}={v}" for k, v in TINY_CODEC.items()]

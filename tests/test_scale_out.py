@@ -16,7 +16,7 @@ from conftest import REPO, quiet_recipe, synthetic_data_args
 
 GVC_TRAIN = str(Path(sys.executable).with_name("gvc-train"))
 STAGE_RECIPES = sorted(
-    p for p in (REPO / "recipes").rglob("*.yaml") if "cluster" not in p.parts
+    p for p in (REPO / "recipes").rglob("*.yaml") if p.parent.name not in ("cluster", "base")
 )
 OVERLAYS = sorted((REPO / "recipes" / "cluster").glob("*.yaml"))
 

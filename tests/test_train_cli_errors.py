@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from gvc_train.cli import main
+from gvc_train.recipe_bases import load_recipe
 
 from conftest import REPO, synthetic_data_args
 
@@ -67,7 +68,7 @@ def test_each_user_error_is_one_line_naming_the_key(args, expected, capsys, tmp_
 
 def test_a_misspelled_key_in_the_recipe_file_is_named(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    recipe = yaml.safe_load(Path(TOKENIZER).read_text())
+    recipe = load_recipe(TOKENIZER)  # a standalone copy: the recipe with its base resolved
     recipe["model"]["init_args"]["gan_weigth"] = recipe["model"]["init_args"].pop("gan_weight")
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["fit", "--config", str(tmp_path / "r.yaml")]) == 2
@@ -90,7 +91,7 @@ def _tree(folder: Path) -> dict[str, object]:
 
 def _no_progress_bar(tmp_path: Path) -> str:
     """The tiny recipe as it is (wandb offline + CSV loggers), without its progress bar."""
-    recipe = yaml.safe_load(Path(TOKENIZER).read_text())
+    recipe = load_recipe(TOKENIZER)  # a standalone copy: the recipe with its base resolved
     recipe["trainer"]["callbacks"] = [c for c in recipe["trainer"]["callbacks"] if "TQDM" not in c["class_path"]]
     recipe["trainer"]["enable_progress_bar"] = False
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
