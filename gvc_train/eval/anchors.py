@@ -59,28 +59,10 @@ from gvc_train.eval.anchor_cache import AnchorCache, cache_key, default_cache_di
 # The protocol's data and command lines live in anchor_commands (re-exported: callers import
 # them from here); the ladder's CRF search lives in anchor_search.
 from gvc_train.eval.anchor_commands import (  # noqa: F401 (re-exported)
-    ANCHORS,
-    DECODED_NAME,
-    DEFAULT_CRFS,
-    DEFAULT_THREADS,
-    FFMPEG,
-    INPUT_NAME,
-    X26X_PRESETS,
-    AnchorError,
-    AnchorSpec,
-    anchor_spec,
-    check_frames,
-    decode_command,
-    encode_command,
-    ffmpeg_rate_arg,
-    ffmpeg_version,
-    input_recipe,
-    pad_frames,
-    padded_size,
-    require_encoder,
-    resolve_preset,
-    write_raw_input,
-)
+    ANCHORS, DECODED_NAME, DEFAULT_CRFS, DEFAULT_THREADS, FFMPEG, INPUT_NAME, X26X_PRESETS, AnchorError, AnchorSpec,
+    anchor_spec, check_frames, decode_command, encode_command, ffmpeg_rate_arg, ffmpeg_version, input_recipe, pad_frames,
+    padded_size, require_encoder, resolve_preset, write_raw_input,
+)  # fmt: skip
 from gvc_train.eval.anchor_search import crf_bracket, spread_crfs
 
 MAX_PROBES = 8  # ladder search encodes on top of the ladder's own points (see anchor_ladder)
