@@ -22,7 +22,9 @@ BUILTIN_COMPONENTS = {
     "CausalVAE": "gvc_train.models.tokenizer.causal_vae",
     "DiffusersVAE": "gvc_train.models.tokenizer.diffusers_vae",
     "LatentVideoCodec": "gvc_train.models.latent.latent_codec",
+    "MultiScaleQuantizer": "gvc_train.models.progressive.quantizer",
     "PatchDiscriminator3D": "gvc_train.models.losses.discriminator",
+    "ProgressiveContextModel": "gvc_train.models.progressive.context_model",
 }
 _OTHER_EXPORTS = {
     "DiagonalGaussian": "gvc_train.models.tokenizer.distributions",
