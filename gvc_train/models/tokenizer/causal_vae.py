@@ -17,12 +17,14 @@ from gvc_train.models.registry import register_component
 from gvc_train.models.tokenizer.causal_layers import StreamContext, StreamState, assign_cache_keys
 from gvc_train.models.tokenizer.causal_vae_nets import CausalDecoder, CausalEncoder
 from gvc_train.models.tokenizer.distributions import DiagonalGaussian
+from gvc_train.models.tokenizer.streaming import StreamingTokenizer
 from gvc_train.models.tokenizer.video_vae_base import VideoVAEBase
 
 
 @register_component("CausalVAE")
-class CausalVAE(VideoVAEBase, nn.Module):
-    """Causal 3D convolutional VAE over ``B x 3 x T x H x W`` video in [0, 1].
+class CausalVAE(VideoVAEBase, nn.Module, StreamingTokenizer):
+    """Causal 3D convolutional VAE over ``B x 3 x T x H x W`` video in [0, 1]; a
+    :class:`StreamingTokenizer` (the chunked API below), so codecs can be paired with it.
 
     ``channel_mults`` has one entry per resolution level; each level but the last halves H and
     W, so the spatial stride is ``2 ** (len(channel_mults) - 1)`` (8 by default).
