@@ -79,6 +79,14 @@ class ToyQuantizer:
         return out
 
 
+def assert_within(got: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
+    """Same shape, every value within ``atol`` (torch.testing.assert_close would import
+    torch.distributed.tensor: seconds on a busy machine)."""
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    error = float((got.detach() - expected).abs().max()) if got.numel() else 0.0
+    assert error <= atol, f"max error {error:.3g} > {atol:g}"
+
+
 def past_frames(batch: int = 2) -> list[torch.Tensor | None]:
     return [torch.randn(batch, D, 5, 7), None]  # the previous frame; the one before does not exist
 
@@ -160,7 +168,7 @@ def test_cached_decoding_gives_the_full_pass_logits(kind: str, frames: int) -> N
         again = model.cached_logits(inputs, past)
     for k, (f, c, a) in enumerate(zip(full, cached, again)):
         assert c.shape == f.shape == (2, SCALES[k][0] * SCALES[k][1], V if kind == "codebook" else BITS)
-        torch.testing.assert_close(c, f, rtol=0, atol=1e-5)
+        assert_within(c, f, 1e-5)
         assert torch.equal(a, c), "cached_logits is the same computation as the decoder's steps"
 
 
@@ -192,7 +200,7 @@ def test_rate_bits_is_the_cross_entropy_in_bits_per_scale(kind: str) -> None:
             expected = -torch.log2(p.gather(-1, flat[..., None])).sum((1, 2))
         else:
             expected = -torch.log2(torch.where(flat == 1, p, 1 - p)).sum((1, 2))
-        torch.testing.assert_close(rate[:, k].double(), expected, rtol=1e-5, atol=1e-5)
+        assert_within(rate[:, k].double(), expected, 1e-4)
     assert rate.sum().requires_grad
 
 
@@ -256,7 +264,7 @@ def test_missing_scales_are_predicted_from_the_known_ones(kind: str, known: int)
         assert p.dtype == torch.float64 and ((p >= 0) & (p <= 1)).all()
         if kind == "codebook":
             assert p.shape == (2, h, w, V)
-            torch.testing.assert_close(p.sum(-1), torch.ones(2, h, w, dtype=torch.float64))
+            assert_within(p.sum(-1), torch.ones(2, h, w, dtype=torch.float64), 1e-12)
         else:
             assert p.shape == (2, BITS, h, w)
     with pytest.raises(ValueError, match="mode"):
