@@ -57,16 +57,7 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"train": str(root / "train" / "*.tar"), "val": str(root / "val" / "*.tar"), "root": str(root)}
 
 
-TINY_WAN_CONFIG = dict(
-    base_dim=8,
-    z_dim=4,
-    dim_mult=[1, 2, 2, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[False, True, True],  # (sic) diffusers' spelling
-    latents_mean=[0.0] * 4,
-    latents_std=[1.0] * 4,
-)
+from component_cases import TINY_WAN_CONFIG  # noqa: E402 - the component tester's tiny Wan VAE, one copy
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,145 @@
+"""One tiny case per registered component, for the component tester (component_tester.py).
+
+Every name in ``gvc_train.models.BUILTIN_COMPONENTS`` needs at least one case here (a test in
+test_component_contract.py fails otherwise): a new component adds one ``ComponentCase`` to
+``CASES`` and gets export/reload, fingerprint, registry, import and training-step checks.
+
+gvc_train is imported inside the functions only: the tester's child process imports this file
+before it checks what importing each component's module brings in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from component_tester import ComponentCase
+from torch import nn
+
+# A tiny diffusers AutoencoderKLWan (also what conftest's wan_pretrained_dir saves).
+TINY_WAN_CONFIG = dict(
+    base_dim=8,
+    z_dim=4,
+    dim_mult=[1, 2, 2, 2],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],  # (sic) diffusers' spelling
+    latents_mean=[0.0] * 4,
+    latents_std=[1.0] * 4,
+)
+TINY_CAUSAL_VAE = dict(base_channels=8, num_res_blocks=1, latent_channels=4)
+TINY_LATENT_CODEC = dict(latent_channels=4, channels=8, y_channels=4, z_channels=4, memory_channels=4, num_res_blocks=1, num_qualities=3)
+TINY_DISCRIMINATOR = dict(base_channels=8, num_layers=2, temporal_downsample=1)
+
+
+def _video() -> dict[str, Any]:
+    """A 5-frame 16 x 16 clip in [0, 1]: 1 + 4 frames, two latent frames for a stride-4 tokenizer."""
+    return {"x_BCThw": torch.rand(1, 3, 5, 16, 16)}
+
+
+def _tokenizer_loss(module: nn.Module, inputs: dict[str, Any], out: Any) -> torch.Tensor:
+    recon, posterior = out
+    return (recon - inputs["x_BCThw"]).abs().mean() + 1e-6 * posterior.kl().mean()
+
+
+def _causal_vae() -> nn.Module:
+    from gvc_train.models import CausalVAE
+
+    return CausalVAE(**TINY_CAUSAL_VAE)
+
+
+def _diffusers_vae() -> nn.Module:
+    from gvc_train.models import DiffusersVAE
+
+    return DiffusersVAE(config=TINY_WAN_CONFIG)
+
+
+def _latent_codec() -> nn.Module:
+    from gvc_train.models import LatentVideoCodec
+
+    return LatentVideoCodec(**TINY_LATENT_CODEC)
+
+
+def _latents() -> dict[str, Any]:
+    """Two latent frames (the second is coded with the first as context) at quality 1."""
+    return {"latent_BCthw": torch.randn(1, 4, 2, 4, 6), "quality": 1}
+
+
+def _rate_distortion_loss(module: nn.Module, inputs: dict[str, Any], out: Any) -> torch.Tensor:
+    latent = inputs["latent_BCthw"]
+    rate = module.rate_bits(out["likelihoods"]) / latent.numel()
+    return rate + 20.0 * (out["recon"] - latent).square().mean() + module.aux_loss()
+
+
+def _discriminator(norm: str) -> nn.Module:
+    from gvc_train.models import PatchDiscriminator3D
+
+    return PatchDiscriminator3D(**TINY_DISCRIMINATOR, norm=norm)
+
+
+def _hinge_on_real(module: nn.Module, inputs: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
+    return torch.relu(1.0 - logits).mean()
+
+
+TINY_CONTEXT_MODEL = dict(scales=[[1, 1], [2, 2], [3, 3]], code_dim=4, codebook_size=8, bits=4, width=16, depth=1, heads=2, mlp_ratio=2.0, context_grid=2, past_frames=1)
+
+
+def _context_model(kind: str) -> nn.Module:
+    from gvc_train.models import ProgressiveContextModel
+
+    return ProgressiveContextModel(**TINY_CONTEXT_MODEL, kind=kind)
+
+
+def _token_pyramid(kind: str) -> dict[str, Any]:
+    """Next-scale inputs of a 3-scale pyramid, the previous frame's reconstruction and the true tokens."""
+    scales = TINY_CONTEXT_MODEL["scales"]
+    inputs = [None] + [torch.randn(2, 4, h, w) for h, w in scales[1:]]
+    tokens = [torch.randint(0, 8, (2, h, w)) if kind == "codebook" else torch.randint(0, 2, (2, 4, h, w)) for h, w in scales]
+    return {"inputs_per_scale": inputs, "past": torch.randn(2, 4, 3, 3), "tokens": tokens}
+
+
+def _token_rate(module: nn.Module, inputs: dict[str, Any], logits: list[torch.Tensor]) -> torch.Tensor:
+    return module.rate_bits(logits, inputs["tokens"]).mean()
+
+
+TINY_QUANTIZER = dict(latent_channels=4, code_dim=4, codebook_size=16, scales=[0.25, 0.5, 1.0], refine_groups=2)
+
+
+def _quantizer(kind: str) -> nn.Module:
+    from gvc_train.models import MultiScaleQuantizer
+
+    return MultiScaleQuantizer(**TINY_QUANTIZER, kind=kind)
+
+
+def _latent_frames() -> dict[str, Any]:
+    """Two latent frames (B x C x t x h x w, t folded into the batch by the quantizer)."""
+    return {"z": torch.randn(1, 4, 2, 8, 8)}
+
+
+def _quantizer_loss(module: nn.Module, inputs: dict[str, Any], out: Any) -> torch.Tensor:
+    return (out.reconstruction - inputs["z"]).square().mean() + out.loss
+
+
+CASES = [
+    ComponentCase("CausalVAE", make=_causal_vae, inputs=_video, loss=_tokenizer_loss),
+    ComponentCase("DiffusersVAE", make=_diffusers_vae, inputs=_video, loss=_tokenizer_loss),
+    ComponentCase(
+        "LatentVideoCodec", make=_latent_codec, inputs=_latents, loss=_rate_distortion_loss,
+        ready_for_export=lambda codec: codec.update(force=True),  # the entropy tables travel with it
+        module_imports=("compressai",),
+    ),  # fmt: skip
+    ComponentCase("PatchDiscriminator3D", variant="group", make=lambda: _discriminator("group"), inputs=_video, loss=_hinge_on_real),
+    ComponentCase("PatchDiscriminator3D", variant="spectral", make=lambda: _discriminator("spectral"), inputs=_video, loss=_hinge_on_real),
+    *(
+        ComponentCase("MultiScaleQuantizer", variant=kind, make=lambda kind=kind: _quantizer(kind), inputs=_latent_frames, loss=_quantizer_loss)
+        for kind in ("codebook", "bitwise")
+    ),
+    *(
+        ComponentCase(
+            "ProgressiveContextModel", variant=kind, make=lambda kind=kind: _context_model(kind),
+            inputs=lambda kind=kind: _token_pyramid(kind), loss=_token_rate,
+            forward=lambda module, inputs: module(inputs["inputs_per_scale"], inputs["past"]),
+        )  # fmt: skip
+        for kind in ("codebook", "bitwise")
+    ),
+]
