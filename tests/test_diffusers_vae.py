@@ -5,26 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 
-import diffusers
 import pytest
 import torch
-from conftest import TINY_WAN_CONFIG as TINY_WAN
+from component_cases import TINY_WAN_CONFIG as TINY_WAN
 
 from gvc_train.components import load_component, save_component
 from gvc_train.models import DiffusersVAE
 
 
 @pytest.fixture(scope="module")
-def wan_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_wan")
-    diffusers.AutoencoderKLWan(**TINY_WAN).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def wrapped(wan_folder) -> DiffusersVAE:
-    return DiffusersVAE(pretrained_path=str(wan_folder)).eval()
+def wrapped(wan_pretrained_dir: str) -> DiffusersVAE:
+    return DiffusersVAE(pretrained_path=wan_pretrained_dir).eval()
 
 
 def test_loads_from_local_folder_with_wan_geometry(wrapped: DiffusersVAE) -> None:
@@ -63,10 +54,10 @@ def test_bad_shapes_and_missing_folder(wrapped: DiffusersVAE, tmp_path) -> None:
         DiffusersVAE(config={}, class_name="os")
 
 
-def test_export_holds_the_diffusers_config_and_round_trips(tmp_path) -> None:
-    torch.manual_seed(1)
+def test_export_holds_the_diffusers_config_and_round_trips(wan_pretrained_dir: str, tmp_path) -> None:
+    # Built from a pretrained folder, unlike the component tester's case (built from a config).
     source = tmp_path / "source"
-    diffusers.AutoencoderKLWan(**TINY_WAN).save_pretrained(source)
+    shutil.copytree(wan_pretrained_dir, source)
     wrapped = DiffusersVAE(pretrained_path=str(source)).eval()
     assert wrapped.config["pretrained_path"] is None
     assert wrapped.config["config"]["base_dim"] == 8 and wrapped.config["config"]["z_dim"] == 4
@@ -87,7 +78,7 @@ def test_builds_from_config_dict() -> None:
     assert model.latent_channels == 4 and model.config["config"]["dim_mult"] == [1, 2, 2, 2]
 
 
-def test_pretrained_model_starts_in_train_mode(wan_folder) -> None:
+def test_pretrained_model_starts_in_train_mode(wan_pretrained_dir: str) -> None:
     # diffusers' from_pretrained switches to eval mode; fine-tuning must not run in it silently.
-    model = DiffusersVAE(pretrained_path=str(wan_folder))
+    model = DiffusersVAE(pretrained_path=wan_pretrained_dir)
     assert all(m.training for m in model.modules())
