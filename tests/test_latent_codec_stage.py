@@ -16,6 +16,7 @@ from gvc_train.components import load_component, save_component
 from gvc_train.export import export_checkpoint
 from gvc_train.lit.latent_codec import LatentCodecModule
 from gvc_train.models import CausalVAE, LatentVideoCodec
+from gvc_train.models.tokenizer.streaming import NotAStreamingTokenizer, StreamingTokenizer, require_streaming_tokenizer
 from gvc_train.recipe_bases import load_recipe
 
 from conftest import REPO, tiny_fit_args
@@ -122,6 +123,36 @@ def test_bad_arguments_are_clear_errors(tokenizer_dir) -> None:
         LatentCodecModule(codec, lambdas=[2, 1], tokenizer_path=tokenizer_dir)
     with pytest.raises(ValueError, match="precision=bf16-true"):
         _fit(_module(), _latent_batch(), 1, precision="bf16-true")
+
+
+class _WholeVideoVAE(torch.nn.Module):
+    """A tokenizer with the whole-video API and geometry but no chunked API, as DiffusersVAE."""
+
+    spatial_stride, temporal_stride, latent_channels = 8, 4, 16
+    config: dict = {}
+
+    def encode(self, x_BCThw, chunk_frames=None): ...
+
+    def decode(self, z_BCthw, chunk_latents=None): ...
+
+
+def test_the_tokenizer_must_stream_or_the_stage_is_refused_when_built() -> None:
+    vae = _tiny_vae()
+    assert isinstance(vae, StreamingTokenizer)
+    require_streaming_tokenizer(vae, "the latent-codec stage")  # CausalVAE declares and implements it
+    codec = LatentVideoCodec(num_qualities=2, **TINY_CODEC)
+    lacks = "init_encoder_state, init_decoder_state, encode_chunk, decode_chunk"
+    with pytest.raises(NotAStreamingTokenizer) as refused:
+        LatentCodecModule(codec, lambdas=[1, 2], tokenizer=_WholeVideoVAE())
+    message = str(refused.value)
+    assert message.startswith(f"the latent-codec stage: the tokenizer _WholeVideoVAE is not a streaming tokenizer (it lacks {lacks})")
+    assert "\n" not in message and isinstance(refused.value, ValueError)  # gvc-train reports ValueErrors in one line
+    with pytest.raises(NotAStreamingTokenizer, match="it lacks spatial_stride, temporal_stride, latent_channels, encode,"):
+        LatentCodecModule(codec, lambdas=[1, 2], tokenizer=torch.nn.Linear(2, 2))
+    # DiffusersVAE caches chunks inside one encode/decode call, never across calls: not streaming
+    from gvc_train.models import DiffusersVAE
+
+    assert not any(hasattr(DiffusersVAE, name) for name in lacks.split(", "))
 
 
 def _reads_latent_shards(recipe: str) -> bool:

@@ -1,88 +1,74 @@
 """What a training checkpoint carries beside the weights so that it can be exported.
 
-Each LightningModule names its exportable components in ``self.components`` (component name ->
-attribute holding a registered module). On save, the checkpoint gets a ``gvc`` entry with each
-component's class, constructor config and state-dict prefix, plus provenance (git commit, the
-run's full config, data, steps and wall time). ``gvc-export`` reads only that entry and the
-state dict: it never needs the LightningModule class.
+Each stage names its exportable components (``StageModule.exported_components``: component name
+-> attribute holding a registered module). On save, the checkpoint gets a ``gvc`` entry
+(:data:`CHECKPOINT_KEY`) with each component's registered class name, constructor config and
+state-dict prefix, plus provenance (git commit, the run's full config, data, steps and wall
+time). ``gvc-export`` reads only that entry and the state dict: it never needs the
+LightningModule class. The entry's layout is a contract: checkpoints written by earlier
+versions must keep exporting.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Mapping
 from typing import Any
 
-from gvc_train.lit.step_guard import restore_rng_state, rng_state
-from gvc_train.provenance import environment, git_commit
+import lightning as L
+
+from gvc_train.models.registry import name_of
+from gvc_train.provenance import environment
 
 CHECKPOINT_KEY = "gvc"
 
 
-class ComponentCheckpointMixin:
-    components: dict[str, str]
-    run_config: str | None = None  # the resolved recipe as YAML, set by the CLI
+def unexportable_components(module: L.LightningModule, exported: Mapping[str, str]) -> list[str]:
+    """``"name (why)"`` for each exported component that ``gvc-export`` could not write: a
+    missing attribute, or a module whose class is not registered or has no constructor config."""
+    problems = []
+    for name, attr in exported.items():
+        component = getattr(module, attr, None)
+        if component is None:
+            problems.append(f"{name} (no attribute {attr!r})")
+        elif name_of(type(component)) is None or not isinstance(getattr(component, "config", None), dict):
+            problems.append(f"{name} ({type(component).__name__} is not a registered component)")
+    return problems
 
-    def on_fit_start(self) -> None:
-        self._fit_started = time.monotonic()
-        self._git_commit = git_commit()
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        started = getattr(self, "_fit_started", None)
-        elapsed = time.monotonic() - started if started is not None else 0.0
-        previous = getattr(self, "_train_seconds_before", 0.0)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        checkpoint["rng_state"] = self._training_rng_state()  # Lightning does not save it; exact resume needs it
-        checkpoint[CHECKPOINT_KEY] = {
-            "components": {
-                name: {
-                    "class": type(getattr(self, attr)).__name__,
-                    "config": getattr(self, attr).config,
-                    "state_prefix": f"{attr}.",
-                }
-                for name, attr in self.components.items()
-            },
-            "provenance": {
-                "git_commit": self._git_commit if hasattr(self, "_git_commit") else git_commit(),
-                "recipe": self.run_config,
-                "data": getattr(datamodule, "shard_specs", None),
-                "global_step": self.global_step if self._trainer is not None else 0,
-                "epoch": self.current_epoch if self._trainer is not None else 0,
-                "train_seconds": round(previous + elapsed, 1),
-                **environment(),
-            },
+def checkpoint_entry(
+    module: L.LightningModule,
+    exported: Mapping[str, str],
+    *,
+    git_commit: str | None,
+    run_config: str | None,
+    train_seconds: float,
+) -> dict[str, Any]:
+    """The :data:`CHECKPOINT_KEY` entry of ``module``'s checkpoint."""
+    has_trainer = module._trainer is not None
+    datamodule = getattr(module.trainer, "datamodule", None) if has_trainer else None
+    components = {}
+    for name, attr in exported.items():
+        component = getattr(module, attr)
+        components[name] = {
+            # the registered name is what the loader looks up (the class's own name otherwise)
+            "class": name_of(type(component)) or type(component).__name__,
+            "config": component.config,
+            "state_prefix": f"{attr}.",
         }
+    return {
+        "components": components,
+        "provenance": {
+            "git_commit": git_commit,
+            "recipe": run_config,
+            "data": getattr(datamodule, "shard_specs", None),
+            "global_step": module.global_step if has_trainer else 0,
+            "epoch": module.current_epoch if has_trainer else 0,
+            "train_seconds": round(train_seconds, 1),
+            **environment(),
+        },
+    }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Wall time accumulates over resumed runs.
-        meta = checkpoint.get(CHECKPOINT_KEY, {})
-        self._train_seconds_before = float(meta.get("provenance", {}).get("train_seconds", 0.0))
-        # Not restored here: after this hook Lightning still runs the sanity check and builds the
-        # training data iterator, both of which draw from the global torch RNG (the loaders' base
-        # seed), so dropout would differ from the first step on. The next step restores it.
-        self._train_rng = checkpoint.get("rng_state")
 
-    # The training RNG stream. Steps draw from the global RNGs (dropout), and so does Lightning
-    # between steps: each new data iterator and each validation run draw a loader seed. A resumed
-    # run repeats those draws in other places: it builds its iterator before its first step, and
-    # resuming from the last batch of an epoch skips that epoch's validation. So the state after
-    # each step is kept, checkpoints save it, and the next step (in this run or a resumed one)
-    # starts from it, whatever Lightning drew in between: the steps see one unbroken stream.
-    _train_rng: dict[str, Any] | None = None
-    _in_train_batch = False
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)  # type: ignore[misc]
-        if self._train_rng is not None:
-            restore_rng_state(self._train_rng)
-        self._in_train_batch = True
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Lightning calls the callbacks' hooks (ModelCheckpoint's batch-end save) before this one.
-        super().on_train_batch_end(outputs, batch, batch_idx)  # type: ignore[misc]
-        self._train_rng = rng_state()
-        self._in_train_batch = False
-
-    def _training_rng_state(self) -> dict[str, Any]:
-        """The stream's state after the latest step: the global state during a step's batch
-        hooks (nothing drew since the step), the kept one elsewhere (after validation)."""
-        return rng_state() if self._in_train_batch or self._train_rng is None else self._train_rng
+def train_seconds_so_far(checkpoint: Mapping[str, Any]) -> float:
+    """The wall time the runs before this checkpoint trained (it accumulates over resumes)."""
+    return float(checkpoint.get(CHECKPOINT_KEY, {}).get("provenance", {}).get("train_seconds", 0.0))

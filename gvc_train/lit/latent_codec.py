@@ -28,25 +28,32 @@ skipped whole: no step, not counted in ``global_step``, counted in ``train/nonfi
 
 The codec runs in float32 even under ``bf16-mixed``: likelihoods are products of CDF differences
 that bf16's 8-bit mantissa cannot resolve, and the codec is small. The tokenizer keeps autocast.
+
+The tokenizer must be a streaming tokenizer (``gvc_train.models.tokenizer.streaming``): the
+exported codec encodes and decodes through its chunked API, so a tokenizer without it (a
+``DiffusersVAE``) is refused when the stage is built, before any training.
+What every stage shares is in :class:`gvc_train.lit.stage.StageModule`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import lightning as L
 import torch
 from torch import nn
 
 from gvc_train.components import load_component
 from gvc_train.eval.metrics import psnr
-from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
-from gvc_train.lit.step_guard import NonFiniteGuard, NonFiniteGuardHooks, step_noise
+from gvc_train.lit.stage import EvalResult, StageModule
+from gvc_train.lit.step_guard import step_noise
 from gvc_train.models import sample_noise
 from gvc_train.models.latent.latent_codec import LatentVideoCodec
+from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
 
 # Lightning precisions under which the codec's parameters stay float32 (see the docstring).
+# Not 16-mixed: manual optimization clips before the grad scaler unscales, and fp16 overflows in
+# the rate terms; *-true half precisions would cast the entropy models.
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
 
 
@@ -54,7 +61,7 @@ def _is_aux(name: str) -> bool:
     return name.endswith(".quantiles")
 
 
-class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.LightningModule):
+class LatentCodecModule(StageModule):
     """Train a latent video codec on a frozen tokenizer's latents.
 
     Args:
@@ -62,7 +69,7 @@ class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightni
         lambdas: one rate-distortion weight per quality index, strictly increasing (a higher
             index must mean a higher rate and quality, as the codec's gains assume).
         tokenizer_path: a ``gvc-export`` folder with ``tokenizer.json`` + ``tokenizer.safetensors``.
-        tokenizer: instead of ``tokenizer_path``, a registered video VAE module (tests).
+        tokenizer: instead of ``tokenizer_path``, a registered streaming video VAE module (tests).
         pixel_weight: weight of the pixel MSE (through the frozen decoder) inside D; 0 skips the
             decoder in training (much cheaper).
         lr, betas, aux_lr, warmup_steps: Adam for the codec with linear warm-up; Adam at
@@ -71,6 +78,14 @@ class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightni
         max_consecutive_nonfinite: stop with an error after this many skipped batches in a row
             (training has diverged; skipping forever would spin without progress).
     """
+
+    stage_name = "the latent-codec stage"
+    exported_components = {"tokenizer": "tokenizer", "latent_codec": "codec"}
+    # A submodule so that checkpoints and gvc-export carry it, but it never trains: the
+    # exported codec needs the exact tokenizer it was trained on.
+    frozen_components = ("tokenizer",)
+    supported_precisions = SUPPORTED_PRECISIONS
+    progress_bar_metrics = ("loss",)
 
     def __init__(
         self,
@@ -86,15 +101,13 @@ class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightni
         grad_clip: float | None = 1.0,
         max_consecutive_nonfinite: int = 100,
     ) -> None:
-        super().__init__()
+        super().__init__(max_consecutive_nonfinite)
         if (tokenizer_path is None) == (tokenizer is None):
             raise ValueError("give exactly one of tokenizer_path (a gvc-export folder) or tokenizer (a module)")
         if tokenizer is None:
             tokenizer = load_component(tokenizer_path, "tokenizer")
-        for attr in ("encode", "decode", "spatial_stride", "temporal_stride", "config"):
-            if not hasattr(tokenizer, attr):
-                raise ValueError(f"tokenizer {type(tokenizer).__name__} lacks {attr!r}: give a registered video VAE")
-        if getattr(tokenizer, "latent_channels", codec.latent_channels) != codec.latent_channels:
+        require_streaming_tokenizer(tokenizer, self.stage_name)
+        if tokenizer.latent_channels != codec.latent_channels:
             raise ValueError(
                 f"the tokenizer has {tokenizer.latent_channels} latent channels, the codec codes {codec.latent_channels}"
             )
@@ -107,29 +120,8 @@ class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightni
             raise ValueError(f"pixel_weight must be >= 0, got {pixel_weight}")
         self.save_hyperparameters(ignore=["codec", "tokenizer"])
         self.hparams["lambdas"] = lambdas
-        self.automatic_optimization = False
         self.codec = codec
-        self.tokenizer = tokenizer.eval().requires_grad_(False)
-        self.components = {"tokenizer": "tokenizer", "latent_codec": "codec"}
-        self._nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
-
-    def train(self, mode: bool = True) -> "LatentCodecModule":
-        # Lightning switches the whole module to train mode; the frozen tokenizer stays in eval
-        # so that its latent is deterministic (a VAE built with dropout would perturb it).
-        super().train(mode)
-        self.tokenizer.eval()
-        return self
-
-    def setup(self, stage: str) -> None:
-        if self._trainer is None:
-            return
-        precision = str(self.trainer.precision)
-        if precision not in SUPPORTED_PRECISIONS:
-            # 16-mixed: manual optimization clips before the grad scaler unscales, and fp16
-            # overflows in the rate terms; *-true half precisions would cast the entropy models.
-            raise ValueError(
-                f"the latent-codec stage does not support precision={precision}; use bf16-mixed or 32-true"
-            )
+        self.tokenizer = tokenizer  # frozen_components: eval mode, no gradients
 
     # ---- rate and distortion ------------------------------------------------------------
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -203,22 +195,19 @@ class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightni
         with torch.autocast(device_type=latent.device.type, enabled=False):
             aux_loss = self.codec.aux_loss()
         total = terms["loss"] + aux_loss
-        if not self._nonfinite.ok(self, total, batch_size):
+        if not self.nonfinite.ok(self, total, batch_size):
             return None
 
         opt.zero_grad(set_to_none=True)
         aux_opt.zero_grad(set_to_none=True)
         self.manual_backward(total)
-        if self.hparams.grad_clip:
-            # The main parameters only: the quantiles' gradient is the aux loss's, not clipped
-            # (compressai's reference loop does the same).
-            # (under FSDP the root module's clip also covers the quantiles: harmless)
-            clip_grad_norm(self, opt, self.hparams.grad_clip)
+        # The main parameters only: the quantiles' gradient is the aux loss's, not clipped
+        # (compressai's reference loop does the same).
+        # (under FSDP the root module's clip also covers the quantiles: harmless)
+        clip_grad_norm(self, opt, self.hparams.grad_clip)
         opt.step()
         step_uncounted(self, aux_opt)
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
+        self.step_schedulers()
 
         with torch.no_grad():
             mse = terms["mse"].mean()
@@ -229,7 +218,7 @@ class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightni
                 # The latent is roughly unit-scale: PSNR with peak 1, i.e. -10 log10(MSE).
                 "train/psnr_latent": -10.0 * torch.log10(mse.clamp_min(1e-10)),
                 "train/aux_loss": aux_loss.detach(),
-                "train/nonfinite_skipped": float(self._nonfinite.skipped),
+                "train/nonfinite_skipped": float(self.nonfinite.skipped),
             }
             if "pixel_mse" in terms:
                 metrics["train/pixel_mse"] = terms["pixel_mse"].detach().mean()
@@ -238,10 +227,9 @@ class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightni
         return metrics["train/loss"]
 
     # ---- evaluation ---------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+    def evaluate(self, batch: dict[str, Any]) -> EvalResult:
         """Code the batch at every quality index with rounded quantization (eval mode)."""
         latent, video = self._inputs(batch)
-        batch_size = latent.shape[0]
         target = video if video is not None else (self._pixel_target(latent, None) if self.hparams.pixel_weight > 0 else None)
         metrics: dict[str, torch.Tensor] = {}
         losses = []
@@ -249,25 +237,17 @@ class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightni
         for q in range(self.codec.num_qualities):
             terms = self.rate_distortion(latent, q, target)
             losses.append(terms["loss"])
-            metrics[f"{prefix}/bpp_q{q}"] = terms["bpp"].mean()
-            metrics[f"{prefix}/psnr_latent_q{q}"] = -10.0 * torch.log10(terms["mse"].mean().clamp_min(1e-10))
+            metrics[f"bpp_q{q}"] = terms["bpp"].mean()
+            metrics[f"psnr_latent_q{q}"] = -10.0 * torch.log10(terms["mse"].mean().clamp_min(1e-10))
             if video is not None:
                 recon_video = terms["video_recon"].float().clamp(0, 1)
-                metrics[f"{prefix}/psnr_q{q}"] = psnr(recon_video, video).mean()
+                metrics[f"psnr_q{q}"] = psnr(recon_video, video).mean()
                 if q == 0:
                     # The lowest rate shows the codec's artifacts best (ReconstructionVideoLogger).
                     outputs["recon"] = recon_video
-        self.log_dict(metrics, sync_dist=True, batch_size=batch_size)
         # The monitorable scalar (ModelCheckpoint): the training objective, averaged over qualities.
-        loss = torch.stack(losses).mean()
-        self.log(f"{prefix}/loss", loss, prog_bar=prefix == "val", sync_dist=True, batch_size=batch_size)
-        return {**outputs, **metrics, f"{prefix}/loss": loss}
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch, "test")
+        metrics["loss"] = torch.stack(losses).mean()
+        return EvalResult(metrics, batch_size=latent.shape[0], outputs=outputs)
 
     # ---- optimizers and checkpoints -----------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -279,8 +259,5 @@ class LatentCodecModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightni
             raise ValueError("the codec has no entropy-bottleneck quantiles to train in the aux optimizer")
         opt = torch.optim.Adam(main, lr=hp.lr, betas=tuple(hp.betas))
         aux_opt = torch.optim.Adam(aux, lr=hp.aux_lr)
-        if hp.warmup_steps > 0:
-            warmup = hp.warmup_steps
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-            return [opt, aux_opt], [{"scheduler": sched, "interval": "step"}]
-        return [opt, aux_opt]
+        # the quantiles' aux optimizer needs no warm-up
+        return self.with_warmup([opt, aux_opt], hp.warmup_steps, scheduled=1)

@@ -19,14 +19,17 @@ def step_uncounted(module: L.LightningModule, optimizer: Any) -> None:
     module.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None, model=module)
 
 
-def clip_grad_norm(module: L.LightningModule, optimizer: Any, max_norm: float) -> None:
-    """Clip the gradient norm of ``optimizer``'s parameters, under any strategy.
+def clip_grad_norm(module: L.LightningModule, optimizer: Any, max_norm: float | None) -> None:
+    """Clip the gradient norm of ``optimizer``'s parameters, under any strategy (``max_norm``
+    None or 0: no clipping, a stage's ``grad_clip=null``).
 
     FSDP shards gradients, so the norm must be computed by the root FSDP module
     (``FullyShardedDataParallel.clip_grad_norm_``); Lightning's ``clip_gradients`` refuses under
     FSDP for that reason. The root module clips every parameter that has a gradient, so the
     stages set other optimizers' gradients to None before a backward (see the tokenizer stage).
     """
+    if not max_norm:
+        return
     from lightning.pytorch.strategies import FSDPStrategy
 
     strategy = module.trainer.strategy

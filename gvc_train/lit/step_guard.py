@@ -11,8 +11,10 @@
 - :func:`rng_state` / :func:`restore_rng_state`: Python, NumPy, torch (and CUDA) RNG states,
   saved with every checkpoint: Lightning does not save them, and exact resume needs them for
   anything that still draws from the global RNG (dropout, augmentations in the main process).
-  ``ComponentCheckpointMixin`` keeps them as one stream across steps (restored at each step's
+  :class:`TrainingRngStream` keeps them as one stream across steps (restored at each step's
   start), so the draws Lightning makes between steps (loader seeds) do not shift it.
+
+:class:`gvc_train.lit.stage.StageModule` wires all of them into every stage.
 """
 
 from __future__ import annotations
@@ -52,10 +54,12 @@ class NonFiniteGuard:
     forward pass, where every strategy (FSDP included) can gather a full state to save.
     """
 
-    def __init__(self, max_in_a_row: int, what: str = "loss", log_key: str = "train/nonfinite_skipped") -> None:
+    def __init__(self, max_in_a_row: int, what: str = "loss", name: str = "nonfinite_skipped") -> None:
         if max_in_a_row < 1:
             raise ValueError(f"max_consecutive_nonfinite must be >= 1, got {max_in_a_row}")
-        self.max_in_a_row, self.what, self.log_key = max_in_a_row, what, log_key
+        # ``name``: the skip count's key in checkpoints, and under ``train/`` in the logs
+        self.max_in_a_row, self.what, self.name = max_in_a_row, what, name
+        self.log_key = f"train/{name}"
         self.skipped = 0
         self.in_a_row = 0
         self._diverged: str | None = None
@@ -86,30 +90,41 @@ class NonFiniteGuard:
         )
 
 
-class NonFiniteGuardHooks:
-    """The stage hooks every :class:`NonFiniteGuard` needs: the stop at the batch end, and the
-    skip counts in checkpoints. A stage lists its guards' attribute names in ``nonfinite_guards``
-    (``_nonfinite`` is saved as ``nonfinite_skipped``, ``_nonfinite_d`` as ``nonfinite_skipped_d``)."""
+class TrainingRngStream:
+    """The training steps' RNG stream, unbroken by what Lightning draws between steps.
 
-    nonfinite_guards: tuple[str, ...] = ("_nonfinite",)
+    Steps draw from the global RNGs (dropout), and so does Lightning between steps: each new data
+    iterator and each validation run draw a loader seed. A resumed run repeats those draws in
+    other places: it builds its iterator before its first step, and resuming from the last batch
+    of an epoch skips that epoch's validation. So the state after each step is kept, checkpoints
+    save it, and the next step (in this run or a resumed one) starts from it, whatever Lightning
+    drew in between: the steps see one unbroken stream.
+    """
 
-    def _guards(self) -> list[tuple[str, NonFiniteGuard]]:
-        return [("nonfinite_skipped" + attr[len("_nonfinite") :], getattr(self, attr)) for attr in self.nonfinite_guards]
+    def __init__(self) -> None:
+        self._kept: dict[str, Any] | None = None
+        self._in_step = False
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)  # type: ignore[misc]
-        for _, guard in self._guards():
-            guard.stop_if_diverged(self)  # type: ignore[arg-type]
+    def step_started(self) -> None:
+        if self._kept is not None:
+            restore_rng_state(self._kept)
+        self._in_step = True
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
-        for key, guard in self._guards():
-            checkpoint[key] = guard.skipped
+    def step_ended(self) -> None:
+        self._kept = rng_state()
+        self._in_step = False
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
-        for key, guard in self._guards():
-            guard.skipped = int(checkpoint.get(key, 0))
+    def state(self) -> dict[str, Any]:
+        """The stream's state after the latest step: the global state during a step's batch
+        hooks (nothing drew since the step), the kept one elsewhere (after validation)."""
+        return rng_state() if self._in_step or self._kept is None else self._kept
+
+    def resume_from(self, state: dict[str, Any] | None) -> None:
+        # Not restored now: after a checkpoint loads, Lightning still runs the sanity check and
+        # builds the training data iterator, both of which draw from the global torch RNG (the
+        # loaders' base seed), so dropout would differ from the first step on. The next step
+        # restores it.
+        self._kept = state
 
 
 def _save_before_fault(module: L.LightningModule) -> str:

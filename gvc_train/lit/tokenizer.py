@@ -3,7 +3,9 @@
 The stage trains whichever video VAE it is given (the project's ``CausalVAE`` or a diffusers
 video VAE through ``DiffusersVAE``); both expose the same encode/decode/forward API.
 Optimization is manual because the optional discriminator needs its own optimizer and step;
-with ``discriminator=None`` it is a plain single-optimizer loop.
+with ``discriminator=None`` it is a plain single-optimizer loop. What every stage shares
+(precision policy, eval dispatch, warm-up, non-finite guard, export entry) is in
+:class:`gvc_train.lit.stage.StageModule`.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import torch
 from torch import nn
 
 from gvc_train.eval.metrics import frame_psnr, ms_ssim, psnr
-from gvc_train.lit.checkpoint_meta import ComponentCheckpointMixin
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
-from gvc_train.lit.step_guard import NonFiniteGuard, NonFiniteGuardHooks, step_noise
+from gvc_train.lit.stage import EvalResult, StageModule
+from gvc_train.lit.step_guard import step_noise
 from gvc_train.models.losses.gan_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss
 
 
-class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.LightningModule):
+class TokenizerModule(StageModule):
     """Train a video tokenizer (VAE).
 
     Args:
@@ -40,6 +42,11 @@ class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightning
             in ``train/nonfinite_skipped``); this many in a row save a checkpoint and stop the
             run (see :mod:`gvc_train.lit.step_guard`).
     """
+
+    stage_name = "the tokenizer stage"
+    exported_components = {"tokenizer": "vae"}
+    progress_bar_metrics = ("psnr", "ms_ssim", "l1")
+    # supported_precisions: the base's (no fp16: the grad scaler would also update twice per GAN batch)
 
     def __init__(
         self,
@@ -60,9 +67,8 @@ class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightning
         grad_clip: float | None = 1.0,
         max_consecutive_nonfinite: int = 100,
     ) -> None:
-        super().__init__()
+        super().__init__(max_consecutive_nonfinite)
         self.save_hyperparameters(ignore=["vae", "discriminator"])
-        self.automatic_optimization = False
         self.vae = vae
         self.discriminator = discriminator
         # Held in a list, not as a submodule: the frozen LPIPS network (tens of MB) is loaded from
@@ -74,23 +80,13 @@ class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightning
             from gvc_train.models.losses.lpips import LPIPS
 
             self._lpips.append(LPIPS(backbone_path=lpips_backbone).eval().requires_grad_(False))
-        self.components = {"tokenizer": "vae"}
-        self._nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
         # its own count: a finite generator loss must not hide a discriminator that diverged
-        self._nonfinite_d = NonFiniteGuard(max_consecutive_nonfinite, "discriminator loss", "train/nonfinite_skipped_d")
-        self.nonfinite_guards = ("_nonfinite", "_nonfinite_d")
+        self.nonfinite_d = self.add_nonfinite_guard("discriminator loss", "nonfinite_skipped_d")
 
-    def setup(self, stage: str) -> None:
-        if self._trainer is None:
-            return
-        precision = str(self.trainer.precision)
-        if precision.startswith("16"):
-            # Manual optimization clips before the grad scaler unscales and would update the
-            # scaler twice per GAN batch; bf16 needs no scaler.
-            raise ValueError(f"the tokenizer stage does not support precision={precision}; use bf16-mixed or 32-true")
+    def check_trainer(self, trainer: L.Trainer) -> None:
         from lightning.pytorch.strategies import DDPStrategy
 
-        strategy = self.trainer.strategy
+        strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters", False):
             if self.discriminator is not None:
                 # Two backward passes a step, each leaving one sub-network without gradients.
@@ -127,8 +123,6 @@ class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightning
         x_BCThw = batch["video"]
         opts = self.optimizers()
         opt_g, opt_d = (opts if isinstance(opts, (list, tuple)) else (opts, None))
-        scheds = self.lr_schedulers()
-        scheds = scheds if isinstance(scheds, (list, tuple)) else [scheds] if scheds else []
 
         with step_noise(self, x_BCThw.shape[0]):  # posterior samples: the same whatever the world size
             terms = self._reconstruction_terms(x_BCThw)
@@ -145,11 +139,11 @@ class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightning
             self.log("train/g_loss", g_loss.detach())
             self.log("train/gan_adaptive_weight", weight)
 
-        if not self._nonfinite.ok(self, loss, x_BCThw.shape[0]):
+        if not self.nonfinite.ok(self, loss, x_BCThw.shape[0]):
             return None
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        self._clip(opt_g)
+        clip_grad_norm(self, opt_g, self.hparams.grad_clip)
         opt_g.step()
         # None, not zeros: the discriminator's clip below (under FSDP: over every parameter
         # with a gradient) must not see the generator's
@@ -160,18 +154,16 @@ class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightning
             logits_real = self.discriminator(x_BCThw)
             logits_fake = self.discriminator(terms["recon"].detach())
             d_loss = hinge_d_loss(logits_real, logits_fake)
-            d_stepped = self._nonfinite_d.ok(self, d_loss, x_BCThw.shape[0])
+            d_stepped = self.nonfinite_d.ok(self, d_loss, x_BCThw.shape[0])
             if d_stepped:
                 opt_d.zero_grad(set_to_none=True)
                 self.manual_backward(d_loss)
-                self._clip(opt_d)
+                clip_grad_norm(self, opt_d, self.hparams.grad_clip)
                 step_uncounted(self, opt_d)
                 opt_d.zero_grad(set_to_none=True)
             self.log("train/d_loss", d_loss.detach())
-        # Schedulers pair with optimizers; the discriminator's advances only with its steps.
-        for i, sched in enumerate(scheds):
-            if i == 0 or (gan_on and d_stepped):
-                sched.step()
+        # The discriminator's warm-up advances only with its steps.
+        self.step_schedulers(True, gan_on and d_stepped)
 
         with torch.no_grad():
             train_psnr = psnr(terms["recon"].detach().clamp(0, 1), x_BCThw).mean()
@@ -194,29 +186,18 @@ class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightning
             return None
         return lambda t: self.trainer.strategy.reduce(t, reduce_op="mean")
 
-    def _clip(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.hparams.grad_clip:
-            clip_grad_norm(self, optimizer, self.hparams.grad_clip)
-
     # ---- evaluation ---------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+    def evaluate(self, batch: dict[str, Any]) -> EvalResult:
         x_BCThw = batch["video"]
         posterior = self.vae.encode(x_BCThw)
         recon_BCThw = self.vae.decode(posterior.mode()).clamp(0, 1)
         metrics = {
             # per-frame PSNR averaged, as video-coding papers report it
-            f"{prefix}/psnr": frame_psnr(recon_BCThw, x_BCThw).mean(),
-            f"{prefix}/ms_ssim": ms_ssim(recon_BCThw, x_BCThw).mean(),
-            f"{prefix}/l1": (recon_BCThw - x_BCThw).abs().mean(),
+            "psnr": frame_psnr(recon_BCThw, x_BCThw).mean(),
+            "ms_ssim": ms_ssim(recon_BCThw, x_BCThw).mean(),
+            "l1": (recon_BCThw - x_BCThw).abs().mean(),
         }
-        self.log_dict(metrics, prog_bar=prefix == "val", sync_dist=True, batch_size=x_BCThw.shape[0])
-        return {"recon": recon_BCThw, **metrics}
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch, "test")
+        return EvalResult(metrics, batch_size=x_BCThw.shape[0], outputs={"recon": recon_BCThw})
 
     # ---- optimizers ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -229,11 +210,4 @@ class TokenizerModule(NonFiniteGuardHooks, ComponentCheckpointMixin, L.Lightning
                     self.discriminator.parameters(), lr=hp.lr if hp.disc_lr is None else hp.disc_lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
                 )
             )
-        if hp.warmup_steps > 0:
-            warmup = hp.warmup_steps
-            schedulers = [
-                {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warmup)), "interval": "step"}
-                for o in optimizers
-            ]
-            return optimizers, schedulers
-        return optimizers
+        return self.with_warmup(optimizers, hp.warmup_steps)

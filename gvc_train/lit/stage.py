@@ -1,0 +1,214 @@
+"""StageModule: the base of every training stage (one LightningModule per stage).
+
+A stage is its model, its losses and its step; everything else is wired here once:
+
+- **precision policy**: refused at ``setup`` (before training) in one line;
+- **frozen components**: declared sub-modules (a stage's already trained tokenizer) stay in eval
+  mode with ``requires_grad`` False, whatever Lightning switches;
+- **validation/test dispatch**: one ``evaluate(batch)`` serves both, prefixed and logged here;
+- **warm-up schedule**: linear lr warm-up, built and stepped by helpers (manual optimization);
+- **non-finite guard**: a batch with a non-finite loss is skipped, too many in a row stop the run
+  (:mod:`gvc_train.lit.step_guard`); skip counts in checkpoints;
+- **export entry**: the checkpoint's ``gvc`` entry naming the exported components
+  (:mod:`gvc_train.lit.checkpoint_meta`), with provenance and accumulated wall time;
+- **the training RNG stream** saved in checkpoints, so a resumed run draws what an
+  uninterrupted one drew.
+
+A new stage subclasses :class:`StageModule`, sets the class attributes below, calls
+``super().__init__(max_consecutive_nonfinite)`` then ``self.save_hyperparameters(...)``, and
+implements ``training_step`` (manual optimization), :meth:`StageModule.evaluate` and
+``configure_optimizers`` (ending in :meth:`StageModule.with_warmup`). It may override
+:meth:`StageModule.check_trainer` for its own start-up checks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import nn
+
+from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY, checkpoint_entry, train_seconds_so_far, unexportable_components
+from gvc_train.lit.step_guard import NonFiniteGuard, TrainingRngStream
+from gvc_train.provenance import git_commit
+
+
+@dataclass
+class EvalResult:
+    """What a stage's :meth:`StageModule.evaluate` gives for one batch.
+
+    ``metrics``: scalar tensors under names without the ``val/`` or ``test/`` prefix (the base
+    adds it); ``outputs``: returned beside them but not logged (``recon``, the reconstruction of
+    ``batch["video"]`` in [0, 1], is what ``ReconstructionVideoLogger`` shows).
+    """
+
+    metrics: dict[str, torch.Tensor]
+    batch_size: int
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class StageModule(L.LightningModule):
+    """What every training stage shares; see the module docstring.
+
+    Class attributes a stage sets:
+        stage_name: how messages name it (``"the tokenizer stage"``).
+        exported_components: component name in the export -> attribute of the registered
+            module (``{"tokenizer": "vae"}``); ``gvc-export`` writes these, in this order.
+        frozen_components: attributes whose modules never train: put in eval mode with
+            ``requires_grad`` False when assigned, and kept in eval mode by :meth:`train`.
+        supported_precisions: the Lightning precisions it trains under; None: every one but
+            fp16 (``16-mixed``, ``16-true``): manual optimization clips before the grad scaler
+            unscales, and would update the scaler once per optimizer step.
+        progress_bar_metrics: names (unprefixed) of :meth:`evaluate`'s metrics shown in the
+            progress bar during validation.
+    """
+
+    stage_name: ClassVar[str] = "this stage"
+    exported_components: ClassVar[Mapping[str, str]] = {}
+    frozen_components: ClassVar[tuple[str, ...]] = ()
+    supported_precisions: ClassVar[tuple[str, ...] | None] = None
+    progress_bar_metrics: ClassVar[tuple[str, ...]] = ()
+
+    run_config: str | None = None  # the resolved recipe as YAML, set by the CLI
+
+    def __init__(self, max_consecutive_nonfinite: int = 100) -> None:
+        super().__init__()
+        self.automatic_optimization = False  # every stage steps its optimizers itself
+        self._max_nonfinite = max_consecutive_nonfinite
+        self._nonfinite_guards: list[NonFiniteGuard] = []
+        self.nonfinite = self.add_nonfinite_guard("loss", "nonfinite_skipped")
+        self._rng_stream = TrainingRngStream()
+        self._fit_started: float | None = None
+        self._git_commit: str | None = None
+        self._train_seconds_before = 0.0
+
+    # ---- frozen components ----------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, nn.Module) and name in self.frozen_components:
+            value = value.eval().requires_grad_(False)
+        super().__setattr__(name, value)
+
+    def train(self, mode: bool = True) -> StageModule:
+        # Lightning switches the whole module to train mode; frozen components stay in eval so
+        # that what they compute is deterministic (a VAE built with dropout would perturb it).
+        super().train(mode)
+        for attr in self.frozen_components:
+            frozen = getattr(self, attr, None)
+            if frozen is not None:
+                frozen.eval()
+        return self
+
+    # ---- start-up checks ------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self._trainer is None:
+            return
+        self.check_precision(str(self.trainer.precision))
+        unexportable = unexportable_components(self, self.exported_components)
+        if unexportable:
+            raise ValueError(f"{self.stage_name}: gvc-export could not write {', '.join(unexportable)}")
+        self.check_trainer(self.trainer)
+
+    def check_precision(self, precision: str) -> None:
+        """Raise ValueError unless the stage trains under Lightning's ``precision``."""
+        if self.supported_precisions is None:
+            supported = not precision.startswith("16")
+        else:
+            supported = precision in self.supported_precisions
+        if not supported:
+            raise ValueError(f"{self.stage_name} does not support precision={precision}; use bf16-mixed or 32-true")
+
+    def check_trainer(self, trainer: L.Trainer) -> None:
+        """A stage's own start-up checks (strategy, devices), run in ``setup``; raise ValueError."""
+
+    # ---- non-finite guard -----------------------------------------------------------------
+    def add_nonfinite_guard(self, what: str, name: str) -> NonFiniteGuard:
+        """Another guard (e.g. a discriminator's loss) with its own count: ``name`` is its key
+        in checkpoints and, under ``train/``, in the logs. ``self.nonfinite`` guards the loss."""
+        guard = NonFiniteGuard(self._max_nonfinite, what, name)
+        self._nonfinite_guards.append(guard)
+        return guard
+
+    # ---- validation and test --------------------------------------------------------------
+    def evaluate(self, batch: dict[str, Any]) -> EvalResult:
+        """Metrics of one validation or test batch (no gradients, eval mode)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+        result = self.evaluate(batch)
+        metrics = {f"{prefix}/{k}": v for k, v in result.metrics.items()}
+        shown = {f"{prefix}/{k}" for k in self.progress_bar_metrics} if prefix == "val" else set()
+        for prog_bar in (False, True):
+            part = {k: v for k, v in metrics.items() if (k in shown) == prog_bar}
+            if part:
+                self.log_dict(part, prog_bar=prog_bar, sync_dist=True, batch_size=result.batch_size)
+        return {**result.outputs, **metrics}
+
+    # ---- warm-up schedule -----------------------------------------------------------------
+    @staticmethod
+    def with_warmup(optimizers: list[torch.optim.Optimizer], warmup_steps: int, scheduled: int | None = None) -> Any:
+        """What ``configure_optimizers`` returns: ``optimizers``, and with ``warmup_steps > 0`` a
+        linear warm-up over that many steps for the first ``scheduled`` of them (all by default),
+        advanced by :meth:`step_schedulers`."""
+        if warmup_steps <= 0:
+            return optimizers
+        schedulers = [
+            {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warmup_steps)), "interval": "step"}
+            for o in optimizers[:scheduled]
+        ]
+        return optimizers, schedulers
+
+    def step_schedulers(self, *stepped: bool) -> None:
+        """Advance the schedules after a batch (manual optimization: Lightning does not). A
+        schedule counts its own optimizer's steps: ``stepped[i]`` False (an optimizer that did not
+        step this batch) leaves the i-th alone; optimizers not listed stepped."""
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return
+        for i, scheduler in enumerate(schedulers if isinstance(schedulers, list) else [schedulers]):
+            if i >= len(stepped) or stepped[i]:
+                scheduler.step()
+
+    # ---- hooks: RNG stream, divergence stop, checkpoint entry -----------------------------
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()
+        self._git_commit = git_commit()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._rng_stream.step_started()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Lightning calls the callbacks' hooks (ModelCheckpoint's batch-end save) before this one.
+        self._rng_stream.step_ended()
+        # Outside the forward pass, where every strategy (FSDP included) can gather a state to save.
+        for guard in self._nonfinite_guards:
+            guard.stop_if_diverged(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        elapsed = time.monotonic() - self._fit_started if self._fit_started is not None else 0.0
+        checkpoint["rng_state"] = self._rng_stream.state()  # Lightning does not save it; exact resume needs it
+        checkpoint[CHECKPOINT_KEY] = checkpoint_entry(
+            self,
+            self.exported_components,
+            git_commit=self._git_commit if self._git_commit is not None else git_commit(),
+            run_config=self.run_config,
+            train_seconds=self._train_seconds_before + elapsed,
+        )
+        for guard in self._nonfinite_guards:
+            checkpoint[guard.name] = guard.skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._train_seconds_before = train_seconds_so_far(checkpoint)
+        self._rng_stream.resume_from(checkpoint.get("rng_state"))
+        for guard in self._nonfinite_guards:
+            guard.skipped = int(checkpoint.get(guard.name, 0))
+
