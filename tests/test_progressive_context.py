@@ -17,23 +17,24 @@ from gvc_train.components import ComponentError, build_component, load_component
 from gvc_train.models.progressive import token_probs
 from gvc_train.models.progressive.context_model import ProgressiveContextModel
 
-SCALES = [[1, 1], [2, 2], [3, 3], [4, 4]]
+SCALES = [[1, 1], [2, 2], [3, 3], [4, 4]]  # what a quantizer gives a 4 x 4 latent frame
+OTHER_SIZE = [[1, 2], [2, 3], [4, 5], [6, 7]]  # the same model at another frame size and aspect
 D = 4  # code_dim
 V = 16  # codebook size
-BITS = 4
-TINY = dict(scales=SCALES, code_dim=D, width=32, depth=2, heads=2, mlp_ratio=2.0, context_grid=2, past_frames=2)
+BITS = D  # a bitwise token has one bit per code channel
+TINY = dict(num_scales=len(SCALES), code_dim=D, width=32, depth=2, heads=2, mlp_ratio=2.0, pos_grid=3, context_grid=2, past_frames=2)
 KINDS = ["codebook", "bitwise"]
 
 
 def make(kind: str, **overrides: object) -> ProgressiveContextModel:
     torch.manual_seed(0)
-    return ProgressiveContextModel(**{**TINY, "kind": kind, "codebook_size": V, "bits": BITS, **overrides}).eval()
+    return ProgressiveContextModel(**{**TINY, "kind": kind, "codebook_size": V, **overrides}).eval()
 
 
-def random_tokens(kind: str, batch: int = 2, skew: bool = False) -> list[torch.Tensor]:
+def random_tokens(kind: str, batch: int = 2, skew: bool = False, scales: list[list[int]] = SCALES) -> list[torch.Tensor]:
     """Token maps of every scale (map layout); ``skew``: a far-from-uniform distribution."""
     out = []
-    for h, w in SCALES:
+    for h, w in scales:
         if kind == "codebook":
             t = torch.randint(0, 3 if skew else V, (batch, h, w))
         else:
@@ -46,12 +47,13 @@ class ToyQuantizer:
     """VAR's next-scale inputs from token maps: embed scale k, upsample it to the finest size and
     accumulate; the input of scale k is the accumulation of scales < k resampled to scale k."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, scales: list[list[int]] = SCALES) -> None:
         g = torch.Generator().manual_seed(1)
         self.kind = kind
+        self.scales = scales
         self.codebook = torch.randn(V, D, generator=g)
         self.bit_proj = torch.randn(BITS, D, generator=g)
-        self.finest = tuple(SCALES[-1])
+        self.finest = tuple(scales[-1])
 
     def embed(self, k: int, tokens: torch.Tensor) -> torch.Tensor:
         if self.kind == "codebook":
@@ -67,13 +69,13 @@ class ToyQuantizer:
 
     def input_of(self, f: torch.Tensor | None, k: int, batch: int) -> torch.Tensor:
         if f is None:
-            return torch.zeros(batch, D, *SCALES[k])
-        return F.adaptive_avg_pool2d(f, tuple(SCALES[k]))
+            return torch.zeros(batch, D, *self.scales[k])
+        return F.adaptive_avg_pool2d(f, tuple(self.scales[k]))
 
     def inputs(self, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The K next-scale inputs for the K token maps (the last map is never used)."""
         batch, f, out = tokens[0].shape[0], None, []
-        for k in range(len(SCALES)):
+        for k in range(len(self.scales)):
             out.append(self.input_of(f, k, batch))
             f = self.accumulate(f, k, tokens[k])
         return out
@@ -96,9 +98,10 @@ def past_frames(batch: int = 2) -> list[torch.Tensor | None]:
 
 def test_block_mask_lets_each_scale_see_the_context_and_coarser_blocks_only() -> None:
     model = make("codebook")
-    mask, ids = model.block_mask(), model.block_ids
-    P = model.context_tokens
-    assert P == 2 * 2 * 2 and ids.shape[0] == P + sum(h * w for h, w in SCALES)
+    lengths = [h * w for h, w in SCALES]
+    mask, P = model.block_mask(lengths), model.context_tokens
+    ids = torch.tensor([0] * P + [k + 1 for k, n in enumerate(lengths) for _ in range(n)])
+    assert P == 2 * 2 * 2 and mask.shape == (P + sum(lengths),) * 2
     assert mask[:P, :P].all() and not mask[:P, P:].any(), "the context attends to itself only"
     for q in range(P, len(ids)):
         for s in range(len(ids)):
@@ -155,11 +158,11 @@ def test_the_past_context_reaches_every_scale_and_a_missing_past_is_learned() ->
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("frames", [2, 0])
-def test_cached_decoding_gives_the_full_pass_logits(kind: str, frames: int) -> None:
-    model, quant = make(kind, past_frames=frames), ToyQuantizer(kind)
+@pytest.mark.parametrize(("frames", "scales"), [(2, SCALES), (0, SCALES), (1, OTHER_SIZE)])
+def test_cached_decoding_gives_the_full_pass_logits(kind: str, frames: int, scales: list[list[int]]) -> None:
+    model, quant = make(kind, past_frames=frames), ToyQuantizer(kind, scales)
     torch.manual_seed(5)
-    inputs = quant.inputs(random_tokens(kind))
+    inputs = quant.inputs(random_tokens(kind, scales=scales))
     past = past_frames() if frames else None
     with torch.no_grad():
         full = model(inputs, past)
@@ -167,7 +170,7 @@ def test_cached_decoding_gives_the_full_pass_logits(kind: str, frames: int) -> N
         cached = [steps.step(k, x) for k, x in enumerate(inputs)]
         again = model.cached_logits(inputs, past)
     for k, (f, c, a) in enumerate(zip(full, cached, again)):
-        assert c.shape == f.shape == (2, SCALES[k][0] * SCALES[k][1], V if kind == "codebook" else BITS)
+        assert c.shape == f.shape == (2, scales[k][0] * scales[k][1], V if kind == "codebook" else BITS)
         assert_within(c, f, 1e-5)
         assert torch.equal(a, c), "cached_logits is the same computation as the decoder's steps"
 
@@ -177,9 +180,9 @@ def test_scales_are_stepped_in_order_with_inputs_of_their_size() -> None:
     steps = model.start_frame(None, batch=1)
     with pytest.raises(ValueError, match="in order"):
         steps.step(1, torch.zeros(1, D, 2, 2))
-    steps.step(0, None)
+    steps.step(0, torch.zeros(1, D, 1, 1))
     with pytest.raises(ValueError, match="expected"):
-        steps.step(1, torch.zeros(1, D, 3, 3))
+        steps.step(1, torch.zeros(2, D, 2, 2))
 
 
 # ---- training and rate ------------------------------------------------------------------------
@@ -254,7 +257,7 @@ def test_missing_scales_are_predicted_from_the_known_ones(kind: str, known: int)
     for j, pred in enumerate(preds, start=known):
         h, w = SCALES[j]
         assert pred.shape == ((2, h, w) if kind == "codebook" else (2, BITS, h, w)) and pred.dtype == torch.int64
-        assert torch.equal(pred, model.most_probable(logits[j], j))
+        assert torch.equal(pred, model.most_probable(logits[j], (h, w)))
 
     state["f"] = f
     with torch.no_grad():
@@ -292,12 +295,13 @@ def test_export_round_trip_gives_identical_outputs(kind: str, tmp_path: Path) ->
     [
         ({"width": 1 << 20}, "out of bounds"),
         ({"codebook_size": 1 << 30}, "out of bounds"),
-        ({"scales": [[1, 1], [4096, 4096]]}, "out of bounds"),
-        ({"scales": [[1, 1]] * 40}, "out of bounds"),
+        ({"num_scales": 1000}, "out of bounds"),
+        ({"pos_grid": 4096}, "out of bounds"),
+        ({"past_frames": -1}, "out of bounds"),
         ({"kind": "gaussian"}, "must be one of"),
+        ({"num_scales": "7"}, "must be an integer"),
         ({"depth": 48, "width": 2048, "mlp_ratio": 8.0}, "parameters"),
-        ({"scales": [[s, s] for s in range(100, 116)]}, "tokens"),
-        ({"scales": [[2, 2], [1, 1]]}, "coarse to fine"),
+        ({"kind": "bitwise", "code_dim": 65}, "64 bits"),
         ({"width": 30, "heads": 4}, "multiple"),
     ],
 )
@@ -366,7 +370,7 @@ def test_probabilities_of_the_cached_logits_quantize_for_a_coder() -> None:
     for kind in KINDS:
         model = make(kind)
         with torch.no_grad():
-            logits = model.cached_logits([None] + [torch.randn(1, D, h, w) for h, w in SCALES[1:]], past_frames(1))
+            logits = model.cached_logits([torch.zeros(1, D, 1, 1)] + [torch.randn(1, D, h, w) for h, w in SCALES[1:]], past_frames(1))
         p = model.probabilities(logits[-1])
         dists = p if kind == "codebook" else token_probs.bit_distributions(p)
         freqs = token_probs.quantize_probs(dists, 16)
