@@ -81,7 +81,7 @@ def _hinge_on_real(module: nn.Module, inputs: dict[str, Any], logits: torch.Tens
     return torch.relu(1.0 - logits).mean()
 
 
-TINY_CONTEXT_MODEL = dict(scales=[[1, 1], [2, 2], [3, 3]], code_dim=4, codebook_size=8, bits=4, width=16, depth=1, heads=2, mlp_ratio=2.0, context_grid=2, past_frames=1)
+TINY_CONTEXT_MODEL = dict(num_scales=3, code_dim=4, codebook_size=8, width=16, depth=1, heads=2, mlp_ratio=2.0, pos_grid=2, context_grid=2, past_frames=1)
 
 
 def _context_model(kind: str) -> nn.Module:
@@ -91,9 +91,9 @@ def _context_model(kind: str) -> nn.Module:
 
 
 def _token_pyramid(kind: str) -> dict[str, Any]:
-    """Next-scale inputs of a 3-scale pyramid, the previous frame's reconstruction and the true tokens."""
-    scales = TINY_CONTEXT_MODEL["scales"]
-    inputs = [None] + [torch.randn(2, 4, h, w) for h, w in scales[1:]]
+    """Next-scale inputs of a 3-scale pyramid (1x1, 2x2, 3x3), the previous frame's reconstruction and the true tokens."""
+    scales = [(1, 1), (2, 2), (3, 3)]
+    inputs = [torch.zeros(2, 4, 1, 1)] + [torch.randn(2, 4, h, w) for h, w in scales[1:]]
     tokens = [torch.randint(0, 8, (2, h, w)) if kind == "codebook" else torch.randint(0, 2, (2, 4, h, w)) for h, w in scales]
     return {"inputs_per_scale": inputs, "past": torch.randn(2, 4, 3, 3), "tokens": tokens}
 
