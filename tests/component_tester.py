@@ -4,9 +4,10 @@ A case (a :class:`ComponentCase` in ``tests/component_cases.py``) says how to bu
 instance, its dummy inputs, how to call it and a training loss. ``tests/test_component_contract.py``
 runs, for every case:
 
-* **export and reload without Lightning**: ``save_component`` then ``load_component``, the
-  reloaded module gives bit-identical outputs in eval mode and the same state dict, in a process
-  where ``lightning`` / ``pytorch_lightning`` never gets imported;
+* **export and reload without Lightning**: ``save_component`` then ``load_component`` (which
+  may not unpickle anything), the reloaded module gives bit-identical outputs in eval mode and
+  the same state dict, in a process where ``lightning`` / ``pytorch_lightning`` is never
+  imported, nor even tried;
 * **fingerprint**: the same across a re-export to another folder with other provenance, and
   different when one weight changes;
 * **registry round trip**: name -> class -> name, and ``registered_components()`` holds it;
@@ -25,15 +26,18 @@ test of the module needs it and runs beside the in-process tests.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import importlib.abc
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +115,33 @@ def flatten_tensors(value: Any, path: str = "out") -> dict[str, torch.Tensor]:
 
 def lightning_modules() -> list[str]:
     return sorted(m for m in sys.modules if m.split(".")[0] in LIGHTNING_PACKAGES)
+
+
+class _LightningImportRecorder(importlib.abc.MetaPathFinder):
+    """Records every attempt to import Lightning, even one a ``try: import`` would swallow;
+    finds nothing itself, so the import goes on as it would."""
+
+    attempts: list[str] = []
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.split(".")[0] in LIGHTNING_PACKAGES:
+            self.attempts.append(name)
+        return None
+
+
+@contextlib.contextmanager
+def _no_unpickling() -> Iterator[None]:
+    """Loading a component reads JSON and safetensors only: any unpickling raises."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("load_component unpickled something")
+
+    saved = pickle.load, pickle.loads, torch.load
+    pickle.load = pickle.loads = torch.load = refuse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pickle.load, pickle.loads, torch.load = saved  # type: ignore[assignment]
 
 
 # ---- in-process checks ----------------------------------------------------------------------
@@ -193,6 +224,7 @@ def _fresh_process_checks(case: ComponentCase, folder: Path) -> dict[str, Any]:
 
     cls = gvc_train.models.import_component(case.name)
     imported = sorted(set(sys.modules) - before)
+    attempted_on_import = list(_LightningImportRecorder.attempts)
     from gvc_train.components import load_component, save_component
     from gvc_train.models.registry import name_of
 
@@ -201,7 +233,8 @@ def _fresh_process_checks(case: ComponentCase, folder: Path) -> dict[str, Any]:
         case.ready_for_export(module)
     module.eval()
     first = save_component(module, folder / "export", "component", provenance={"by": "component tester"})
-    loaded = load_component(folder / "export", "component")
+    with _no_unpickling():
+        loaded = load_component(folder / "export", "component")
     expected, got = case.eval_outputs(module, inputs), case.eval_outputs(loaded, inputs)
     state_differs = _differing(module.state_dict(), loaded.state_dict())
     again = save_component(loaded, folder / "re-export", "component", provenance={"by": "a re-export", "from": str(first)})
@@ -212,6 +245,7 @@ def _fresh_process_checks(case: ComponentCase, folder: Path) -> dict[str, Any]:
     fingerprint = lambda path: json.loads(path.read_text())["fingerprint"]  # noqa: E731
     return {
         "imported": imported,
+        "lightning_attempted_on_import": attempted_on_import,
         "registered_as": name_of(cls) if cls is not None else None,
         "loaded_is_registered_class": type(loaded) is cls,
         "loaded_in_eval": not any(m.training for m in loaded.modules()),
@@ -220,7 +254,7 @@ def _fresh_process_checks(case: ComponentCase, folder: Path) -> dict[str, Any]:
         "state_differs": state_differs,
         "fingerprints": {"export": fingerprint(first), "re-export": fingerprint(again), "one weight changed": fingerprint(changed)},
         "changed_weight": name,
-        "lightning": lightning_modules(),
+        "lightning": lightning_modules() + [f"{name} (attempted)" for name in _LightningImportRecorder.attempts],
     }
 
 
@@ -263,6 +297,7 @@ def main(root: Path, case_ids: list[str]) -> int:
     from component_cases import CASES
 
     _warm_up_torch()
+    sys.meta_path.insert(0, _LightningImportRecorder())
 
     by_id = {case.id: case for case in CASES}
     pids = {case_id: _fork_case(by_id[case_id], root) for case_id in case_ids}
