@@ -18,10 +18,10 @@ runs, for every case:
   gradient finite, some parameter changed.
 
 The checks that need a fresh interpreter run in one child process for all cases (this file is
-its script): it imports torch once, then forks one process per case, which imports only that
-component's module, so each import check starts from the same clean interpreter without paying
-for torch again. Each fork writes a JSON report the tests read. The child starts when the first
-test of the module needs it and runs beside the in-process tests.
+its script): it imports torch once, then forks (``os.fork``: Linux, as the suite) one process per
+case, which imports only that component's module, so each import check starts from the same
+clean interpreter without paying for torch again. Each fork writes a JSON report the tests read.
+The child starts before the module's first test and runs beside the in-process tests.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def _fresh_process_checks(case: ComponentCase, folder: Path) -> dict[str, Any]:
         "state_differs": state_differs,
         "fingerprints": {"export": fingerprint(first), "re-export": fingerprint(again), "one weight changed": fingerprint(changed)},
         "changed_weight": name,
-        "lightning": lightning_modules() + [f"{name} (attempted)" for name in _LightningImportRecorder.attempts],
+        "lightning": lightning_modules() + [f"{attempt} (attempted)" for attempt in _LightningImportRecorder.attempts],
     }
 
 
