@@ -220,3 +220,24 @@ def test_a_folder_of_an_unregistered_family_is_refused_in_one_line(toy_family, t
 def test_the_family_table_refuses_a_reused_stream_id() -> None:
     with pytest.raises(ValueError, match="stream id 1 is 'latent'"):
         register_family(FamilyEntry("other", 1, ("x",), "m:C", "m:f"))
+
+
+def test_export_refuses_a_codec_whose_tokenizer_cannot_stream(tmp_path, capsys) -> None:
+    """The streaming-tokenizer contract is checked when the codec is exported, not at gvc encode:
+    a DiffusersVAE (no chunk state across calls) paired with a latent codec is one line."""
+    from component_cases import TINY_LATENT_CODEC, TINY_WAN_CONFIG
+
+    from gvc_train.models import DiffusersVAE, LatentVideoCodec
+
+    tokenizer, codec = DiffusersVAE(config=TINY_WAN_CONFIG), LatentVideoCodec(**TINY_LATENT_CODEC)
+    state = {f"vae.{k}": v for k, v in tokenizer.state_dict().items()} | {f"codec.{k}": v for k, v in codec.state_dict().items()}
+    components = {
+        "tokenizer": {"class": "DiffusersVAE", "config": tokenizer.config, "state_prefix": "vae."},
+        "latent_codec": {"class": "LatentVideoCodec", "config": codec.config, "state_prefix": "codec."},
+    }
+    torch.save({"state_dict": state, CHECKPOINT_KEY: {"components": components, "provenance": {}}}, tmp_path / "wan.ckpt")
+    capsys.readouterr()
+    assert export_main([str(tmp_path / "wan.ckpt"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the tokenizer DiffusersVAE is not a streaming tokenizer (it lacks" in err, err
+    assert not (tmp_path / "out").exists()

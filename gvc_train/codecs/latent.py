@@ -63,6 +63,7 @@ from gvc_train.codecs.codec_folder import CodecFolderError, load_codec_component
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.data.video_io import VideoReader
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
+from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
 from gvc_train.models.fixed_point import FixedPointError, FrameObserver, ModelCheck
 from gvc_train.safe_output import atomic_write_with, check_target, temp_beside
 
@@ -123,6 +124,7 @@ class LatentCodec(Codec):
     @classmethod
     def check_components(cls, modules: dict[str, Any], where: str) -> None:
         tokenizer, codec = modules["tokenizer"], modules["latent_codec"]
+        require_streaming_tokenizer(tokenizer, where)  # the encoder and decoder stream chunk by chunk
         if codec.latent_channels != tokenizer.latent_channels:
             raise ValueError(f"{where}: latent codec takes {codec.latent_channels} channels, tokenizer makes {tokenizer.latent_channels}")
 
