@@ -91,11 +91,12 @@ def _context_model(kind: str) -> nn.Module:
 
 
 def _token_pyramid(kind: str) -> dict[str, Any]:
-    """Next-scale inputs of a 3-scale pyramid (1x1, 2x2, 3x3), the previous frame's reconstruction and the true tokens."""
+    """Next-scale inputs of a 3-scale pyramid (1x1, 2x2, 3x3), the previous frame's partial reconstructions and the true tokens."""
     scales = [(1, 1), (2, 2), (3, 3)]
     inputs = [torch.zeros(2, 4, 1, 1)] + [torch.randn(2, 4, h, w) for h, w in scales[1:]]
     tokens = [torch.randint(0, 8, (2, h, w)) if kind == "codebook" else torch.randint(0, 2, (2, 4, h, w)) for h, w in scales]
-    return {"inputs_per_scale": inputs, "past": torch.randn(2, 4, 3, 3), "tokens": tokens}
+    past = [torch.randn(2, 4, 3, 3) for _ in scales]  # the previous frame's partial reconstructions, per scale
+    return {"inputs_per_scale": inputs, "past": past, "tokens": tokens}
 
 
 def _token_rate(module: nn.Module, inputs: dict[str, Any], logits: list[torch.Tensor]) -> torch.Tensor:

@@ -89,23 +89,32 @@ def assert_within(got: torch.Tensor, expected: torch.Tensor, atol: float) -> Non
     assert error <= atol, f"max error {error:.3g} > {atol:g}"
 
 
-def past_frames(batch: int = 2) -> list[torch.Tensor | None]:
-    return [torch.randn(batch, D, 5, 7), None]  # the previous frame; the one before does not exist
+def past_entries(batch: int = 2, size: tuple[int, int] = (5, 7)) -> list[torch.Tensor]:
+    """One past frame: its partial reconstructions after scales 1, 1..2, ..., 1..K."""
+    return [torch.randn(batch, D, *size) for _ in SCALES]
+
+
+def past_frames(batch: int = 2) -> list[list[torch.Tensor] | None]:
+    return [past_entries(batch), None]  # the previous frame; the one before does not exist
 
 
 # ---- the mask ---------------------------------------------------------------------------------
 
 
-def test_block_mask_lets_each_scale_see_the_context_and_coarser_blocks_only() -> None:
+def test_block_mask_lets_each_level_see_its_past_entry_and_coarser_levels_only() -> None:
     model = make("codebook")
     lengths = [h * w for h, w in SCALES]
-    mask, P = model.block_mask(lengths), model.context_tokens
-    ids = torch.tensor([0] * P + [k + 1 for k, n in enumerate(lengths) for _ in range(n)])
-    assert P == 2 * 2 * 2 and mask.shape == (P + sum(lengths),) * 2
-    assert mask[:P, :P].all() and not mask[:P, P:].any(), "the context attends to itself only"
-    for q in range(P, len(ids)):
-        for s in range(len(ids)):
-            assert bool(mask[q, s]) == bool(ids[s] <= ids[q])
+    mask, C = model.block_mask(lengths), model.level_context
+    # the interleaved sequence: past entry 1, scale 1, past entry 2, scale 2, ...
+    level = torch.tensor([k for k, n in enumerate(lengths) for _ in range(C + n)])
+    is_past = torch.tensor([i < C for n in lengths for i in range(C + n)])
+    assert C == 2 * 2 * 2 and model.context_tokens == C * len(SCALES) and mask.shape == (len(level),) * 2
+    for q in range(len(level)):
+        for s in range(len(level)):
+            assert bool(mask[q, s]) == bool(level[s] <= level[q])
+    # a position of scale k never sees a past entry finer than k
+    scale_rows = ~is_past
+    assert not (mask[scale_rows][:, is_past] & (level[is_past][None, :] > level[scale_rows][:, None])).any()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -140,18 +149,32 @@ def test_logits_of_scale_k_depend_on_the_inputs_of_scales_up_to_k_only() -> None
                 assert torch.equal(out[j], base[j]) == (j < k), (j, k)
 
 
-def test_the_past_context_reaches_every_scale_and_a_missing_past_is_learned() -> None:
+def test_past_entry_k_reaches_the_scales_from_k_on_only_and_a_missing_past_is_learned() -> None:
+    """A stream cut after scale k gives the decoder the past frames' entries 1..k only: the
+    logits of scales <= k must not depend on the finer entries."""
     model = make("codebook")
     torch.manual_seed(4)
     inputs = [torch.randn(2, D, h, w) for h, w in SCALES]
+    entries = past_entries(size=(6, 6))
     with torch.no_grad():
-        a = model(inputs, [torch.randn(2, D, 6, 6)])
-        b = model(inputs, [torch.randn(2, D, 6, 6)])
+        base = model(inputs, entries)
+        for k in range(len(SCALES)):
+            moved = [e.clone() for e in entries]
+            moved[k] += 1.0
+            out = model(inputs, moved)
+            for j in range(len(SCALES)):
+                assert torch.equal(out[j], base[j]) == (j < k), f"scale {j + 1} and past entry {k + 1}"
+        other = model(inputs, past_entries(size=(6, 6)))
+        assert all(not torch.allclose(x, y) for x, y in zip(base, other))
         none = model(inputs, None)
-        assert all(not torch.allclose(x, y) for x, y in zip(a, b))
         assert all(torch.isfinite(x).all() for x in none)
+        assert all(torch.equal(a, b) for a, b in zip(none, model(inputs, [None, None])))
         with pytest.raises(ValueError, match="past frames"):
-            model(inputs, [torch.randn(2, D, 6, 6)] * 3)
+            model(inputs, [entries] * 3)
+        with pytest.raises(ValueError, match="partial reconstructions"):
+            model(inputs, torch.randn(2, D, 6, 6))  # a bare tensor: the per-scale form is required
+        with pytest.raises(ValueError, match="partial reconstructions"):
+            model(inputs, entries[:2])
 
 
 # ---- cached decoding --------------------------------------------------------------------------
@@ -212,7 +235,7 @@ def test_a_few_adam_steps_bring_the_rate_below_uniform(kind: str) -> None:
     model, quant = make(kind).train(), ToyQuantizer(kind)
     torch.manual_seed(7)
     tokens = random_tokens(kind, batch=4, skew=True)
-    inputs, past = quant.inputs(tokens), [torch.randn(4, D, 4, 4)]
+    inputs, past = quant.inputs(tokens), past_entries(4, (4, 4))
     count = sum(h * w for h, w in SCALES) * 4
     uniform = count * (math.log2(V) if kind == "codebook" else BITS)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

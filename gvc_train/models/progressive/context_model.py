@@ -10,36 +10,49 @@ the scales that were not sent.
 
 **Inputs (VAR's teacher forcing).** The tokens of scale k are not fed in as such: the quantizer
 turns the decoded scales ``< k`` into their accumulated reconstruction and resamples it to
-``h_k x w_k``, the *next-scale input* of scale k (``B x code_dim x h_k x w_k``). The sequence is
-
-    [ past context (P tokens) | input of scale 1 | input of scale 2 | ... | input of scale K ]
-
-and the output at position j of block k is the prediction of token j of scale k. Scale 1's input
+``h_k x w_k``, the *next-scale input* of scale k (``B x code_dim x h_k x w_k``). Scale 1's input
 is zeros (nothing decoded yet; MultiScaleQuantizer.next_scale_inputs gives scales 2..K): a
 learned start embedding is added to it. Every token gets its scale's level embedding and a
 position embedding: a learned ``pos_grid x pos_grid`` table per scale, resized (bilinear,
 antialiased) to the scale's ``h_k x w_k``, so a position means the same place in the frame at
-any frame size and aspect ratio. The past context is each past frame's final reconstruction
-(``B x code_dim x H x W``, any size), average-pooled to ``context_grid x context_grid`` tokens,
-``past_frames`` frames, most recent first; a frame that does not exist yet (the first frames of a
-clip) is a learned "no past" token instead, so the shapes never change.
+any frame size and aspect ratio.
 
-**Block-causal mask.** Position j of block k attends to the past context and to every position
-of blocks ``<= k``; the context attends only to itself. Block k's own positions hold the
-reconstruction of scales ``< k`` (VAR's mask ``d >= d^T``), so no output of scale k ever depends
-on a token of scale k or finer: perturb the tokens of scale k and the logits of scales ``<= k``
-stay as they were (tested); in terms of the input maps, the logits of scale k depend on the inputs
-of scales ``<= k`` only.
+**Past context, per scale.** A past frame is given as its K *partial reconstructions* (code
+space, ``B x code_dim x H x W`` each, any size: MultiScaleQuantizer.partial_reconstructions of
+its code maps): entry k is what its scales ``1 .. k`` reconstruct. Entry k of each of the
+``past_frames`` past frames (most recent first) is average-pooled to ``context_grid x
+context_grid`` tokens: the *past context of level k*, ``C = past_frames * context_grid^2``
+tokens. A frame that does not exist yet (the first frames of a clip) is a learned "no past"
+token instead, so the shapes never change. The sequence interleaves the levels::
 
-**Two paths, one computation.** ``forward`` runs every scale in one pass under the mask
-(training). :meth:`start_frame` then :meth:`ScaleSteps.step` run one scale at a time against the
-cached keys/values of the context and the coarser scales (coding: one pass per scale). They
-agree to float rounding (1e-5 in float32); the encoder and the decoder must both use the cached
-path (:meth:`cached_logits` at the encoder) so that they compute the probabilities with the same
-shapes and order, and quantize them with :func:`token_probs.quantize_probs`. In float32 the
-cached path repeats itself exactly on one machine at one thread count, but MKL's GEMM can round
-differently with another thread count (see attention.py): bit-exact coding across thread counts
-and CPUs needs a fixed-point port of :class:`ScaleSteps`, as the latent family has.
+    [ past entry 1 | input of scale 1 | past entry 2 | input of scale 2 | ... | past entry K | input of scale K ]
+
+Why per scale: a stream cut after scale K' gives the decoder the past frames' scales ``1 .. K'``
+only, so their entries ``1 .. K'`` are exactly the encoder's, and the tokens of scales ``<= K'``
+(the ones decoded from the stream) see nothing else of the past. Entries ``> K'`` are then the
+decoder's own fill-in (the partial reconstructions of the predicted scales): they feed only the
+scales ``> K'``, which the decoder predicts and never reads from the stream. The encoder never
+sees a cut, so for those scales encoder and decoder probabilities differ, harmlessly: the
+encoder's were used to code tokens that the cut stream no longer carries.
+
+**Block-causal mask.** Level k is its past entry and its scale's positions; a position of level
+k attends to every position of levels ``<= k``. Block k's own positions hold the reconstruction
+of scales ``< k`` (VAR's mask ``d >= d^T``), so no output of scale k ever depends on a token of
+scale k or finer, nor on a past entry finer than k: perturb the tokens of scale k (or past entry
+k + 1) and the logits of scales ``<= k`` stay as they were (tested); in terms of the input maps,
+the logits of scale k depend on the inputs and past entries of levels ``<= k`` only.
+
+**Two paths, one computation.** ``forward`` runs every level in one pass under the mask
+(training). :meth:`start_frame` then :meth:`ScaleSteps.step` run one level at a time (the past
+entry k and the input of scale k) against the cached keys/values of the coarser levels (coding:
+one pass per scale). They agree to float rounding (1e-5 in float32); the encoder and the decoder
+must both use the cached path (:meth:`cached_logits` at the encoder) so that they compute the
+probabilities with the same shapes and order, and quantize them with
+:func:`token_probs.quantize_probs`. In float32 the cached path repeats itself exactly on one
+machine at one thread count (the codecs run on one intra-op thread, codecs/determinism.py), but
+MKL's GEMM can round differently with another thread count (see attention.py) or CPU kind:
+bit-exact coding across CPUs needs a fixed-point port of :class:`ScaleSteps`, as the latent
+family has.
 
 Layouts: logits ``B x l_k x V`` (codebook) or ``B x l_k x D`` (bitwise: one bit per code channel,
 ``D = code_dim``), ``l_k = h_k * w_k`` row-major; token maps ``B x h_k x w_k`` int64 (codebook,
@@ -59,7 +72,10 @@ from gvc_train.models.progressive import token_probs
 from gvc_train.models.progressive.attention import Block, KeyValue
 from gvc_train.models.registry import register_component
 
-Past = torch.Tensor | Sequence[torch.Tensor | None] | None
+# One past frame: its K partial reconstructions, coarse to fine (B x code_dim x H x W each).
+PastFrame = Sequence[torch.Tensor]
+# None (no past), one past frame, or past frames most recent first (None: before the clip).
+Past = PastFrame | Sequence[PastFrame | None] | None
 # next_input(k, prediction of scale k) -> next-scale input of scale k + 1 (0-based k); see complete()
 NextInput = Callable[[int, torch.Tensor], torch.Tensor]
 MAX_PARAMETERS = 1 << 31
@@ -75,7 +91,7 @@ class ProgressiveContextModel(nn.Module):
     token, one per code channel; ``codebook_size`` is then unused). ``width``, ``depth``,
     ``heads``, ``mlp_ratio``: the transformer. ``pos_grid``: side of each scale's learned
     position table. ``context_grid``, ``past_frames``: the past context, ``past_frames *
-    context_grid^2`` tokens (``past_frames=0``: none). ``dropout``: on attention weights and
+    context_grid^2`` tokens per scale (``past_frames=0``: none). ``dropout``: on attention weights and
     residual branches, in training only.
     A CPU test size is ``width=32, depth=2, heads=2, pos_grid=4``.
     """
@@ -114,7 +130,8 @@ class ProgressiveContextModel(nn.Module):
         self.code_dim = code_dim
         self.num_scales = num_scales
         self.outputs = codebook_size if kind == "codebook" else code_dim
-        self.context_tokens = past_frames * context_grid * context_grid
+        self.level_context = past_frames * context_grid * context_grid  # past tokens of one level
+        self.context_tokens = num_scales * self.level_context
         self.context_grid = context_grid
         self.past_frames = past_frames
         estimate = depth * width * width * (4 + 2 * mlp_ratio) + width * (num_scales * pos_grid**2 + self.outputs + code_dim)
@@ -126,7 +143,7 @@ class ProgressiveContextModel(nn.Module):
         self.level_embed = nn.Parameter(torch.zeros(num_scales, width))
         self.pos_embed = nn.Parameter(torch.zeros(num_scales, width, pos_grid, pos_grid))  # resized to each scale's size
         self.context_proj = nn.Linear(code_dim, width)
-        self.context_pos = nn.Parameter(torch.zeros(self.context_tokens, width))
+        self.context_pos = nn.Parameter(torch.zeros(num_scales, self.level_context, width))
         self.no_past = nn.Parameter(torch.zeros(past_frames, width))
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
         self.head_norm = nn.LayerNorm(width)
@@ -147,30 +164,52 @@ class ProgressiveContextModel(nn.Module):
 
     # ---- embeddings ---------------------------------------------------------------------------
 
-    def context(self, past: Past, batch: int) -> torch.Tensor:
-        """The past-context tokens ``B x P x width`` (``P = past_frames * context_grid^2``).
+    def context(self, past: Past, batch: int) -> list[torch.Tensor]:
+        """The past context of every level: K tensors ``B x C x width`` (``C = past_frames *
+        context_grid^2``), entry k of every past frame, most recent first.
 
-        ``past``: the final reconstruction of the previous frame ``B x code_dim x H x W``, or a
-        list of them (most recent first, at most ``past_frames``; None or a missing entry: a
-        frame before the start of the clip), or None.
+        ``past``: one past frame (a sequence of its K partial reconstructions ``B x code_dim x H
+        x W``, coarse to fine), or a sequence of past frames, most recent first, at most
+        ``past_frames`` (None: a frame before the start of the clip), or None.
         """
-        frames = [past] if isinstance(past, torch.Tensor) or past is None else list(past)
+        frames = self._past_frames(past)
+        cells = self.context_grid * self.context_grid
+        levels: list[list[torch.Tensor]] = [[] for _ in range(self.num_scales)]
+        for age, frame in enumerate(frames):
+            if frame is None:
+                for parts in levels:
+                    parts.append(self.no_past[age].expand(batch, cells, -1))
+                continue
+            for k, entry in enumerate(frame):
+                if entry.dim() != 4 or entry.shape[0] != batch or entry.shape[1] != self.code_dim:
+                    raise ValueError(f"past frame {age}, entry {k + 1}: expected {batch} x {self.code_dim} x H x W, got {tuple(entry.shape)}")
+                pooled = F.adaptive_avg_pool2d(entry.float(), self.context_grid)  # B x D x g x g
+                levels[k].append(self.context_proj(pooled.flatten(2).transpose(1, 2)))
+        if not frames:
+            return [self.pos_embed.new_zeros(batch, 0, self.pos_embed.shape[1]) for _ in range(self.num_scales)]
+        return [torch.cat(parts, dim=1) + self.context_pos[k] for k, parts in enumerate(levels)]
+
+    def _past_frames(self, past: Past) -> list[PastFrame | None]:
+        """``past`` as exactly ``past_frames`` entries, each None or K tensors."""
+        if isinstance(past, torch.Tensor):
+            raise ValueError(
+                f"past is per scale: give a past frame as its {self.num_scales} partial reconstructions "
+                "(MultiScaleQuantizer.partial_reconstructions), not one tensor"
+            )
+        if past is None:
+            frames: list[PastFrame | None] = []
+        elif len(past) and isinstance(past[0], torch.Tensor):
+            frames = [past]  # one frame's entries
+        else:
+            frames = list(past)
         if len(frames) > self.past_frames and any(f is not None for f in frames[self.past_frames :]):
             raise ValueError(f"{len(frames)} past frames given; the model was built for {self.past_frames}")
         frames = (frames + [None] * self.past_frames)[: self.past_frames]
-        cells = self.context_grid * self.context_grid
-        parts = []
         for age, frame in enumerate(frames):
-            if frame is None:
-                parts.append(self.no_past[age].expand(batch, cells, -1))
-                continue
-            if frame.dim() != 4 or frame.shape[0] != batch or frame.shape[1] != self.code_dim:
-                raise ValueError(f"past frame {age}: expected {batch} x {self.code_dim} x H x W, got {tuple(frame.shape)}")
-            pooled = F.adaptive_avg_pool2d(frame.float(), self.context_grid)  # B x D x g x g
-            parts.append(self.context_proj(pooled.flatten(2).transpose(1, 2)))
-        if not parts:
-            return self.pos_embed.new_zeros(batch, 0, self.pos_embed.shape[1])
-        return torch.cat(parts, dim=1) + self.context_pos
+            if frame is not None and (isinstance(frame, torch.Tensor) or len(frame) != self.num_scales):
+                got = "one tensor" if isinstance(frame, torch.Tensor) else f"{len(frame)} entries"
+                raise ValueError(f"past frame {age}: expected its {self.num_scales} partial reconstructions (one per scale), got {got}")
+        return frames
 
     def scale_tokens(self, k: int, input_BDhw: torch.Tensor, batch: int) -> torch.Tensor:
         """The embedded next-scale input ``B x D x h_k x w_k`` of scale ``k`` (0-based): ``B x l_k x width``."""
@@ -194,10 +233,12 @@ class ProgressiveContextModel(nn.Module):
         return self.head(self.head_norm(hidden_BLC))
 
     def block_mask(self, lengths: Sequence[int]) -> torch.Tensor:
-        """``N x N`` booleans over the context and the scales' positions (``lengths``: ``l_k`` of
-        each scale): True where a query may attend (its own block and coarser ones)."""
-        sizes = torch.tensor([self.context_tokens, *lengths], device=self.start.device)
-        ids = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
+        """``N x N`` booleans over the interleaved sequence (past entry 1, scale 1, past entry 2,
+        ...; ``lengths``: ``l_k`` of each scale): True where a query may attend (its own level and
+        coarser ones)."""
+        sizes = torch.tensor([n for length in lengths for n in (self.level_context, length)], device=self.start.device)
+        levels = torch.arange(len(lengths), device=sizes.device).repeat_interleave(2)
+        ids = torch.repeat_interleave(levels, sizes)
         return ids[None, :] <= ids[:, None]
 
     # ---- the full pass (training) -------------------------------------------------------------
@@ -214,11 +255,13 @@ class ProgressiveContextModel(nn.Module):
         batch = inputs_per_scale[0].shape[0]
         scales = [self.scale_tokens(k, inp, batch) for k, inp in enumerate(inputs_per_scale)]
         lengths = [t.shape[1] for t in scales]
-        x = torch.cat([self.context(past, batch), *scales], dim=1)
+        context = self.context(past, batch)
+        x = torch.cat([part for level in zip(context, scales) for part in level], dim=1)
         mask = self.block_mask(lengths)
         for block in self.blocks:
             x, _ = block(x, mask)
-        return list(self.logits_of(x[:, self.context_tokens :]).split(lengths, dim=1))
+        parts = x.split([n for length in lengths for n in (self.level_context, length)], dim=1)
+        return [self.logits_of(part) for part in parts[1::2]]
 
     def rate_bits(self, logits_per_scale: Sequence[torch.Tensor], tokens_per_scale: Sequence[torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of the true tokens in bits, ``B x K`` (each frame's bits per scale): the
@@ -232,9 +275,10 @@ class ProgressiveContextModel(nn.Module):
     # ---- the cached path (coding) -------------------------------------------------------------
 
     def start_frame(self, past: Past, batch: int) -> ScaleSteps:
-        """Begin one frame of ``batch`` items: run the past context (see :meth:`context`) through
-        the blocks and cache its keys/values. Then call ``step(k, input_k)`` for k = 0, 1, ... in
-        order. For coding: in eval mode (no dropout), under ``torch.no_grad()``."""
+        """Begin one frame of ``batch`` items with its past (see :meth:`context`). Then call
+        ``step(k, input_k)`` for k = 0, 1, ... in order: step k runs the past entry k and the
+        input of scale k against the cache. For coding: in eval mode (no dropout), under
+        ``torch.no_grad()``."""
         return ScaleSteps(self, past, batch)
 
     def cached_logits(self, inputs_per_scale: Sequence[torch.Tensor], past: Past = None) -> list[torch.Tensor]:
@@ -277,33 +321,28 @@ class ProgressiveContextModel(nn.Module):
 class ScaleSteps:
     """One frame decoded scale by scale with a key/value cache (:meth:`ProgressiveContextModel.start_frame`).
 
-    ``step(k, input_k)`` returns the logits of scale k and appends that scale's keys/values, so
-    scale k attends to the context and scales ``< k`` exactly as in the full pass.
+    ``step(k, input_k)`` returns the logits of scale k and appends that level's keys/values (past
+    entry k, then scale k's positions), so scale k attends to the past entries and scales ``<= k``
+    exactly as in the full pass.
     """
 
     def __init__(self, model: ProgressiveContextModel, past: Past, batch: int) -> None:
         self.model = model
         self.batch = batch
         self.next_scale = 0
-        x = model.context(past, batch)
-        self.cache: list[KeyValue | None] = []
-        for block in model.blocks:
-            if x.shape[1] == 0:
-                self.cache.append(None)
-                continue
-            x, kv = block(x, plain=True)  # the context attends to itself only: no mask needed
-            self.cache.append(kv)
+        self.context = model.context(past, batch)  # embedded only; each runs through the blocks at its step
+        self.cache: list[KeyValue | None] = [None] * len(model.blocks)
 
     def step(self, k: int, input_BDhw: torch.Tensor) -> torch.Tensor:
         """Logits of scale ``k`` (0-based, in order), ``B x l_k x V`` or ``B x l_k x D``, from
         its next-scale input ``B x D x h_k x w_k``."""
         if k != self.next_scale:
             raise ValueError(f"scales are stepped in order: expected scale index {self.next_scale}, got {k}")
-        x = self.model.scale_tokens(k, input_BDhw, self.batch)
+        x = torch.cat([self.context[k], self.model.scale_tokens(k, input_BDhw, self.batch)], dim=1)
         for i, block in enumerate(self.model.blocks):
-            x, self.cache[i] = block(x, None, self.cache[i], plain=True)  # own scale and all cached: visible
+            x, self.cache[i] = block(x, None, self.cache[i], plain=True)  # own level and all cached: visible
         self.next_scale += 1
-        return self.model.logits_of(x)
+        return self.model.logits_of(x[:, self.model.level_context :])
 
     def complete(self, first_input: torch.Tensor, next_input: NextInput, mode: str = "argmax") -> list[torch.Tensor]:
         """Predict every scale not stepped yet, in order, each from the prediction of the one before.
