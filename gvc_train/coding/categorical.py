@@ -1,0 +1,266 @@
+"""Entropy coding of categorical and binary symbols under exact integer frequency tables (constriction's ANS).
+
+The progressive codec codes codebook indexes under per-token categoricals (``V`` up to 4096) and
+bitwise tokens under per-bit Bernoullis. The model's probabilities become integer frequencies
+(``models/progressive/token_probs.quantize_probs``: ``>= 1``, summing to ``2^P``) that encoder and
+decoder compute identically; this coder codes each symbol under exactly those integers, so a
+symbol of frequency ``f`` costs ``-log2(f / 2^P)`` bits plus ~4 bytes of flush per stream.
+
+**API.** :class:`CategoricalEncoder` takes calls ``encode(symbols, freqs)`` in the order the
+decoder will learn the tables (scale 1, then scale 2, ...); ``finish()`` gives the bytes.
+:class:`CategoricalDecoder` takes the bytes and answers ``decode(freqs)`` calls with the same
+tables in the same order, then ``finish()`` checks that the stream ended where it should. A
+binary symbol is a ``V = 2`` categorical: its table is ``quantize_probs(bit_distributions(p_one))``
+(``... x 2``, symbol 0 then 1), so bits and indexes share one stream and one call.
+
+**Exact integer tables through constriction.** constriction's ``Categorical(perfect=False)`` takes
+float probabilities and quantizes them itself: symbol ``i`` of ``V`` gets the interval that starts
+at ``floor(sum(q[:i]) * scale) + i``, ``scale = (2^24 - V) / sum(q)`` (its "fast" leaky
+quantizer, constriction 0.5.0, ``LazyContiguousCategoricalEntropyModel``). Given
+``q = f * 2^(24 - P) - 1`` (integers, so float sums are exact in any order) the scale is exactly
+1 and the intervals are exactly our frequencies at constriction's 24-bit precision: no rounding
+anywhere, so the encoder and the decoder cannot disagree. ``P <= 24`` (the precision of
+constriction's default coders); ``quantize_probs(p, 24)`` is the table to use at ``V = 4096``,
+where 16 bits would reserve 1/16 of the mass for the symbols' minimum of 1.
+
+**ANS, in decode order.** ANS is a stack: the decoder reads symbols in the reverse of the order
+they were encoded. The encoder therefore keeps every call until ``finish()`` and then encodes
+them last to first, so the decoder reads them first to last and can compute each table from the
+symbols it decoded before (a range coder would not need that). What it keeps is small: the
+encoder needs only the coded symbol's interval (start, frequency), so each symbol is kept as a
+3-entry table with the same interval (16 bytes a symbol, not ``V`` frequencies), which also
+makes encoding O(1) per symbol instead of constriction's O(V). ANS was chosen over constriction's
+range coder for its end check: a decoded ANS stream ends in exactly the state it started from,
+which a range coder does not tell (and both cost the same here: ~1 word of flush).
+
+**End check.** Before any symbol, the encoder codes a fixed 16-bit marker (an interval of width
+1 at ``_MARKER``); it is decoded last. ``CategoricalDecoder.finish()`` decodes it and requires
+the coder to be exactly empty afterwards: a truncated, damaged or mis-decoded payload (other
+tables, more or fewer symbols) fails that with probability ~1 - 2^-16 and raises
+:class:`~gvc_train.coding.container.BitstreamError`. The marker costs at most 16 bits and
+usually nothing: it fits inside the interval of the first symbol encoded (the last decoded) when
+that symbol's frequency exceeds ``_MARKER``. Malformed payloads (a length that is not whole
+32-bit words, a zero last word) raise the same error when the decoder is made. Decoding never
+hangs or allocates beyond the caller's tables: a damaged stream decodes to garbage first (in
+bounded time) and fails the end check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import constriction
+import numpy as np
+import torch
+
+from gvc_train.coding.container import BitstreamError
+
+PRECISION_BITS = 24  # constriction's default coders (32-bit words, 64-bit state, 24-bit probabilities)
+_TOTAL = 1 << PRECISION_BITS
+# The end marker: an interval [_MARKER, _MARKER + 1) coded before everything (decoded last). 16
+# bits with its top bit set: far from the small values a drained (over-read) decoder settles on.
+_MARKER = 0xA5B7
+_MARKER_TABLE = np.array([[_MARKER - 1, 0, _TOTAL - _MARKER - 2]], dtype=np.float32)  # intervals [0,M), [M,M+1), [M+1,2^24)
+_MARKER_SYMBOL = np.array([1], dtype=np.int32)
+# Frequencies are turned into float tables at most this many entries at a time (16 MB of float32).
+_CHUNK_ENTRIES = 1 << 22
+
+
+def _model_family() -> constriction.stream.model.Categorical:
+    # perfect=False: the lazy "fast" quantizer whose arithmetic the module docstring relies on.
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+def _check_tables(freqs: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``freqs`` as ``N x V`` int32 rows on the CPU, and the left shift to 24-bit precision.
+
+    Every row must be integers ``>= 1`` summing to the same power of two ``2^P``, ``V <= 2^P <= 2^24``
+    (what ``quantize_probs`` gives). A bad table is the caller's bug: ``ValueError``.
+    """
+    if freqs.dim() < 1 or freqs.is_floating_point() or freqs.is_complex() or freqs.dtype == torch.bool:
+        raise ValueError(f"frequency tables must be an integer tensor ... x V, got {freqs.dtype} {tuple(freqs.shape)}")
+    symbols = freqs.shape[-1]
+    rows = freqs.detach().cpu().reshape(-1, symbols)
+    if rows.numel() == 0:
+        return rows.to(torch.int32), 0
+    low, high = (int(v) for v in torch.aminmax(rows))
+    if low < 1 or high > _TOTAL:
+        raise ValueError(f"every frequency must lie in [1, 2^{PRECISION_BITS}] (quantize_probs gives that), got {low}..{high}")
+    rows = rows.to(torch.int32)
+    sums = rows.numpy().sum(-1, dtype=np.int64)  # numpy: torch's int64-accumulating sum is ~7x slower
+    total = int(sums[0])
+    if not bool((sums == total).all()) or total & (total - 1) or not symbols <= total <= _TOTAL:
+        raise ValueError(
+            f"every row of frequencies must sum to the same power of two 2^P with {symbols} <= 2^P <= 2^{PRECISION_BITS}: "
+            f"got sums from {int(sums.min())} to {int(sums.max())}"
+        )
+    return rows, PRECISION_BITS - (total.bit_length() - 1)
+
+
+def _leaky_form(freqs: torch.Tensor, shift: int = 0) -> np.ndarray:
+    """``freqs * 2^shift - 1`` as float32 (exact: integers below 2^24), the table constriction's
+    leaky quantizer turns back into exactly ``freqs * 2^shift`` (module docstring)."""
+    table = freqs.to(torch.float32)
+    if shift:
+        table.mul_(float(1 << shift))
+    return table.sub_(1.0).numpy()
+
+
+def _chunk_rows(symbols: int) -> int:
+    """Rows of ``symbols`` entries handled at a time (bounded memory whatever N)."""
+    return max(1, _CHUNK_ENTRIES // symbols)
+
+
+class CategoricalEncoder:
+    """Collects symbols with their frequency tables, in decode order; :meth:`finish` gives the bytes.
+
+    Attributes: ``symbols`` (how many were coded) and ``model_bits`` (``-sum log2(f / 2^P)`` of
+    them: what the stream costs before the coder's ~4-byte flush).
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[np.ndarray, np.ndarray]] = []  # (symbol indexes int32, tables float32 n x w)
+        self.symbols = 0
+        self.model_bits = 0.0
+
+    def encode(self, symbols: torch.Tensor, freqs: torch.Tensor) -> None:
+        """Append ``symbols`` (integer, any shape ``S``) coded under ``freqs`` (integer ``S x V``).
+
+        ``freqs[..., v]`` is symbol ``v``'s frequency: ``>= 1``, each row summing to ``2^P`` with
+        ``P <= 24`` (``quantize_probs(p, P)``; ``P`` may differ between calls, not within one).
+        Bits: ``V = 2``. The decoder must be called with the same tables in the same order.
+        """
+        if tuple(symbols.shape) != tuple(freqs.shape[:-1]):
+            raise ValueError(f"symbols {tuple(symbols.shape)} do not match frequency tables {tuple(freqs.shape)} (S vs S x V)")
+        if symbols.is_floating_point() or symbols.is_complex():
+            raise ValueError(f"symbols must be integers, got {symbols.dtype}")
+        rows, shift = _check_tables(freqs)
+        count, width = rows.shape
+        idx = symbols.detach().cpu().reshape(-1).to(torch.int64)
+        if count and not (0 <= int(idx.min()) and int(idx.max()) < width):
+            raise ValueError(f"symbols must lie in [0, {width})")
+        if count == 0 or width == 1:  # a one-symbol alphabet is certain: nothing to code
+            self.symbols += count
+            return
+        step = _chunk_rows(width)
+        for start in range(0, count, step):
+            f = rows[start:start + step] << shift  # int32: at most 2^24
+            s = idx[start:start + step]
+            freq = f.gather(1, s[:, None]).squeeze(1)
+            self.model_bits += float(torch.log2(freq.double()).sum().neg()) + PRECISION_BITS * len(s)
+            if width <= 3:  # already as small as the 3-entry form
+                self._calls.append((s.to(torch.int32).numpy(), _leaky_form(f)))
+            else:
+                self._calls.append(self._interval_tables(s, f, freq))
+        self.symbols += count
+
+    @staticmethod
+    def _interval_tables(s: torch.Tensor, f: torch.Tensor, freq: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Each symbol's interval ``[start, start + freq)`` as a 3-entry table (``V >= 4``).
+
+        ANS encoding uses only the coded symbol's start and frequency, so a table with the same
+        interval codes it identically. The rows are (start, freq, rest) with the symbol in the
+        middle; a first symbol (start 0) is (freq, 1, rest - 1) at 0, a last one (rest 0) is
+        (1, start - 1, freq) at 2: every entry >= 1, as the leaky quantizer requires (its ``-1``
+        form below), since the other ``V - 1 >= 3`` symbols have frequency >= 1 each.
+        """
+        start = torch.cumsum(f, dim=1, dtype=torch.int32).gather(1, s[:, None]).squeeze(1) - freq
+        rest = _TOTAL - start - freq
+        first, last = start == 0, rest == 0
+        a = torch.where(first, freq, torch.where(last, torch.ones_like(start), start))
+        b = torch.where(first, torch.ones_like(start), torch.where(last, start - 1, freq))
+        c = torch.where(first, rest - 1, torch.where(last, freq, rest))
+        which = torch.where(first, 0, torch.where(last, 2, 1))
+        return which.to(torch.int32).numpy(), _leaky_form(torch.stack([a, b, c], dim=1))
+
+    def finish(self) -> bytes:
+        """The coded stream (a multiple of 4 bytes; empty when no symbol needed coding). The
+        encoder is empty again afterwards."""
+        calls, self._calls = self._calls, []
+        self.symbols, self.model_bits = 0, 0.0
+        if not calls:
+            return b""
+        coder = constriction.stream.stack.AnsCoder()
+        family = _model_family()
+        coder.encode_reverse(_MARKER_SYMBOL, family, _MARKER_TABLE)  # decoded last: the end check
+        for which, table in reversed(calls):  # a stack: the last call first, each call's rows last to first
+            coder.encode_reverse(which, family, table)
+        return coder.get_compressed().astype("<u4").tobytes()
+
+
+class CategoricalDecoder:
+    """Reads back what a :class:`CategoricalEncoder` wrote, call for call, with the same tables.
+
+    Raises :class:`BitstreamError` for a payload that is not a stream (here) and for one that did
+    not end where it should (:meth:`finish`, which the caller must call after the last decode).
+    """
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) % 4:
+            raise BitstreamError(f"entropy-coded payload of {len(data)} bytes is not whole 32-bit words")
+        self._coder = None
+        self._finished = False
+        if data:
+            words = np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32)
+            try:
+                self._coder = constriction.stream.stack.AnsCoder(words)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as error:  # constriction rejects a zero last word; Rust panics arrive as BaseException
+                raise BitstreamError(f"entropy-coded payload is damaged ({error})") from None
+        self._family = _model_family()
+        self.symbols = 0
+
+    def decode(self, freqs: torch.Tensor) -> torch.Tensor:
+        """The next symbols, int64 shaped ``freqs.shape[:-1]``, under ``freqs`` (integer ``S x V``,
+        as given to :meth:`CategoricalEncoder.encode`)."""
+        if self._finished:
+            raise ValueError("decode() after finish(): the stream has ended")
+        rows, shift = _check_tables(freqs)
+        count, width = rows.shape
+        out = torch.zeros(count, dtype=torch.int64)
+        if count and width > 1:
+            if self._coder is None:
+                raise BitstreamError("entropy-coded payload is empty but symbols were expected")
+            step = _chunk_rows(width)
+            for start in range(0, count, step):
+                table = _leaky_form(rows[start:start + step], shift)
+                out[start:start + step] = torch.from_numpy(self._call(self._coder.decode, self._family, table).astype(np.int64))
+        self.symbols += count
+        return out.reshape(freqs.shape[:-1])
+
+    def finish(self) -> None:
+        """Check the end marker and that nothing is left: BitstreamError otherwise. Once."""
+        if self._finished:
+            raise ValueError("finish() was called already")
+        self._finished = True
+        if self._coder is None:
+            return
+        marker = self._call(self._coder.decode, self._family, _MARKER_TABLE)
+        if int(marker[0]) != int(_MARKER_SYMBOL[0]) or not self._coder.is_empty():
+            raise BitstreamError(
+                f"entropy-coded payload does not end after its {self.symbols} symbols: damaged, truncated, "
+                "or decoded with other tables than it was coded with"
+            )
+
+    @staticmethod
+    def _call(fn: Callable[..., Any], *args: Any) -> Any:
+        """A constriction call, whatever it raises as one BitstreamError."""
+        try:
+            return fn(*args)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:
+            raise BitstreamError(f"entropy-coded payload could not be decoded ({error})") from None
+
+
+def model_bits(symbols: torch.Tensor, freqs: torch.Tensor) -> float:
+    """``-sum log2(f / 2^P)`` of ``symbols`` under ``freqs`` (as :meth:`CategoricalEncoder.encode`
+    takes them): what the coder writes, less its flush."""
+    rows, shift = _check_tables(freqs)
+    if rows.numel() == 0:
+        return 0.0
+    freq = rows.gather(1, symbols.detach().cpu().reshape(-1, 1).to(torch.int64)).squeeze(1).double()
+    return float(torch.log2(freq).sum().neg()) + (PRECISION_BITS - shift) * rows.shape[0]
+
