@@ -10,6 +10,8 @@ exported folder and use the interface:
 * ``encode(source, output, rate_point, ...) -> CodingReport`` and ``decode(stream, on_frame) ->
   CodingReport``, real files and real bits;
 * ``describe(stream)``: what ``gvc info`` prints, read without building a model;
+* ``truncate(stream, output, scales | max_bytes)``: a stream cut after a scale, without a model,
+  where the family's streams can be cut (``gvc truncate``; the default refuses);
 * ``ceiling(frames)``: the reconstruction without any rate constraint (a tokenizer alone), where
   the family has one, for rate-distortion plots.
 
@@ -123,6 +125,16 @@ class Codec(abc.ABC):
     def ceiling(self, frames_THWC: Any) -> Any | None:
         """The reconstruction of ``frames_THWC`` (uint8) with no rate limit, or None if the family has none."""
         return None
+
+    @classmethod
+    def truncate(
+        cls, stream: str | os.PathLike, output: str | os.PathLike, scales: int | None = None, max_bytes: int | None = None
+    ) -> dict[str, Any]:
+        """Write to ``output`` the stream cut after its first ``scales`` scales, or after the most
+        that fit ``max_bytes`` (``gvc truncate``), without a model. Returns ``{"scales",
+        "of_scales", "bytes", "source_bytes"}``. Only a family whose streams can be cut (a
+        progressive one) overrides this; the default refuses in one line."""
+        raise CodecError(f"streams of the {cls.family} family cannot be cut (gvc truncate is for families whose chunks are ordered by scale)")
 
     @classmethod
     def check_components(cls, modules: dict[str, Any], where: str) -> None:

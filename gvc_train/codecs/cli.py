@@ -2,7 +2,8 @@
 
     gvc encode INPUT OUTPUT --codec DIR [--quality Q] [--frames N] [--overwrite]
     gvc decode INPUT OUTPUT [--codec DIR] [--overwrite]   OUTPUT: out.mp4, out.mkv, out.y4m or a PNG folder
-    gvc info FILE [--json]                      header, chunk table, bits per frame
+    gvc info FILE [--json]                      header, chunk table, bits per frame (and per scale)
+    gvc truncate INPUT OUTPUT (--scales K | --bytes N) [--overwrite]   cut a stream after a scale, no model
     gvc eval --codec DIR... --video FILE... --out REPORT_DIR [--anchors x264,x265,svtav1]   (gvc_train/eval/cli.py)
 
 ``decode`` finds the codec from the stream's fingerprint when ``--codec`` is not given: it
@@ -133,11 +134,40 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key in ("file", "family", "fingerprint", "width", "height", "frames", "fps", "bytes"):
         print(f"{key:12s} {summary[key]}")
     print(f"{'bpp':12s} {summary['bpp']:.6f}")
-    print(f"{'chunk':>5s} {'type':7s} {'offset':>8s} {'bytes':>8s} {'frames':>11s} {'bits/frame':>11s}")
+    scaled = any("scale" in row for row in rows)  # a family whose chunks are per scale says so in its rows
+    print(f"{'chunk':>5s} {'type':7s} {'offset':>8s} {'bytes':>8s} {'frames':>11s} {'bits/frame':>11s}" + (f" {'scale':>5s}" if scaled else ""))
     for i, row in enumerate(rows):
         frames = f"{row['first_frame']}-{row['first_frame'] + row['frames'] - 1}" if row.get("frames") else ""
         bpf = f"{row['bits_per_frame']:.1f}" if "bits_per_frame" in row else ""
-        print(f"{i:5d} {row['type']:7s} {row['offset']:8d} {row['bytes']:8d} {frames:>11s} {bpf:>11s}")
+        scale = f" {row.get('scale', ''):>5}" if scaled else ""
+        print(f"{i:5d} {row['type']:7s} {row['offset']:8d} {row['bytes']:8d} {frames:>11s} {bpf:>11s}{scale}")
+    if scaled:
+        per_scale: dict[int, int] = {}
+        for row in rows:
+            if "scale" in row:
+                per_scale[row["scale"]] = per_scale.get(row["scale"], 0) + row["bytes"]
+        pixels = summary["width"] * summary["height"] * summary["frames"]
+        for scale, size in sorted(per_scale.items()):
+            print(f"scale {scale:<6d} {size:8d} bytes {size * 8 / pixels:.6f} bpp")
+    return 0
+
+
+def cmd_truncate(args: argparse.Namespace) -> int:
+    """Cut a stream without decoding it: its family (from the stream's family byte, through the
+    family table) says how; no model is loaded."""
+    from gvc_train.coding.container import BitstreamError, read_header
+    from gvc_train.codecs.families import FAMILIES, family_by_stream_id
+
+    if not Path(args.input).is_file():
+        raise BitstreamError(f"no bitstream at {args.input}")
+    with open(args.input, "rb") as f:
+        header = read_header(f)
+    entry = family_by_stream_id(header.family)
+    if entry is None:
+        raise BitstreamError(f"unknown codec family {header.family} (this gvc_train knows {sorted(FAMILIES)})")
+    with atomic_output(args.output, inputs=[args.input], overwrite=args.overwrite) as tmp:
+        done = entry.codec_class().truncate(args.input, tmp, scales=args.scales, max_bytes=args.bytes)
+    print(f"{args.output}: {done['scales']} of {done['of_scales']} scales, {done['bytes']} bytes (from {done['source_bytes']})")
     return 0
 
 
@@ -177,6 +207,14 @@ def build_parser(extra_commands: Sequence[Callable[[Any], None]] = ()) -> argpar
     info.add_argument("input")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+    cut = sub.add_parser("truncate", help="cut a stream after a scale (progressive families), without decoding it")
+    cut.add_argument("input")
+    cut.add_argument("output")
+    budget = cut.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--scales", type=positive_int, default=None, help="keep scales 1..K of every group")
+    budget.add_argument("--bytes", type=positive_int, default=None, help="keep the most scales whose stream fits N bytes")
+    cut.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    cut.set_defaults(func=cmd_truncate)
     for add_command in extra_commands:  # commands of higher layers (gvc eval), added by gvc_train.gvc_cli
         add_command(sub)
     return parser

@@ -66,4 +66,5 @@ def _resolve(target: str) -> Any:
 # name, stream id, components, inference class, stream layout. Stream ids 2-4 are kept for the
 # families DESIGN.md plans next, in its order.
 register_family(FamilyEntry("latent", 1, ("tokenizer", "latent_codec"), "gvc_train.codecs.latent:LatentCodec", "gvc_train.codecs.latent_stream:describe_chunks"))
+register_family(FamilyEntry("progressive", 2, ("tokenizer", "quantizer", "context_model"), "gvc_train.codecs.progressive:ProgressiveCodec", "gvc_train.codecs.progressive_stream:describe_chunks"))
 # fmt: on
