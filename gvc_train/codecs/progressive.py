@@ -53,6 +53,7 @@ from gvc_train.codecs.progressive_stream import (
     StreamConfig,
     frames_payload,
     latent_frames_for,
+    read_config,
     read_groups,
     truncate_stream,
 )
@@ -251,13 +252,7 @@ class ProgressiveCodec(Codec):
         if header.family != self.stream_id:
             raise BitstreamError(f"a stream of codec family {header.family}, not of the {self.family} family ({self.stream_id})")
         latent_hw = (math.ceil(header.height / self.spatial), math.ceil(header.width / self.spatial))
-        # the largest scale chunk of a group: every symbol costs at most 24 bits (4 bytes here)
-        per_frame = max(ScalePyramid(self.quantizer, self.context_model, latent_hw, "zero").symbols_per_scale())
-        chunks = iter_chunks(f, offset=f.tell(), max_chunk_bytes=1024 + 4 * per_frame * MAX_LATENTS_PER_GROUP)
-        first = next(chunks, None)
-        if first is None or first.type != ChunkType.CONFIG:
-            raise BitstreamError("stream does not start with a CONFIG chunk")
-        config = StreamConfig.parse(first.payload)
+        config, offset = read_config(f)
         if (config.latent_frames, config.latent_height, config.latent_width) != (latent_frames_for(header.frames, self.temporal), *latent_hw):
             raise BitstreamError("CONFIG chunk does not match the header's size and frame count")
         if config.num_scales != self.num_scales:
@@ -267,7 +262,11 @@ class ProgressiveCodec(Codec):
                 f"{header.width}x{header.height} at {config.latents_per_group} latents per group is over this "
                 f"decoder's {self.max_chunk_pixels}-pixel chunk limit (ProgressiveCodec.max_chunk_pixels)"
             )
-        return header, config, chunks
+        # a scale chunk of a group: every symbol costs at most 24 bits (4 bytes here), and no
+        # chunk is longer than the file; a damaged length is refused before it is read
+        per_frame = max(ScalePyramid(self.quantizer, self.context_model, latent_hw, "zero").symbols_per_scale())
+        bound = min(1024 + 4 * per_frame * config.latents_per_group, os.fstat(f.fileno()).st_size)
+        return header, config, iter_chunks(f, offset=offset, max_chunk_bytes=bound)
 
     def _decode_groups(
         self, header: StreamHeader, config: StreamConfig, chunks: Iterator[Chunk], on_frame: FrameCallback | None, fill: str

@@ -51,6 +51,7 @@ STREAM_VERSION = 1
 MAX_SCALES = 32  # the context model's own bound on its scale count
 MAX_LATENTS_PER_GROUP = 64
 MODEL_CHECK_BYTES = 4
+MAX_CONFIG_BYTES = 256  # seven varints
 _CHECK = struct.Struct(">I")
 
 
@@ -196,15 +197,21 @@ class _Plan:
         return fixed + sum(self.scale_bytes[:scales])
 
 
+def read_config(f: BinaryIO) -> tuple[StreamConfig, int]:
+    """The CONFIG chunk at the file's position (at most ``MAX_CONFIG_BYTES``) and the offset after it."""
+    first = next(iter_chunks(f, offset=f.tell(), max_chunk_bytes=MAX_CONFIG_BYTES), None)
+    if first is None or first.type != ChunkType.CONFIG:
+        raise BitstreamError("stream does not start with a CONFIG chunk")
+    return StreamConfig.parse(first.payload), first.offset + first.size
+
+
 def _open(f: BinaryIO, stream_id: int) -> tuple[StreamHeader, StreamConfig, Iterator[Chunk]]:
     header = read_header(f)
     if header.family != stream_id:
         raise BitstreamError(f"a stream of codec family {header.family}, not of this family ({stream_id})")
-    chunks = iter_chunks(f, offset=f.tell())
-    first = next(chunks, None)
-    if first is None or first.type != ChunkType.CONFIG:
-        raise BitstreamError("stream does not start with a CONFIG chunk")
-    config = StreamConfig.parse(first.payload)
+    config, offset = read_config(f)
+    # no chunk is longer than the file: a damaged length is refused before a buffer is made for it
+    chunks = iter_chunks(f, offset=offset, max_chunk_bytes=os.fstat(f.fileno()).st_size)
     if config.latent_frames != latent_frames_for(header.frames):
         raise BitstreamError("CONFIG chunk does not match the header's frame count")
     return header, config, chunks
