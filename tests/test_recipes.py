@@ -17,8 +17,13 @@ from gvc_train.recipe_bases import RecipeError, load_recipe
 from conftest import REPO, tiny_fit_args
 
 # Stages whose recipes need more than shards run them in their own test file instead:
-# the latent codec needs a tokenizer export (tests/test_latent_codec_stage.py).
-TESTED_ELSEWHERE = {"gvc_train.lit.latent_codec.LatentCodecModule"}
+# the latent codec needs a tokenizer export (tests/test_latent_codec_stage.py), the progressive
+# stages a tokenizer or a stage-1 export and latent shards (tests/test_progressive_stages.py).
+TESTED_ELSEWHERE = {
+    "gvc_train.lit.latent_codec.LatentCodecModule",
+    "gvc_train.lit.progressive_quantizer.ProgressiveQuantizerModule",
+    "gvc_train.lit.progressive_context.ProgressiveContextModule",
+}
 STAGE_RECIPES = sorted(
     p.relative_to(REPO).as_posix()
     for p in (REPO / "recipes").rglob("*.yaml")
