@@ -81,7 +81,11 @@ DEFAULT_LATENTS_PER_GROUP = 8
 # Pixels the tokenizer decodes at once (a group's frames x the padded frame size), as the latent
 # family bounds its chunks: a forged header asking for more is refused before any allocation.
 MAX_CHUNK_PIXELS = 1920 * 1088 * 4 * 2
-# measured on a random tiny model: expectation 0.3-1 dB above argmax at every cut (see the issue-13 note)
+# How a cut stream's missing scales are predicted. Measured (issue 13) on carphone, 17 frames,
+# latent_tiny's tokenizer with a 7-scale codebook quantizer (V = 256) and a 2-block context model
+# trained a few minutes on bikes: the expected code vectors beat the most probable tokens at
+# every cut (+1.4, +1.9, +1.3, +0.8, +0.4, +0.1 dB PSNR with 1..6 of 7 scales kept); argmax
+# commits to a token the model is unsure of, the expectation shrinks towards the codebook's mean.
 DEFAULT_FILL = "expectation"
 
 
