@@ -167,6 +167,25 @@ def test_the_context_model_must_fit_the_quantizer() -> None:
         ProgressiveContextModule(ProgressiveContextModel(**TINY_CONTEXT), quantizer=_trained_quantizer())
 
 
+def test_the_bitwise_kind_trains_and_validates_in_both_stages() -> None:
+    """Tokens of D sign bits: the uniform code spends one bit a bit, the unigram model is one
+    Bernoulli per scale and bit channel."""
+    batches = [_smooth_clips(seed) for seed in range(2)]
+    torch.manual_seed(0)
+    quantizer = MultiScaleQuantizer(**{**TINY_QUANTIZER, "kind": "bitwise", "entropy_weight": 0.1})
+    stage_1 = ProgressiveQuantizerModule(quantizer, tokenizer=_vae(), lr=1e-2)
+    trainer = _fit(stage_1, batches, 2)
+    assert torch.isfinite(trainer.logged_metrics["train/entropy_loss"])
+    model = ProgressiveContextModel(**{**TINY_CONTEXT, "kind": "bitwise"})
+    stage_2 = ProgressiveContextModule(model, quantizer=quantizer.eval(), tokenizer=_vae(), lr=3e-3)
+    _fit(stage_2, batches, 2)
+    metrics = _validate(stage_2, batches)
+    t, h, w = batches[0]["latent"].shape[2:]
+    tokens = sum(side * side for side in (2, 4, 8))  # scales 0.25, 0.5, 1 of 8 x 8
+    assert metrics["val/bpp_uniform"] == pytest.approx(t * tokens * 4 / ((1 + 4 * (t - 1)) * 64 * h * w))  # 4 bits a token
+    assert 0 < metrics["val/bpp_unigram"] <= metrics["val/bpp_uniform"] and metrics["val/bpp"] > 0
+
+
 # ---- exact resume --------------------------------------------------------------------------
 
 
