@@ -26,13 +26,21 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import os
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gvc_train.codecs.stream_layout import (
+    ConfigChunk,
+    describe_rows,
+    latent_frames_for,
+    read_config_chunk,
+    run_count,
+    run_latents,
+    video_frames_of_run,
+)
 from gvc_train.coding.container import (
     BitstreamError,
     Chunk,
@@ -56,30 +64,16 @@ _CHECK = struct.Struct(">I")
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamConfig:
+class StreamConfig(ConfigChunk):
+    version = STREAM_VERSION
+    stream_name = "progressive stream"
+
     num_scales: int  # K: the scales of the codec's pyramid
     kept_scales: int  # K': the scales each group carries (after a cut, fewer than K)
     latents_per_group: int
     latent_frames: int
     latent_height: int
     latent_width: int
-
-    def payload(self) -> bytes:
-        values = (STREAM_VERSION, *dataclasses.astuple(self))
-        return b"".join(encode_varint(v) for v in values)
-
-    @classmethod
-    def parse(cls, payload: bytes) -> "StreamConfig":
-        stream = io.BytesIO(payload)
-        version = read_varint(stream, "CONFIG chunk")
-        if version != STREAM_VERSION:
-            raise BitstreamError(f"progressive stream version {version}; this gvc_train reads {STREAM_VERSION}")
-        fields = [read_varint(stream, "CONFIG chunk") for _ in range(6)]
-        if stream.read(1):
-            raise BitstreamError("CONFIG chunk is longer than its fields")
-        config = cls(*fields)
-        config.check()
-        return config
 
     def check(self) -> None:
         """Bounds that need no model: BitstreamError before anything is allocated."""
@@ -91,11 +85,11 @@ class StreamConfig:
             raise BitstreamError("CONFIG: an empty latent")
 
     def num_groups(self) -> int:
-        return math.ceil(self.latent_frames / self.latents_per_group)
+        return run_count(self.latent_frames, self.latents_per_group)
 
     def group_latents(self, group: int) -> int:
         """Latent frames in group ``group`` (the last may be short)."""
-        return min(self.latents_per_group, self.latent_frames - group * self.latents_per_group)
+        return run_latents(group, self.latents_per_group, self.latent_frames)
 
 
 def frames_payload(group: int, scale: int, check: int, coded: bytes) -> bytes:
@@ -121,20 +115,6 @@ def parse_frames(chunk: Chunk) -> ScaleChunk:
     if len(check) != MODEL_CHECK_BYTES:
         raise BitstreamError(f"FRAMES chunk at byte {chunk.offset} is shorter than its model check")
     return ScaleChunk(group, scale, _CHECK.unpack(check)[0], stream.read())
-
-
-def latent_frames_for(frames: int, temporal_stride: int = 4) -> int:
-    """Latent frames that cover ``frames`` video frames (the first alone, then 4 per latent)."""
-    return 1 + math.ceil((frames - 1) / temporal_stride)
-
-
-def video_frames_of_group(group: int, latents_per_group: int, frames: int, temporal_stride: int = 4) -> tuple[int, int]:
-    """``[first, stop)`` video frames that group ``group`` decodes to (the count cut to ``frames``)."""
-
-    def start_of(latent: int) -> int:
-        return 0 if latent == 0 else 1 + (latent - 1) * temporal_stride
-
-    return min(start_of(group * latents_per_group), frames), min(start_of((group + 1) * latents_per_group), frames)
 
 
 def read_groups(config: StreamConfig, chunks: Iterator[Chunk]) -> Iterator[tuple[int, list[ScaleChunk]]]:
@@ -165,21 +145,12 @@ def read_groups(config: StreamConfig, chunks: Iterator[Chunk]) -> Iterator[tuple
 def describe_chunks(header: StreamHeader, chunks: Iterable[Chunk]) -> list[dict[str, Any]]:
     """Per chunk: type, offset, bytes; CONFIG's fields; for FRAMES its group, scale, the video
     frames it covers and that scale's bits per frame."""
-    rows: list[dict[str, Any]] = []
-    config: StreamConfig | None = None
-    for chunk in chunks:
-        row: dict[str, Any] = {"type": chunk.type.name, "offset": chunk.offset, "bytes": chunk.size}
-        if chunk.type == ChunkType.CONFIG:
-            config = StreamConfig.parse(chunk.payload)
-            row.update(dataclasses.asdict(config))
-        elif chunk.type == ChunkType.FRAMES and config is not None:
-            part = parse_frames(chunk)
-            first, stop = video_frames_of_group(part.group, config.latents_per_group, header.frames)
-            row.update(group=part.group, scale=part.scale, first_frame=first, frames=stop - first)
-            if stop > first:
-                row["bits_per_frame"] = chunk.size * 8 / (stop - first)
-        rows.append(row)
-    return rows
+
+    def frames(chunk: Chunk, config: StreamConfig, index: int) -> tuple[dict[str, Any], tuple[int, int]]:
+        part = parse_frames(chunk)
+        return {"group": part.group, "scale": part.scale}, video_frames_of_run(part.group, config.latents_per_group, header.frames)
+
+    return describe_rows(chunks, StreamConfig.parse, frames)
 
 
 # ---- cutting ------------------------------------------------------------------------------
@@ -199,10 +170,8 @@ class _Plan:
 
 def read_config(f: BinaryIO) -> tuple[StreamConfig, int]:
     """The CONFIG chunk at the file's position (at most ``MAX_CONFIG_BYTES``) and the offset after it."""
-    first = next(iter_chunks(f, offset=f.tell(), max_chunk_bytes=MAX_CONFIG_BYTES), None)
-    if first is None or first.type != ChunkType.CONFIG:
-        raise BitstreamError("stream does not start with a CONFIG chunk")
-    return StreamConfig.parse(first.payload), first.offset + first.size
+    payload, offset = read_config_chunk(f, MAX_CONFIG_BYTES)
+    return StreamConfig.parse(payload), offset
 
 
 def _open(f: BinaryIO, stream_id: int) -> tuple[StreamHeader, StreamConfig, Iterator[Chunk]]:
