@@ -1,0 +1,168 @@
+"""Video frames to tokenizer latents and back, streamed, for the families that code latents.
+
+Encoding (:class:`StreamingEncode`): frames are read one at a time, padded to a multiple of the
+tokenizer's spatial stride by repeating the last row and column; the tokenizer encodes the first
+frame alone and then ``temporal x n`` frames at a time through its causal cache (n: latent
+frames per run, a family's chunk or group); a frame count that is not ``1 + 4k`` is padded by
+repeating the last frame. Each latent frame goes to the family's :class:`ChunkCoder`, and every
+``n`` latent frames it ends a run with its FRAMES chunks, written to a body file. Memory is
+bounded by one run of frames, whatever the video's length.
+
+Decoding (:class:`FrameEmitter`): a run's latent frames become pixels through the tokenizer's
+decoder cache, cropped to the header's size and cut to its frame count. The encoder's
+reconstruction (``on_recon``) goes through the same calls on the same tensors, so it is what
+the decoder will give, float for float (other groupings agree only to ~1e-6).
+
+:func:`assemble_stream` makes the file: header + CONFIG (known only at the end), the body, END,
+renamed into place when whole. :func:`chunk_pixels` is the memory bound's measure.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gvc_train.codecs.base import FrameCallback
+from gvc_train.coding.container import ChunkType, chunk_bytes, end_marker
+from gvc_train.frames import frames_to_tensor, tensor_to_frames
+from gvc_train.safe_output import atomic_write_with
+
+# Pixels the tokenizer codes at once (the frames of one run x the padded frame size), and so
+# memory: ~360 bytes a pixel for the tiny recipe's tokenizer (bench_codec_memory). The bound is
+# 960x544 at the default 8 latents per run, 1080p at 2 (~6 GB with that tokenizer). A stream
+# over it is refused before anything is allocated (a forged 16384x16384 header and CONFIG asked
+# for tens of GB) and the encoder refuses to write one. Raise a codec's ``max_chunk_pixels`` to
+# code larger frames or runs where the memory is there.
+MAX_CHUNK_PIXELS = 1920 * 1088 * 4 * 2
+
+
+def latent_size(width: int, height: int, spatial_stride: int) -> tuple[int, int]:
+    """The latent frame's ``(h, w)`` for a ``width x height`` video (padded to the stride)."""
+    return math.ceil(height / spatial_stride), math.ceil(width / spatial_stride)
+
+
+def chunk_pixels(width: int, height: int, latents_per_run: int, spatial_stride: int, temporal_stride: int) -> int:
+    """Padded pixels the tokenizer decodes at once for one run of this geometry."""
+    h, w = latent_size(width, height, spatial_stride)
+    return w * spatial_stride * h * spatial_stride * temporal_stride * latents_per_run
+
+
+class ChunkCoder(Protocol):
+    """A family's per-run coding, fed by :class:`StreamingEncode`.
+
+    ``model_bits`` / ``estimate_bits``: what :class:`gvc_train.codecs.base.CodingReport` reports."""
+
+    model_bits: float
+    estimate_bits: float
+
+    def code(self, latent_BChw: torch.Tensor) -> torch.Tensor:
+        """Code one latent frame (``1 x C x h x w``); return the latent the decoder will rebuild."""
+        ...
+
+    def end_run(self) -> list[tuple[bytes, int]]:
+        """End the current run: its FRAMES payloads in stream order, each with the entropy-coded
+        bytes it holds (the report's payload bytes); the coder is then ready for the next run."""
+        ...
+
+
+class FrameEmitter:
+    """Latent runs to frames: ``emit`` decodes one run's latent frames through the tokenizer's
+    decoder cache and hands the frames, cropped to ``height x width``, to ``on_frame`` as uint8
+    ``H x W x 3``; nothing when ``on_frame`` is None."""
+
+    def __init__(self, tokenizer: Any, width: int, height: int, on_frame: FrameCallback | None) -> None:
+        self.tokenizer, self.width, self.height, self.on_frame = tokenizer, width, height, on_frame
+        self.state = tokenizer.init_decoder_state() if on_frame is not None else None
+        self.emitted = 0
+
+    def emit(self, latents: list[torch.Tensor], frames: int) -> None:
+        """Decode ``latents`` (each ``1 x C x h x w``) and emit their frames, up to ``frames`` in all."""
+        if self.on_frame is None or not latents:
+            return
+        pixels_BCThw, self.state = self.tokenizer.decode_chunk(torch.stack(latents, dim=2), self.state)
+        frames_THWC = tensor_to_frames(pixels_BCThw[0, :, :, : self.height, : self.width])
+        count = max(0, min(frames - self.emitted, frames_THWC.shape[0]))
+        for t in range(count):
+            self.on_frame(frames_THWC[t])
+        self.emitted += count
+
+
+class StreamingEncode:
+    """One streaming encode: frames in (:meth:`add_frame`, then :meth:`finish`), FRAMES chunks
+    out to ``body`` through ``coder``, one run of ``latents_per_run`` latent frames at a time;
+    ``on_recon`` gets the decoder's frames. Counts frames, latent frames, chunks and payload bytes."""
+
+    def __init__(
+        self, tokenizer: Any, width: int, height: int, latents_per_run: int, coder: ChunkCoder, body: BinaryIO, on_recon: FrameCallback | None
+    ) -> None:
+        self.tokenizer, self.per_run, self.coder, self.body = tokenizer, latents_per_run, coder, body
+        s = tokenizer.spatial_stride
+        self.pad_hw = (-height % s, -width % s)
+        self.latent_hw = latent_size(width, height, s)
+        self.recon = FrameEmitter(tokenizer, width, height, on_recon)
+        self.pending: list[torch.Tensor] = []
+        self.run_latents: list[torch.Tensor] = []  # the decoder's latents of the current run, for on_recon
+        self.tok_state = tokenizer.init_encoder_state()
+        self.frames = self.latents = self.in_run = self.chunks = self.payload_bytes = 0
+
+    def add_frame(self, frame_HWC: np.ndarray) -> None:
+        """One ``H x W x 3`` uint8 frame (a read-only one is copied by ``frames_to_tensor``)."""
+        x = frames_to_tensor(frame_HWC[None])[:, :, 0]  # 1 x 3 x H x W
+        if any(self.pad_hw):
+            x = F.pad(x, (0, self.pad_hw[1], 0, self.pad_hw[0]), mode="replicate")
+        self.pending.append(x)
+        self.frames += 1
+        if self.frames == 1 or len(self.pending) == self.tokenizer.temporal_stride * self.per_run:
+            self._tokenize()
+
+    def finish(self) -> None:
+        """Pad to ``1 + 4k`` frames, code what is left, end the last run; ValueError without frames."""
+        if self.frames == 0:
+            raise ValueError("the input has no frames")
+        if self.pending:
+            self.pending += [self.pending[-1]] * (-len(self.pending) % self.tokenizer.temporal_stride)
+            self._tokenize()
+        if self.in_run:
+            self._end_run()
+
+    def _tokenize(self) -> None:
+        x_BCThw = torch.stack(self.pending, dim=2)
+        self.pending = []
+        posterior, self.tok_state = self.tokenizer.encode_chunk(x_BCThw, self.tok_state)
+        latent_BCthw = posterior.mode()
+        for i in range(latent_BCthw.shape[2]):
+            recon = self.coder.code(latent_BCthw[:, :, i])
+            if self.recon.on_frame is not None:
+                self.run_latents.append(recon)
+            self.latents += 1
+            self.in_run += 1
+            if self.in_run == self.per_run:
+                self._end_run()
+
+    def _end_run(self) -> None:
+        for payload, coded_bytes in self.coder.end_run():
+            self.body.write(chunk_bytes(ChunkType.FRAMES, payload))
+            self.payload_bytes += coded_bytes
+            self.chunks += 1
+        self.in_run = 0
+        self.recon.emit(self.run_latents, self.frames)
+        self.run_latents = []
+
+
+def assemble_stream(output: Path, head: bytes, body_path: Path) -> None:
+    """``head`` (header + CONFIG), the chunks streamed to ``body_path``, END; renamed into place
+    when whole (the temporary is a new name beside ``output``: never a user's file)."""
+
+    def write(out: BinaryIO) -> None:
+        out.write(head)
+        with open(body_path, "rb") as body:
+            shutil.copyfileobj(body, out, 1 << 20)
+        out.write(end_marker())
+
+    atomic_write_with(output, write)
