@@ -135,7 +135,12 @@ def test_context_stage_brings_the_rate_below_a_uniform_code() -> None:
     assert sum(after[f"val/bpp_scale{k}"] for k in (1, 2, 3)) == pytest.approx(after["val/bpp"], rel=1e-5)
     assert sum(after[f"val/bpp_unigram_scale{k}"] for k in (1, 2, 3)) == pytest.approx(after["val/bpp_unigram"], rel=1e-5)
     assert after["val/rate_vs_unigram"] == pytest.approx(after["val/bpp"] / after["val/bpp_unigram"], rel=1e-4)
-    assert 0 < after["val/bpp_unigram"] < after["val/bpp_uniform"]
+    assert 0 < after["val/bpp_unigram"] < after["val/bpp_unigram_train"] < after["val/bpp_uniform"]
+    assert after["val/rate_vs_unigram_train"] == pytest.approx(after["val/bpp"] / after["val/bpp_unigram_train"], rel=1e-4)
+    # before training the table is empty: its unigram model is the uniform code
+    assert before["val/bpp_unigram_train"] == pytest.approx(before["val/bpp_uniform"], rel=1e-6)
+    # every training token was counted once: 40 steps of 2 clips x 3 frames of 2x2 + 4x4 + 8x8 tokens
+    assert module.train_histogram.sum().item() == 40 * 2 * 3 * (4 + 16 + 64)
     assert {f"train/bpp_scale{k}" for k in (1, 2, 3)} | {"train/bpp"} <= set(trainer.logged_metrics)
     assert all(not p.requires_grad for p in module.quantizer.parameters()) and not module.quantizer.training
 
@@ -183,7 +188,7 @@ def test_the_bitwise_kind_trains_and_validates_in_both_stages() -> None:
     t, h, w = batches[0]["latent"].shape[2:]
     tokens = sum(side * side for side in (2, 4, 8))  # scales 0.25, 0.5, 1 of 8 x 8
     assert metrics["val/bpp_uniform"] == pytest.approx(t * tokens * 4 / ((1 + 4 * (t - 1)) * 64 * h * w))  # 4 bits a token
-    assert 0 < metrics["val/bpp_unigram"] <= metrics["val/bpp_uniform"] and metrics["val/bpp"] > 0
+    assert 0 < metrics["val/bpp_unigram"] <= metrics["val/bpp_unigram_train"] <= metrics["val/bpp_uniform"] and metrics["val/bpp"] > 0
 
 
 # ---- exact resume --------------------------------------------------------------------------
@@ -297,7 +302,7 @@ def test_recipe_trains_validates_checkpoints_and_exports(recipe: str, exports, t
     cli = _fit_recipe(recipe, exports, "--trainer.max_steps=2")
     trainer, stage_1 = cli.trainer, RECIPES[recipe]["model"]["class_path"] == STAGE_1
     assert trainer.global_step == 2
-    keys = ("val/psnr_latent", "val/psnr_latent_scales1") if stage_1 else ("val/bpp", "val/bpp_uniform", "val/bpp_unigram", "val/rate_vs_unigram")
+    keys = ("val/psnr_latent", "val/psnr_latent_scales1") if stage_1 else ("val/bpp", "val/bpp_uniform", "val/bpp_unigram", "val/rate_vs_unigram", "val/bpp_unigram_train")
     for key in (trainer.checkpoint_callback.monitor, *keys):
         assert torch.isfinite(trainer.callback_metrics[key]), key
     last = Path(trainer.checkpoint_callback.dirpath, "last.ckpt")

@@ -16,11 +16,17 @@ The loss is the rate, in bits per video pixel::
             / the video pixels its latent stands for ((1 + ts (t - 1)) x (s h) x (s w))
 
 logged as ``train/bpp`` with its share per scale (``train/bpp_scale{k}``, summing to it).
-Validation and test also report, on the same tokens, the rate of a uniform code
-(``bpp_uniform``) and of a per-scale unigram model fitted on the whole validation set (one token
-histogram per scale, or per scale and bit channel for the bitwise kind; ``bpp_unigram``, a
-generous baseline: its table costs nothing and fits the data it codes), and the ratio
-``rate_vs_unigram`` = the model's bits / the unigram's: the gain that is the point of the family.
+Validation and test also report, on the same tokens, the rates of simpler models of them (one
+token histogram per scale, or per scale and bit channel for the bitwise kind), and the model's
+bits over each (``rate_vs_*``, below 1 where the context model wins: the gain that is the point
+of the family):
+
+- ``bpp_uniform``: a uniform code (``log2 V`` bits a token, one bit a bit);
+- ``bpp_unigram``: a per-scale unigram model fitted on the validation epoch's own tokens, the
+  oracle: its table costs nothing and fits exactly the tokens it codes;
+- ``bpp_unigram_train``: a per-scale unigram model whose table is the histogram of every training
+  token so far (``train_histogram``, summed over ranks, kept in checkpoints), the baseline a real
+  coder could ship, learnt from the data the context model learns from.
 
 Exports ``{"tokenizer", "quantizer", "context_model"}``: the progressive codec folder's components.
 """
@@ -90,6 +96,10 @@ class ProgressiveContextModule(StageModule):
         self.quantizer = quantizer  # frozen_components: eval mode, no gradients
         self.tokenizer = tokenizer
         self._tallies: dict[str, torch.Tensor] = {}
+        # The training tokens' per-scale histogram (over every rank): the table of the unigram
+        # baseline a real coder could ship (val/bpp_unigram_train). In checkpoints, so it resumes.
+        columns = quantizer.code_dim + 1 if quantizer.kind == "bitwise" else quantizer.codebook.size
+        self.register_buffer("train_histogram", torch.zeros(quantizer.num_scales, columns, dtype=torch.float64))
 
     # ---- tokens and the model's inputs (no gradients: the quantizer is frozen) ---------------
     @torch.no_grad()
@@ -140,12 +150,14 @@ class ProgressiveContextModule(StageModule):
         if not finite_on_every_rank(self, latent):  # tokens of a non-finite latent mean nothing
             self.nonfinite.ok(self, latent.new_tensor(float("nan")), batch_size)
             return None
-        bits, _ = self.clip_bits(latent)
+        bits, pyr = self.clip_bits(latent)
         bpp_per_scale = bits / video_pixels(self.tokenizer, latent)  # B x K
         loss = bpp_per_scale.sum(1).mean()
         if not self.nonfinite.ok(self, loss, batch_size):
             return None
 
+        histogram = self.token_histogram(pyr["tokens"])
+        self.train_histogram += self.trainer.strategy.reduce(histogram, reduce_op="sum") if self._trainer is not None else histogram
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         clip_grad_norm(self, opt, self.hparams.grad_clip)
@@ -184,39 +196,57 @@ class ProgressiveContextModule(StageModule):
             return float(tokens.numel())
         return tokens.numel() * math.log2(self.quantizer.codebook.size)
 
-    def _tally(self, tokens: list[torch.Tensor], bits: torch.Tensor, pixels: int) -> None:
-        """Add a batch to the epoch's histograms: per scale, the count of each code (codebook)
-        or of ones and of tokens per bit channel (bitwise); also the model's bits and the pixels."""
+    def token_histogram(self, tokens: list[torch.Tensor]) -> torch.Tensor:
+        """Per scale (rows), the count of each code (codebook: ``K x V``) or of ones per bit
+        channel and, last, of tokens (bitwise: ``K x (D + 1)``); float64."""
         if self.quantizer.kind == "bitwise":
             ones = torch.stack([t.sum((0, 2, 3)) for t in tokens]).double()  # K x D
             totals = torch.tensor([float(t[:, 0].numel()) for t in tokens], device=ones.device, dtype=torch.float64)
-            histogram = torch.cat([ones, totals[:, None]], 1)  # K x (D + 1)
-        else:
-            size = self.quantizer.codebook.size
-            histogram = torch.stack([torch.bincount(t.reshape(-1), minlength=size) for t in tokens]).double()  # K x V
+            return torch.cat([ones, totals[:, None]], 1)
+        size = self.quantizer.codebook.size
+        return torch.stack([torch.bincount(t.reshape(-1), minlength=size) for t in tokens]).double()
+
+    def _tally(self, tokens: list[torch.Tensor], bits: torch.Tensor, pixels: int) -> None:
+        """Add a batch to the epoch's histograms, the model's bits and the pixels."""
         added = {
-            "histogram": histogram,
+            "histogram": self.token_histogram(tokens),
             "model_bits": bits.detach().double().sum(0),
             "pixels": torch.tensor(float(pixels), device=bits.device, dtype=torch.float64),
         }
         for key, value in added.items():
             self._tallies[key] = self._tallies[key] + value if key in self._tallies else value
 
+    def _unigram_bits(self, histogram: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Bits per scale (``K``) of the tokens counted in ``histogram`` coded with a per-scale
+        unigram model whose frequencies are ``table`` (a histogram of the same layout) plus 1/2
+        (Krichevsky-Trofimov: no token is impossible); ``table is histogram``: its own empirical
+        entropy."""
+        if self.quantizer.kind == "bitwise":
+            ones, totals = histogram[:, :-1], histogram[:, -1:]
+            t_ones, t_totals = table[:, :-1], table[:, -1:]
+            smooth = 0.0 if table is histogram else 0.5
+            p_one = (t_ones + smooth) / (t_totals + 2 * smooth).clamp_min(1e-12)
+            return (_code_bits(ones, p_one) + _code_bits(totals - ones, 1 - p_one)).sum(1)
+        if table is histogram:
+            return _code_bits(histogram, histogram / histogram.sum(1, keepdim=True).clamp_min(1)).sum(1)
+        return _code_bits(histogram, (table + 0.5) / (table + 0.5).sum(1, keepdim=True)).sum(1)
+
     def _unigram_metrics(self) -> dict[str, torch.Tensor]:
-        """The epoch's per-scale unigram rate and the model's against it (summed over ranks)."""
+        """The epoch's per-scale unigram rates and the model's against them (summed over ranks)."""
         if not self._tallies:
             return {}
         reduce = self.trainer.strategy.reduce if self._trainer is not None else (lambda x, reduce_op: x)
         tally = {k: reduce(v, reduce_op="sum") for k, v in self._tallies.items()}
-        histogram = tally["histogram"]
-        if self.quantizer.kind == "bitwise":
-            ones, totals = histogram[:, :-1], histogram[:, -1:]
-            zeros = totals - ones
-            unigram = _self_information(ones, totals) + _self_information(zeros, totals)
-        else:
-            unigram = _self_information(histogram, histogram.sum(1, keepdim=True))
-        metrics = {"bpp_unigram": unigram.sum() / tally["pixels"], "rate_vs_unigram": tally["model_bits"].sum() / unigram.sum()}
-        for k, value in enumerate(unigram / tally["pixels"], start=1):
+        histogram, pixels, model_bits = tally["histogram"], tally["pixels"], tally["model_bits"].sum()
+        oracle = self._unigram_bits(histogram, histogram)
+        trained = self._unigram_bits(histogram, self.train_histogram.to(histogram))
+        metrics = {
+            "bpp_unigram": oracle.sum() / pixels,
+            "rate_vs_unigram": model_bits / oracle.sum(),
+            "bpp_unigram_train": trained.sum() / pixels,
+            "rate_vs_unigram_train": model_bits / trained.sum(),
+        }
+        for k, value in enumerate(oracle / pixels, start=1):
             metrics[f"bpp_unigram_scale{k}"] = value
         return {k: v.float() for k, v in metrics.items()}
 
@@ -251,11 +281,9 @@ class ProgressiveContextModule(StageModule):
         return self.with_warmup([opt], hp.warmup_steps)
 
 
-def _self_information(counts: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
-    """Per row, ``sum_v -c_v log2(c_v / total)``: the bits of coding the counted symbols with
-    their own empirical frequencies (0 log 0 = 0). ``counts`` ``K x V``, ``totals`` ``K x 1``."""
-    p = counts / totals.clamp_min(1)
-    return -(counts * torch.where(counts > 0, p.log2(), torch.zeros_like(p))).sum(1)
+def _code_bits(counts: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``-c log2 p`` elementwise, 0 where nothing was counted (0 log 0 = 0)."""
+    return -(counts * torch.where(counts > 0, p.clamp_min(1e-300).log2(), torch.zeros_like(p)))
 
 
 def check_pairing(context_model: ProgressiveContextModel, quantizer: MultiScaleQuantizer, tokenizer: nn.Module) -> None:
