@@ -113,6 +113,30 @@ def load_torch_file(source: str | os.PathLike | IO[bytes], map_location: Any = "
         raise refusal(source, what, e) from None
 
 
+def load_state_dict_file(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from ``.safetensors`` or a torch file (never unpickling code), for
+    local pretrained weights (LPIPS and DISTS backbones). Every failure is one line naming ``what``
+    and the file: missing (FileNotFoundError), refused (:class:`UnsafeFile`), unreadable or not a
+    dict of tensors (ValueError)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = load_torch_file(path, map_location="cpu", what=what)
+    except ValueError:  # UnsafeFile / NotTorchFile: already one line that names the file
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file becomes the same one-line error
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{what} {path} cannot be read as a state dict: {type(e).__name__}: {first}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{what} {path} is not a state dict of tensors")
+    return state
+
+
 def refusal(source: Any, what: str, e: pickle.UnpicklingError) -> ValueError:
     """The one-line :class:`UnsafeFile` for the weights-only unpickler's (long) refusal, or for
     a file that is no pickle at all."""

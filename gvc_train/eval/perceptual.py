@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gvc_train.safe_load import UnsafeFile, load_torch_file
+from gvc_train.safe_load import load_state_dict_file
 
 # torchvision vgg16().features indices: max-pools DISTS replaces by L2 pooling, and where each
 # of its five stages ends (after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
@@ -43,23 +43,7 @@ _C1 = _C2 = 1e-6  # the paper's stabilising constants
 
 
 def _load_state(path: Path, what: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"DISTS {what} not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:  # never unpickles code: tensors and plain values only, else one line (UnsafeFile)
-            state = load_torch_file(path, map_location="cpu", what=f"DISTS {what}")
-    except UnsafeFile:
-        raise
-    except Exception as e:  # noqa: BLE001 - any unreadable file becomes the same one-line error
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"DISTS {what} {path} cannot be read as a state dict: {type(e).__name__}: {first}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"DISTS {what} {path} is not a state dict of tensors")
-    return state
+    return load_state_dict_file(path, f"DISTS {what}")
 
 
 def default_dists_weights_path() -> Path | None:

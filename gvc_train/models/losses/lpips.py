@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from gvc_train.safe_load import load_torch_file
+from gvc_train.safe_load import load_state_dict_file
 from torch import nn
 
 # (feature-layer end indices of the five slices, their channel counts) in torchvision's
@@ -30,22 +30,7 @@ _NETS: dict[str, tuple[list[int], list[int]]] = {
 
 
 def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"LPIPS {what} weights not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        state = load_torch_file(path, what=f"LPIPS {what} weights")  # never unpickles code
-    except ValueError:  # UnsafeFile / NotTorchFile: already one line that names the file
-        raise
-    except Exception as e:  # noqa: BLE001 - any unreadable file becomes the same one-line error
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"LPIPS {what} weights {path} cannot be read as a state dict: {type(e).__name__}: {first}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"LPIPS {what} weights {path} are not a state dict of tensors")
-    return state
+    return load_state_dict_file(path, f"LPIPS {what} weights")
 
 
 def default_heads_path(net: str) -> Path | None:
