@@ -42,14 +42,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from gvc_train.components import load_component
 from gvc_train.eval.metrics import psnr
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
-from gvc_train.lit.stage import EvalResult, StageModule
+from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
 from gvc_train.lit.step_guard import step_noise
 from gvc_train.models import sample_noise
 from gvc_train.models.latent.latent_codec import LatentVideoCodec
-from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
 
 # Lightning precisions under which the codec's parameters stay float32 (see the docstring).
 # Not 16-mixed: manual optimization clips before the grad scaler unscales, and fp16 overflows in
@@ -102,11 +100,7 @@ class LatentCodecModule(StageModule):
         max_consecutive_nonfinite: int = 100,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
-        if (tokenizer_path is None) == (tokenizer is None):
-            raise ValueError("give exactly one of tokenizer_path (a gvc-export folder) or tokenizer (a module)")
-        if tokenizer is None:
-            tokenizer = load_component(tokenizer_path, "tokenizer")
-        require_streaming_tokenizer(tokenizer, self.stage_name)
+        tokenizer = load_streaming_tokenizer(tokenizer_path, tokenizer, self.stage_name)
         if tokenizer.latent_channels != codec.latent_channels:
             raise ValueError(
                 f"the tokenizer has {tokenizer.latent_channels} latent channels, the codec codes {codec.latent_channels}"

@@ -19,8 +19,9 @@ tokens would spend (``bpp_uniform_scales{k}``, the ceiling the context model of 
 
 Exports ``{"tokenizer", "quantizer"}``: stage 2 (:mod:`gvc_train.lit.progressive_context`) reads
 both from this stage's ``gvc-export`` folder. What every stage shares is in
-:class:`gvc_train.lit.stage.StageModule`; the helpers below (:func:`load_streaming_tokenizer`,
-:func:`clip_latent`, :func:`video_pixels`) are shared with stage 2.
+:class:`gvc_train.lit.stage.StageModule` (with ``load_streaming_tokenizer``, the frozen
+tokenizer every tokenizer-latent stage loads); the helpers below (:func:`clip_latent`,
+:func:`video_pixels`) are shared with stage 2.
 """
 
 from __future__ import annotations
@@ -31,27 +32,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from gvc_train.components import load_component
 from gvc_train.eval.metrics import psnr
 from gvc_train.lit.optim import clip_grad_norm
-from gvc_train.lit.stage import EvalResult, StageModule
+from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
 from gvc_train.models.progressive.quantizer import MultiScaleQuantizer
-from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
 
 # The quantizer runs in float32 inside whatever the autocast; *-true half or double precisions
 # would cast its codebook buffers (and its float32 arithmetic would then mix dtypes).
 SUPPORTED_PRECISIONS = ("32-true", "32", "bf16-mixed")
-
-
-def load_streaming_tokenizer(tokenizer_path: str | None, tokenizer: nn.Module | None, who: str) -> nn.Module:
-    """The stage's frozen tokenizer: from a ``gvc-export`` folder or given as a module (tests);
-    exactly one of the two. Refused unless it is a streaming tokenizer (the codec streams it)."""
-    if (tokenizer_path is None) == (tokenizer is None):
-        raise ValueError("give exactly one of tokenizer_path (a gvc-export folder) or tokenizer (a module)")
-    if tokenizer is None:
-        tokenizer = load_component(tokenizer_path, "tokenizer")
-    require_streaming_tokenizer(tokenizer, who)
-    return tokenizer
 
 
 def clip_latent(tokenizer: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -32,9 +32,22 @@ import lightning as L
 import torch
 from torch import nn
 
+from gvc_train.components import load_component
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY, checkpoint_entry, train_seconds_so_far, unexportable_components
 from gvc_train.lit.step_guard import NonFiniteGuard, TrainingRngStream
+from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
 from gvc_train.provenance import git_commit
+
+
+def load_streaming_tokenizer(tokenizer_path: str | None, tokenizer: nn.Module | None, who: str) -> nn.Module:
+    """The stage's frozen tokenizer: from a ``gvc-export`` folder or given as a module (tests);
+    exactly one of the two. Refused unless it is a streaming tokenizer (the codec streams it)."""
+    if (tokenizer_path is None) == (tokenizer is None):
+        raise ValueError("give exactly one of tokenizer_path (a gvc-export folder) or tokenizer (a module)")
+    if tokenizer is None:
+        tokenizer = load_component(tokenizer_path, "tokenizer")
+    require_streaming_tokenizer(tokenizer, who)
+    return tokenizer
 
 
 @dataclass
