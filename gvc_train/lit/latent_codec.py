@@ -45,6 +45,7 @@ from torch import nn
 from gvc_train.eval.metrics import psnr
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
+from gvc_train.lit.tokenizer_latents import clip_latent, decoded_pixel_mse, target_pixels, video_pixels
 from gvc_train.lit.step_guard import step_noise
 from gvc_train.models import sample_noise
 from gvc_train.models.latent.latent_codec import LatentVideoCodec
@@ -118,23 +119,9 @@ class LatentCodecModule(StageModule):
         self.tokenizer = tokenizer  # frozen_components: eval mode, no gradients
 
     # ---- rate and distortion ------------------------------------------------------------
-    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(latent float32, video or None)`` of a batch."""
-        video = batch.get("video")
-        if "latent" in batch:
-            latent = batch["latent"]
-        elif video is not None:
-            with torch.no_grad():
-                latent = self.tokenizer.encode(video).mode()
-        else:
-            raise ValueError("a latent-codec batch needs 'video' (B x 3 x T x H x W) or 'latent' (B x C x t x h x w)")
-        return latent.float(), video
-
     def pixels_per_clip(self, latent: torch.Tensor) -> int:
         """Video pixels (frames x height x width) a ``B x C x t x h x w`` latent stands for."""
-        t, h, w = latent.shape[-3:]
-        s, ts = self.tokenizer.spatial_stride, self.tokenizer.temporal_stride
-        return (1 + ts * (t - 1)) * (s * h) * (s * w)
+        return video_pixels(self.tokenizer, latent)
 
     def _lambda(self, quality: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         lambdas = torch.tensor(self.hparams.lambdas, device=like.device, dtype=torch.float32)
@@ -162,8 +149,7 @@ class LatentCodecModule(StageModule):
         terms = {"recon": recon, "bpp": bpp, "mse": mse}
         distortion = mse
         if pixel_target is not None:
-            video_recon = self.tokenizer.decode(recon)
-            pixel_mse = (video_recon.float() - pixel_target.float()).pow(2).flatten(1).mean(dim=1)
+            video_recon, pixel_mse = decoded_pixel_mse(self.tokenizer, recon, pixel_target)
             terms.update(video_recon=video_recon, pixel_mse=pixel_mse)
             if self.hparams.pixel_weight > 0:
                 distortion = distortion + self.hparams.pixel_weight * pixel_mse
@@ -171,20 +157,14 @@ class LatentCodecModule(StageModule):
         terms["loss"] = bpp.mean() + (self._lambda(quality, latent) * distortion).mean()
         return terms
 
-    def _pixel_target(self, latent: torch.Tensor, video: torch.Tensor | None) -> torch.Tensor:
-        if video is not None:
-            return video
-        with torch.no_grad():  # no source video: the tokenizer's own reconstruction stands in
-            return self.tokenizer.decode(latent)
-
     # ---- training -----------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         opt, aux_opt = self.optimizers()
-        latent, video = self._inputs(batch)
+        latent, video = clip_latent(self.tokenizer, batch, self.stage_name)
         batch_size = latent.shape[0]
         with step_noise(self, batch_size):  # the same noise and qualities whatever the world size
             quality = sample_noise.randint(self.codec.num_qualities, batch_size, latent.device)
-            target = self._pixel_target(latent, video) if self.hparams.pixel_weight > 0 else None
+            target = target_pixels(self.tokenizer, latent, video) if self.hparams.pixel_weight > 0 else None
             terms = self.rate_distortion(latent, quality, target)
         with torch.autocast(device_type=latent.device.type, enabled=False):
             aux_loss = self.codec.aux_loss()
@@ -223,8 +203,8 @@ class LatentCodecModule(StageModule):
     # ---- evaluation ---------------------------------------------------------------------
     def evaluate(self, batch: dict[str, Any]) -> EvalResult:
         """Code the batch at every quality index with rounded quantization (eval mode)."""
-        latent, video = self._inputs(batch)
-        target = video if video is not None else (self._pixel_target(latent, None) if self.hparams.pixel_weight > 0 else None)
+        latent, video = clip_latent(self.tokenizer, batch, self.stage_name)
+        target = video if video is not None else (target_pixels(self.tokenizer, latent, None) if self.hparams.pixel_weight > 0 else None)
         metrics: dict[str, torch.Tensor] = {}
         losses = []
         outputs: dict[str, torch.Tensor] = {}

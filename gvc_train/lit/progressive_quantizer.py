@@ -20,8 +20,8 @@ tokens would spend (``bpp_uniform_scales{k}``, the ceiling the context model of 
 Exports ``{"tokenizer", "quantizer"}``: stage 2 (:mod:`gvc_train.lit.progressive_context`) reads
 both from this stage's ``gvc-export`` folder. What every stage shares is in
 :class:`gvc_train.lit.stage.StageModule` (with ``load_streaming_tokenizer``, the frozen
-tokenizer every tokenizer-latent stage loads); the helpers below (:func:`clip_latent`,
-:func:`video_pixels`) are shared with stage 2.
+tokenizer every tokenizer-latent stage loads) and in :mod:`gvc_train.lit.tokenizer_latents`
+(a batch's latent, the video pixels it stands for, the pixel loss through the frozen decoder).
 """
 
 from __future__ import annotations
@@ -35,35 +35,12 @@ from torch import nn
 from gvc_train.eval.metrics import psnr
 from gvc_train.lit.optim import clip_grad_norm
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
+from gvc_train.lit.tokenizer_latents import clip_latent, decoded_pixel_mse, target_pixels, video_pixels  # noqa: F401 (stage 2 imports them from here)
 from gvc_train.models.progressive.quantizer import MultiScaleQuantizer
 
 # The quantizer runs in float32 inside whatever the autocast; *-true half or double precisions
 # would cast its codebook buffers (and its float32 arithmetic would then mix dtypes).
 SUPPORTED_PRECISIONS = ("32-true", "32", "bf16-mixed")
-
-
-def clip_latent(tokenizer: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(latent float32 B x C x t x h x w, video or None)`` of a batch: its ``latent`` (latent
-    shards), else the tokenizer's posterior mean of its ``video`` (B x 3 x T x H x W in [0, 1])."""
-    video = batch.get("video")
-    if "latent" in batch:
-        latent = batch["latent"]
-    elif video is not None:
-        with torch.no_grad():
-            latent = tokenizer.encode(video).mode()
-    else:
-        raise ValueError("a progressive-stage batch needs 'latent' (B x C x t x h x w) or 'video' (B x 3 x T x H x W)")
-    if latent.dim() != 5:
-        raise ValueError(f"expected a latent B x C x t x h x w, got {tuple(latent.shape)}")
-    return latent.float(), video
-
-
-def video_pixels(tokenizer: nn.Module, latent: torch.Tensor) -> int:
-    """Video pixels (frames x height x width) one clip's ``B x C x t x h x w`` latent stands for:
-    ``(1 + ts (t - 1)) x (s h) x (s w)`` with the tokenizer's temporal and spatial strides."""
-    t, h, w = latent.shape[-3:]
-    s, ts = tokenizer.spatial_stride, tokenizer.temporal_stride
-    return (1 + ts * (t - 1)) * (s * h) * (s * w)
 
 
 def finite_on_every_rank(module: StageModule, x: torch.Tensor) -> bool:
@@ -138,24 +115,17 @@ class ProgressiveQuantizerModule(StageModule):
         loss = mse.mean() + out.loss
         terms: dict[str, Any] = {"out": out, "mse": mse}
         if pixel_target is not None:
-            video_recon = self.tokenizer.decode(out.reconstruction)
-            pixel_mse = (video_recon.float() - pixel_target.float()).pow(2).flatten(1).mean(dim=1)
+            video_recon, pixel_mse = decoded_pixel_mse(self.tokenizer, out.reconstruction, pixel_target)
             terms.update(video_recon=video_recon, pixel_mse=pixel_mse)
             if self.hparams.pixel_weight > 0:
                 loss = loss + self.hparams.pixel_weight * pixel_mse.mean()
         terms["loss"] = loss
         return terms
 
-    def _pixel_target(self, latent: torch.Tensor, video: torch.Tensor | None) -> torch.Tensor:
-        if video is not None:
-            return video
-        with torch.no_grad():  # no source video: the tokenizer's own reconstruction stands in
-            return self.tokenizer.decode(latent)
-
     # ---- training -----------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         opt = self.optimizers()
-        latent, video = clip_latent(self.tokenizer, batch)
+        latent, video = clip_latent(self.tokenizer, batch, self.stage_name)
         batch_size = latent.shape[0]
         # A non-finite latent would poison the EMA codebook inside the forward, before any loss
         # could be checked: skip such a batch first (on every rank, before the forward's
@@ -163,7 +133,7 @@ class ProgressiveQuantizerModule(StageModule):
         if not finite_on_every_rank(self, latent):
             self.nonfinite.ok(self, latent.new_tensor(float("nan")), batch_size)
             return None
-        target = self._pixel_target(latent, video) if self.hparams.pixel_weight > 0 else None
+        target = target_pixels(self.tokenizer, latent, video) if self.hparams.pixel_weight > 0 else None
         terms = self.objective(latent, target)
         if not self.nonfinite.ok(self, terms["loss"], batch_size):
             return None
@@ -201,8 +171,8 @@ class ProgressiveQuantizerModule(StageModule):
     def evaluate(self, batch: dict[str, Any]) -> EvalResult:
         """All scales (eval mode: no dropout, no codebook update), then the reconstruction
         after each number of kept scales k = 1..K and the rate of a uniform code of them."""
-        latent, video = clip_latent(self.tokenizer, batch)
-        target = video if video is not None else (self._pixel_target(latent, None) if self.hparams.pixel_weight > 0 else None)
+        latent, video = clip_latent(self.tokenizer, batch, self.stage_name)
+        target = video if video is not None else (target_pixels(self.tokenizer, latent, None) if self.hparams.pixel_weight > 0 else None)
         terms = self.objective(latent, target)
         out, mse = terms["out"], terms["mse"].mean()
         metrics: dict[str, torch.Tensor] = {
