@@ -150,7 +150,6 @@ def build_and_load(class_name: str, config: dict[str, Any], state: dict[str, tor
     return module
 
 
-_jsonable = jsonable  # the name codec_folder imports
 
 
 def component_fingerprint(class_name: str, config: dict[str, Any], weights_sha256: str) -> str:
@@ -196,7 +195,7 @@ def save_component(
         "weights": weights_path.name,
         "weights_sha256": weights_sha256,
         "fingerprint": component_fingerprint(cls_name, module.config, weights_sha256),
-        "provenance": _jsonable(provenance or {}),
+        "provenance": jsonable(provenance or {}),
     }
     json_path = folder / f"{name}.json"
     write_sealed_json(json_path, meta)

@@ -26,7 +26,8 @@ from gvc_train.component_checks import (
 )
 from gvc_train.codecs.families import FAMILIES
 from gvc_train.components import FORMAT_VERSION as COMPONENT_FORMAT_VERSION
-from gvc_train.components import ComponentError, _jsonable, read_component_meta, verify_component, write_sealed_json
+from gvc_train.components import ComponentError, read_component_meta, verify_component, write_sealed_json
+from gvc_train.models.registry import jsonable
 
 CODEC_FORMAT_VERSION = 2  # 2: fingerprint over family + component fingerprints, checksum over the file
 CODEC_JSON = "codec.json"
@@ -54,13 +55,13 @@ def write_codec_json(folder: str | Path, family: str, extra: dict[str, Any], pro
     if clash:
         raise ValueError(f"codec.json extras may not replace {clash}")
     meta = {
-        **_jsonable(extra),
+        **jsonable(extra),
         "format_version": CODEC_FORMAT_VERSION,
         "family": family,
         "components": {name: f"{name}.json" for name in names},
         "component_fingerprints": prints,
         "fingerprint": codec_fingerprint(family, prints),
-        "provenance": _jsonable(provenance),
+        "provenance": jsonable(provenance),
     }
     path = folder / CODEC_JSON
     write_sealed_json(path, meta)

@@ -98,14 +98,14 @@ def _codec_points(options: EvalOptions, video: Path, source_THWC: np.ndarray, st
     return points
 
 
-def _codec_notes(codec_dirs: Sequence[str | Path]) -> list[str]:
-    """What each codec's family says about its points (e.g. no intra refresh), once per family."""
-    from gvc_train.codecs.codec_folder import read_codec_json
+def _codec_notes(points: Sequence[dict[str, Any]]) -> list[str]:
+    """What each coded family says about its points (e.g. no intra refresh), once per family:
+    from the families the points name, so no codec folder is read again."""
     from gvc_train.codecs.families import FAMILIES
 
     notes: list[str] = []
-    for codec_dir in codec_dirs:
-        for note in FAMILIES[read_codec_json(codec_dir)["family"]].codec_class().report_notes:
+    for family in dict.fromkeys(p["family"] for p in points if "family" in p):
+        for note in FAMILIES[family].codec_class().report_notes:
             if note not in notes:
                 notes.append(note)
     return notes
@@ -254,7 +254,7 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         "metrics": metrics,
         "metric_settings": metric_settings_for(options),
         "unavailable_metrics": unavailable,
-        "notes": _codec_notes(options.codecs),
+        "notes": _codec_notes(points),
         "seconds": round(time.perf_counter() - started, 1),
         "points": points,
         "bd": bd,

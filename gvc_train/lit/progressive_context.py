@@ -41,7 +41,8 @@ from torch import nn
 
 from gvc_train.components import load_component
 from gvc_train.lit.optim import clip_grad_norm
-from gvc_train.lit.progressive_quantizer import SUPPORTED_PRECISIONS, clip_latent, finite_on_every_rank, video_pixels
+from gvc_train.lit.progressive_quantizer import SUPPORTED_PRECISIONS, finite_on_every_rank
+from gvc_train.lit.tokenizer_latents import clip_latent, video_pixels
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
 from gvc_train.models.progressive.context_model import ProgressiveContextModel
 from gvc_train.models.progressive.quantizer import MultiScaleQuantizer

@@ -35,7 +35,7 @@ from torch import nn
 from gvc_train.eval.metrics import psnr
 from gvc_train.lit.optim import clip_grad_norm
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
-from gvc_train.lit.tokenizer_latents import clip_latent, decoded_pixel_mse, target_pixels, video_pixels  # noqa: F401 (stage 2 imports them from here)
+from gvc_train.lit.tokenizer_latents import clip_latent, decoded_pixel_mse, target_pixels, video_pixels
 from gvc_train.models.progressive.quantizer import MultiScaleQuantizer
 
 # The quantizer runs in float32 inside whatever the autocast; *-true half or double precisions
