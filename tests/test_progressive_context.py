@@ -177,6 +177,23 @@ def test_past_entry_k_reaches_the_scales_from_k_on_only_and_a_missing_past_is_le
             model(inputs, entries[:2])
 
 
+def test_the_aligned_past_shows_a_token_the_past_at_its_own_place() -> None:
+    """Detail of the past frame that the pooled context averages away (a pattern of zero mean
+    in every pooled cell) reaches the logits through the aligned past, and only through it."""
+    torch.manual_seed(5)
+    inputs = [torch.randn(2, D, h, w) for h, w in SCALES]
+    entries = past_entries(size=(4, 4))
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(2, 2)  # zero mean in each 2 x 2 cell
+    moved = [e + 3.0 * checker for e in entries]
+    assert all(torch.allclose(F.adaptive_avg_pool2d(a, 2), F.adaptive_avg_pool2d(b, 2), atol=1e-6) for a, b in zip(entries, moved))
+    with torch.no_grad():
+        seeing, blind = make("codebook"), make("codebook", aligned_past=False)
+        assert sum(p.numel() for p in seeing.parameters()) > sum(p.numel() for p in blind.parameters())
+        finest = len(SCALES) - 1  # 4 x 4 tokens: the checkerboard survives the resampling
+        assert not torch.allclose(seeing(inputs, entries)[finest], seeing(inputs, moved)[finest])
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(blind(inputs, entries), blind(inputs, moved)))
+
+
 # ---- cached decoding --------------------------------------------------------------------------
 
 

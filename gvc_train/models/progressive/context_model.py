@@ -23,7 +23,17 @@ its code maps): entry k is what its scales ``1 .. k`` reconstruct. Entry k of ea
 ``past_frames`` past frames (most recent first) is average-pooled to ``context_grid x
 context_grid`` tokens: the *past context of level k*, ``C = past_frames * context_grid^2``
 tokens. A frame that does not exist yet (the first frames of a clip) is a learned "no past"
-token instead, so the shapes never change. The sequence interleaves the levels::
+token instead, so the shapes never change.
+
+**Aligned past** (``aligned_past``, on by default). The pooled context says what the past frame
+looked like in the large; a token also gets, added to its embedding, the past frame *at its own
+place*: entry k of each past frame area-resampled to ``h_k x w_k``, beside that entry minus entry
+``k - 1`` (what the past frame's scale k itself added), projected to the width (zeros for a past
+frame that does not exist). On carphone a fifth of the finest scale's tokens repeat the previous
+frame's token at the same position; a 2 x 2 pooled context cannot see that, this can. It uses
+past entries ``<= k`` only, so the block-causal argument below is unchanged.
+
+The sequence interleaves the levels::
 
     [ past entry 1 | input of scale 1 | past entry 2 | input of scale 2 | ... | past entry K | input of scale K ]
 
@@ -91,8 +101,9 @@ class ProgressiveContextModel(nn.Module):
     token, one per code channel; ``codebook_size`` is then unused). ``width``, ``depth``,
     ``heads``, ``mlp_ratio``: the transformer. ``pos_grid``: side of each scale's learned
     position table. ``context_grid``, ``past_frames``: the past context, ``past_frames *
-    context_grid^2`` tokens per scale (``past_frames=0``: none). ``dropout``: on attention weights and
-    residual branches, in training only.
+    context_grid^2`` tokens per scale (``past_frames=0``: none). ``aligned_past``: add each past
+    frame at the token's own place to its embedding (module docstring). ``dropout``: on attention
+    weights and residual branches, in training only.
     A CPU test size is ``width=32, depth=2, heads=2, pos_grid=4``.
     """
 
@@ -101,7 +112,7 @@ class ProgressiveContextModel(nn.Module):
     config_bounds = {
         "num_scales": (1, 32), "code_dim": (1, 1024), "kind": set(token_probs.KINDS), "codebook_size": (2, 1 << 16),
         "width": (8, 2048), "depth": (1, 48), "heads": (1, 64), "mlp_ratio": (0.25, 8.0), "pos_grid": (1, 64),
-        "context_grid": (1, 16), "past_frames": (0, 8), "dropout": (0.0, 0.9),
+        "context_grid": (1, 16), "past_frames": (0, 8), "aligned_past": {True, False}, "dropout": (0.0, 0.9),
     }  # fmt: skip
 
     def __init__(
@@ -117,6 +128,7 @@ class ProgressiveContextModel(nn.Module):
         pos_grid: int = 16,
         context_grid: int = 2,
         past_frames: int = 1,
+        aligned_past: bool = True,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -145,6 +157,8 @@ class ProgressiveContextModel(nn.Module):
         self.context_proj = nn.Linear(code_dim, width)
         self.context_pos = nn.Parameter(torch.zeros(num_scales, self.level_context, width))
         self.no_past = nn.Parameter(torch.zeros(past_frames, width))
+        # each past frame at the token's place: its entry k and entry k minus entry k - 1
+        self.aligned_proj = nn.Linear(2 * code_dim * past_frames, width) if aligned_past and past_frames else None
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
         self.head_norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, self.outputs)
@@ -164,7 +178,7 @@ class ProgressiveContextModel(nn.Module):
 
     # ---- embeddings ---------------------------------------------------------------------------
 
-    def context(self, past: Past, batch: int) -> list[torch.Tensor]:
+    def context(self, past: Past, batch: int, frames: Sequence[PastFrame | None] | None = None) -> list[torch.Tensor]:
         """The past context of every level: K tensors ``B x C x width`` (``C = past_frames *
         context_grid^2``), entry k of every past frame, most recent first.
 
@@ -172,7 +186,7 @@ class ProgressiveContextModel(nn.Module):
         x W``, coarse to fine), or a sequence of past frames, most recent first, at most
         ``past_frames`` (None: a frame before the start of the clip), or None.
         """
-        frames = self._past_frames(past)
+        frames = self.as_past_frames(past) if frames is None else frames
         cells = self.context_grid * self.context_grid
         levels: list[list[torch.Tensor]] = [[] for _ in range(self.num_scales)]
         for age, frame in enumerate(frames):
@@ -181,7 +195,7 @@ class ProgressiveContextModel(nn.Module):
                     parts.append(self.no_past[age].expand(batch, cells, -1))
                 continue
             for k, entry in enumerate(frame):
-                if entry.dim() != 4 or entry.shape[0] != batch or entry.shape[1] != self.code_dim:
+                if entry.shape[0] != batch:
                     raise ValueError(f"past frame {age}, entry {k + 1}: expected {batch} x {self.code_dim} x H x W, got {tuple(entry.shape)}")
                 pooled = F.adaptive_avg_pool2d(entry.float(), self.context_grid)  # B x D x g x g
                 levels[k].append(self.context_proj(pooled.flatten(2).transpose(1, 2)))
@@ -189,7 +203,7 @@ class ProgressiveContextModel(nn.Module):
             return [self.pos_embed.new_zeros(batch, 0, self.pos_embed.shape[1]) for _ in range(self.num_scales)]
         return [torch.cat(parts, dim=1) + self.context_pos[k] for k, parts in enumerate(levels)]
 
-    def _past_frames(self, past: Past) -> list[PastFrame | None]:
+    def as_past_frames(self, past: Past) -> list[PastFrame | None]:
         """``past`` as exactly ``past_frames`` entries, each None or K tensors."""
         if isinstance(past, torch.Tensor):
             raise ValueError(
@@ -209,10 +223,15 @@ class ProgressiveContextModel(nn.Module):
             if frame is not None and (isinstance(frame, torch.Tensor) or len(frame) != self.num_scales):
                 got = "one tensor" if isinstance(frame, torch.Tensor) else f"{len(frame)} entries"
                 raise ValueError(f"past frame {age}: expected its {self.num_scales} partial reconstructions (one per scale), got {got}")
+            for k, entry in enumerate(frame or ()):
+                if entry.dim() != 4 or entry.shape[1] != self.code_dim:
+                    raise ValueError(f"past frame {age}, entry {k + 1}: expected B x {self.code_dim} x H x W, got {tuple(entry.shape)}")
         return frames
 
-    def scale_tokens(self, k: int, input_BDhw: torch.Tensor, batch: int) -> torch.Tensor:
-        """The embedded next-scale input ``B x D x h_k x w_k`` of scale ``k`` (0-based): ``B x l_k x width``."""
+    def scale_tokens(self, k: int, input_BDhw: torch.Tensor, batch: int, frames: Sequence[PastFrame | None] = ()) -> torch.Tensor:
+        """The embedded next-scale input ``B x D x h_k x w_k`` of scale ``k`` (0-based): ``B x
+        l_k x width``. ``frames``: the past frames as :meth:`as_past_frames` gives them (for the
+        aligned past; none: as if no past)."""
         if not 0 <= k < self.num_scales:
             raise ValueError(f"scale index {k} is not in [0, {self.num_scales})")
         if input_BDhw.dim() != 4 or input_BDhw.shape[0] != batch or input_BDhw.shape[1] != self.code_dim:
@@ -220,7 +239,21 @@ class ProgressiveContextModel(nn.Module):
         h, w = input_BDhw.shape[-2:]
         x = input_BDhw.float().flatten(2).transpose(1, 2)
         tokens = self.input_proj(x) + self.level_embed[k] + self.positions(k, (h, w))
+        if self.aligned_proj is not None and any(f is not None for f in frames):
+            tokens = tokens + self.aligned_past(k, frames, (h, w), batch)
         return tokens + self.start if k == 0 else tokens
+
+    def aligned_past(self, k: int, frames: Sequence[PastFrame | None], size: tuple[int, int], batch: int) -> torch.Tensor:
+        """The past frames at scale ``k``'s places (module docstring), projected: ``B x l_k x width``."""
+        features = []
+        for frame in frames:
+            if frame is None:
+                features.append(self.start.new_zeros(batch, 2 * self.code_dim, *size))
+                continue
+            here = F.adaptive_avg_pool2d(frame[k].float(), size)
+            coarser = F.adaptive_avg_pool2d(frame[k - 1].float(), size) if k else torch.zeros_like(here)
+            features += [here, here - coarser]
+        return self.aligned_proj(torch.cat(features, 1).flatten(2).transpose(1, 2))
 
     def positions(self, k: int, size: tuple[int, int]) -> torch.Tensor:
         """Scale ``k``'s position embeddings at ``size = (h, w)``: ``l x width`` (row-major)."""
@@ -253,9 +286,10 @@ class ProgressiveContextModel(nn.Module):
         if len(inputs_per_scale) != self.num_scales:
             raise ValueError(f"expected the inputs of {self.num_scales} scales, got {len(inputs_per_scale)}")
         batch = inputs_per_scale[0].shape[0]
-        scales = [self.scale_tokens(k, inp, batch) for k, inp in enumerate(inputs_per_scale)]
+        frames = self.as_past_frames(past)
+        context = self.context(past, batch, frames)  # checks the past's batch size too
+        scales = [self.scale_tokens(k, inp, batch, frames) for k, inp in enumerate(inputs_per_scale)]
         lengths = [t.shape[1] for t in scales]
-        context = self.context(past, batch)
         x = torch.cat([part for level in zip(context, scales) for part in level], dim=1)
         mask = self.block_mask(lengths)
         for block in self.blocks:
@@ -330,7 +364,8 @@ class ScaleSteps:
         self.model = model
         self.batch = batch
         self.next_scale = 0
-        self.context = model.context(past, batch)  # embedded only; each runs through the blocks at its step
+        self.frames = model.as_past_frames(past)
+        self.context = model.context(past, batch, self.frames)  # embedded only; each runs through the blocks at its step
         self.cache: list[KeyValue | None] = [None] * len(model.blocks)
 
     def step(self, k: int, input_BDhw: torch.Tensor) -> torch.Tensor:
@@ -338,7 +373,7 @@ class ScaleSteps:
         its next-scale input ``B x D x h_k x w_k``."""
         if k != self.next_scale:
             raise ValueError(f"scales are stepped in order: expected scale index {self.next_scale}, got {k}")
-        x = torch.cat([self.context[k], self.model.scale_tokens(k, input_BDhw, self.batch)], dim=1)
+        x = torch.cat([self.context[k], self.model.scale_tokens(k, input_BDhw, self.batch, self.frames)], dim=1)
         for i, block in enumerate(self.model.blocks):
             x, self.cache[i] = block(x, None, self.cache[i], plain=True)  # own level and all cached: visible
         self.next_scale += 1
