@@ -1,0 +1,96 @@
+"""Control extractors by name: ``build_extractor("edges", low=100, high=200)``.
+
+An extractor runs on one clip of the data contract (``C x T x H x W`` float32 RGB in ``[0, 1]``,
+``C = 3``; a batch is a loop over clips: controls are per clip and some are ragged) and returns
+the clip's control in the layout of its name (:data:`LAYOUTS`). Its settings are plain JSON
+(:meth:`ControlExtractor.settings`): gvc-shard stores them in the sample JSON beside the coded
+control, so a reader knows exactly how a control was made.
+
+Built-in extractors are imported only when their name is first asked for
+(:data:`BUILTIN_EXTRACTORS`): asking for ``flow`` never imports mediapipe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+# The layout of every control, by name: what an extractor returns and a coder takes and gives back.
+LAYOUTS = {
+    "luma": "torch.uint8 T x h x w: BT.601 luma (0..255) of every frame, area-downsampled to the extractor's size",
+    "edges": "torch.bool T x h x w: Canny edge maps of every frame (h x w: the extractor's size, default the frame's)",
+    "flow": "torch.float32 (T - 1) x 2 x h x w: dense optical flow from frame t to frame t + 1 (dx, dy in pixels of "
+            "the h x w grid), frame t + 1 warped by it (backward warp) approximates frame t",
+    "segmentation": "torch.uint8 T x h x w: a label per pixel, 0..classes - 1 (classes in the extractor's settings)",
+    "pose": "list of T torch.float32 P_t x J x 3 tensors: per frame, P_t people (0 when none) of J keypoints "
+            "(x, y in [0, 1] of the frame's width and height, confidence in [0, 1])",
+    "caption": "str: one caption for the whole clip (UTF-8)",
+}  # fmt: skip
+
+# Name -> "module:Class" of the built-in extractors (imported on first use).
+BUILTIN_EXTRACTORS: dict[str, str] = {}
+
+_REGISTRY: dict[str, type[ControlExtractor]] = {}
+_T = TypeVar("_T", bound=type)
+
+
+class ControlExtractor(ABC):
+    """One kind of control. A subclass is registered under its name (:func:`register_extractor`,
+    a key of :data:`LAYOUTS`), takes its settings as keyword arguments with defaults, keeps each
+    in the attribute of the same name, and implements :meth:`extract`."""
+
+    name: ClassVar[str]
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor's arguments (plain JSON): a subclass keeps each one in the attribute
+        of the same name, so this reads them back."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    @abstractmethod
+    def extract(self, clip_CThw: torch.Tensor, caption: str | None = None) -> Any:
+        """The control of one clip (``3 x T x H x W`` float32 in [0, 1]) in :data:`LAYOUTS`'s
+        layout for this name. ``caption``: the clip's caption when the shard has one."""
+
+
+def register_extractor(name: str) -> Callable[[_T], _T]:
+    """Class decorator: make an extractor buildable as ``name`` (a key of :data:`LAYOUTS`)."""
+    if name not in LAYOUTS:
+        raise ValueError(f"no control layout named {name!r}: add it to LAYOUTS first ({', '.join(LAYOUTS)})")
+
+    def decorate(cls: _T) -> _T:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"control extractor {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def extractor_class(name: str) -> type[ControlExtractor]:
+    """The extractor registered as ``name`` (importing its built-in module); ValueError otherwise."""
+    if name not in _REGISTRY and name in BUILTIN_EXTRACTORS:
+        module, _, cls = BUILTIN_EXTRACTORS[name].partition(":")
+        importlib.import_module(module)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown control {name!r}; known: {', '.join(sorted(set(_REGISTRY) | set(BUILTIN_EXTRACTORS)))}")
+    return _REGISTRY[name]
+
+
+def build_extractor(name: str, **settings: Any) -> ControlExtractor:
+    """A configured extractor; a wrong setting is a ValueError naming it."""
+    cls = extractor_class(name)
+    try:
+        return cls(**settings)
+    except TypeError as e:
+        raise ValueError(f"control {name!r}: {e}") from None
+
+
+def known_controls() -> list[str]:
+    return sorted(set(_REGISTRY) | set(BUILTIN_EXTRACTORS))
