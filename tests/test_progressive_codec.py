@@ -4,8 +4,9 @@ thread-count independence, cuts at every scale (``gvc truncate --scales`` and ``
 ``gvc info``'s bits per scale, export through ``gvc-export``, and damaged streams (each one
 BitstreamError, or a valid decode where the damage is a chunk-boundary cut).
 
-Tiny random components built here (a 4-channel CausalVAE, a 3-scale quantizer, a one-block
-context model): mechanics, not quality. A 40x32 clip of 9 frames is 3 latent frames of 5x4.
+Tiny random components (tests/progressive_fixtures.py: a 4-channel CausalVAE, a 3-scale
+quantizer, a one-block context model): mechanics, not quality. A 40x32 clip of 9 frames is 3
+latent frames of 5x4.
 """
 
 from __future__ import annotations
@@ -21,61 +22,28 @@ import numpy as np
 import pytest
 import torch
 from conftest import peak_rss_growth
-from PIL import Image
+from progressive_fixtures import CONTEXT, FRAMES, GROUP, HEIGHT, KINDS, SCALES, WIDTH, write_clip, write_codec_dir
+from progressive_fixtures import components as _components
 
 from gvc_train import gvc_cli
 from gvc_train.codecs.base import open_codec
-from gvc_train.codecs.codec_folder import write_codec_json
 from gvc_train.codecs.progressive import ProgressiveCodec
 from gvc_train.codecs.progressive_scales import FILL_MODES
 from gvc_train.codecs.progressive_stream import StreamConfig, frames_payload, parse_frames
 from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader, encode_varint, end_marker, header_bytes, read_stream
-from gvc_train.components import save_component
 from gvc_train.export import main as export_main
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY
-from gvc_train.models import CausalVAE, MultiScaleQuantizer, ProgressiveContextModel
-
-FRAMES, WIDTH, HEIGHT = 9, 40, 32
-SCALES = 3
-GROUP = 2  # latent frames per group: 3 latent frames make groups of 2 and 1
-KINDS = ("codebook", "bitwise")
-TOKENIZER = dict(latent_channels=4, base_channels=8, channel_mults=[1, 2, 2, 2], num_res_blocks=1, mid_attention=False, norm_groups=8)
-QUANTIZER = dict(latent_channels=4, code_dim=4, codebook_size=16, scales=[0.25, 0.5, 1.0], refine_groups=2)
-CONTEXT = dict(num_scales=SCALES, code_dim=4, codebook_size=16, width=16, depth=1, heads=2, mlp_ratio=2.0, pos_grid=2, context_grid=2, past_frames=1)
-
-
-def _components(kind: str) -> dict[str, torch.nn.Module]:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return {
-            "tokenizer": CausalVAE(**TOKENIZER).eval(),
-            "quantizer": MultiScaleQuantizer(**QUANTIZER, kind=kind).eval(),
-            "context_model": ProgressiveContextModel(**CONTEXT, kind=kind).eval(),
-        }
+from gvc_train.models import ProgressiveContextModel
 
 
 @pytest.fixture(scope="module")
 def codec_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    dirs = {}
-    for kind in KINDS:
-        folder = tmp_path_factory.mktemp(f"progressive_{kind}")
-        for name, module in _components(kind).items():
-            save_component(module, folder, name)
-        write_codec_json(folder, "progressive", {"qualities": SCALES}, {"recipe": "tests/test_progressive_codec.py (random weights)"})
-        dirs[kind] = folder
-    return dirs
+    return {kind: write_codec_dir(tmp_path_factory.mktemp(f"progressive_{kind}"), kind) for kind in KINDS}
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gvc_train.data.sample_videos import sample_video
-    from gvc_train.data.video_io import VideoReader
-
-    folder = tmp_path_factory.mktemp("video")
-    with VideoReader(sample_video("carphone_pristine.mp4")) as reader:
-        for i, frame in enumerate(reader.frames(FRAMES)):
-            Image.fromarray(frame[40 : 40 + HEIGHT, 60 : 60 + WIDTH]).save(folder / f"im{i + 1}.png")
-    return folder
+    return write_clip(tmp_path_factory.mktemp("video"))
 
 
 @pytest.fixture(scope="module")
