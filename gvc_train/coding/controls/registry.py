@@ -17,7 +17,9 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 # Name -> "module:Class" of the built-in coders (imported on first use).
-BUILTIN_CODERS: dict[str, str] = {}
+BUILTIN_CODERS: dict[str, str] = {
+    "pose": "gvc_train.coding.controls.pose:PoseCoder",
+}
 
 _REGISTRY: dict[str, type[ControlCoder]] = {}
 _T = TypeVar("_T", bound=type)
