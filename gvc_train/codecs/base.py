@@ -11,7 +11,9 @@ exported folder and use the interface:
   CodingReport``, real files and real bits;
 * ``describe(stream)``: what ``gvc info`` prints, read without building a model;
 * ``truncate(stream, output, scales | max_bytes)``: a stream cut after a scale, without a model,
-  where the family's streams can be cut (``gvc truncate``; the default refuses);
+  where the family's streams can be cut (``gvc truncate``; the default refuses); ``cut_fills``
+  (empty where streams cannot be cut) names how ``decode_cut`` may predict what a cut lacks,
+  which ``gvc eval``'s truncation curve measures;
 * ``ceiling(frames)``: the reconstruction without any rate constraint (a tokenizer alone), where
   the family has one, for rate-distortion plots.
 
@@ -77,6 +79,10 @@ class Codec(abc.ABC):
     # What gvc eval writes beside the codec's points (e.g. that it has no intra refresh).
     report_notes: ClassVar[tuple[str, ...]] = ()
     intra_period: ClassVar[int] = -1  # frames between intra refreshes; -1: one GOP a video
+    # How the decoder may predict what a stream cut by :meth:`truncate` does not carry
+    # (:meth:`decode_cut`'s ``fill``), the family's default first. Empty (the default): the
+    # family's streams cannot be cut. A family that overrides ``truncate`` lists one at least.
+    cut_fills: ClassVar[tuple[str, ...]] = ()
 
     folder: Path
     meta: dict[str, Any]  # codec.json
@@ -135,6 +141,16 @@ class Codec(abc.ABC):
         "of_scales", "bytes", "source_bytes"}``. Only a family whose streams can be cut (a
         progressive one) overrides this; the default refuses in one line."""
         raise CodecError(f"streams of the {cls.family} family cannot be cut (gvc truncate is for families whose chunks are ordered by scale)")
+
+    @classmethod
+    def can_cut(cls) -> bool:
+        """Whether :meth:`truncate` cuts this family's streams (``cut_fills`` names how a cut decodes)."""
+        return bool(cls.cut_fills)
+
+    def decode_cut(self, stream: str | os.PathLike, on_frame: FrameCallback | None, fill: str) -> CodingReport:
+        """Decode ``stream`` (whole or cut by :meth:`truncate`) as :meth:`decode` does, predicting
+        what it does not carry with ``fill`` (one of :attr:`cut_fills`). The default refuses."""
+        raise CodecError(f"streams of the {self.family} family cannot be cut, so there is nothing to fill in")
 
     @classmethod
     def check_components(cls, modules: dict[str, Any], where: str) -> None:

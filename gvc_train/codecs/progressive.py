@@ -69,7 +69,15 @@ class ProgressiveCodec(TokenizerCodec):
     """
 
     family = "progressive"
-    report_notes = ("progressive codecs have no intra refresh: they code each video as one GOP whatever --intra-period says",)
+    report_notes = (
+        "progressive codecs have no intra refresh: they code each video as one GOP whatever --intra-period says",
+        "in a progressive codec's truncation points the scales a cut lacks are predicted by the context model ('expectation': "
+        "the expected code vectors under its probabilities, the decoder's default; 'argmax': its most probable tokens) or left "
+        "at zero ('zero': the finer scales add nothing)",
+    )
+    # gvc eval's truncation curve decodes every cut with each: the default, the finer scales
+    # left at zero (what the prediction is worth), and the most probable tokens
+    cut_fills = tuple(dict.fromkeys((DEFAULT_FILL, "zero", "argmax")))
     run_name = "group"
     max_latents_per_run = MAX_LATENTS_PER_GROUP
 
@@ -141,6 +149,9 @@ class ProgressiveCodec(TokenizerCodec):
         BitstreamError on bad input."""
         fill = self._fill_mode(fill)
         return self._decode_file(stream, lambda header, config, chunks: self._decode_groups(header, config, chunks, on_frame, fill))
+
+    def decode_cut(self, stream: str | os.PathLike, on_frame: FrameCallback | None, fill: str) -> CodingReport:
+        return self.decode(stream, on_frame, fill=fill)
 
     def _open_stream(self, f: BinaryIO) -> tuple[StreamHeader, StreamConfig, Iterator[Chunk]]:
         header = self._read_header(f)
