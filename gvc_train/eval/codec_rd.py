@@ -7,6 +7,11 @@ the reconstruction is what ``gvc decode`` writes; for anchors, the elementary st
 is per frame in RGB and averaged over frames; MS-SSIM likewise, with the window and scales
 fitted to the frame size (``eval.metrics.ms_ssim_params``). Bits per pixel count every pixel of
 every frame.
+
+``--truncation`` adds the codec's truncation curve (``eval.truncation``), for a codec whose
+streams can be cut: one stream coded at the top rate point, cut after each scale, every cut
+decoded with each of the codec's fills (the missing scales predicted, or left at zero), each
+cut's file size and PSNR / MS-SSIM as above.
 """
 
 from __future__ import annotations
@@ -75,6 +80,27 @@ def tokenizer_point(codec_dir: str | Path, video: str | Path, frames: int) -> di
     return {"codec": f"{Path(codec_dir).name} tokenizer only", "bpp": None, **distortion(recon_THWC, source)}
 
 
+def truncation_points(codec_dir: str | Path, video: str | Path, frames: int) -> dict[str, Any]:
+    """The truncation curve of one stream of the codec (``eval.truncation``) on the first
+    ``frames`` frames of ``video``; stream paths are the (temporary) files' names.
+    ValueError for a codec whose streams cannot be cut."""
+    from gvc_train.codecs.base import open_codec
+    from gvc_train.eval.truncation import truncation_curve
+
+    codec = open_codec(codec_dir)
+    if not codec.can_cut():
+        raise ValueError(f"{codec_dir}: streams of the {codec.family} family cannot be cut: there is no truncation curve")
+    source = read_frames(video, count=frames)
+    top = codec.num_rate_points - 1
+    with tempfile.TemporaryDirectory() as tmp:
+        enc = codec.encode(video, Path(tmp) / f"q{top}.gvc", top, max_frames=frames)
+        curve = truncation_curve(codec, enc.path, source, lambda recon: distortion(recon, source), tmp)
+    curve["stream"] = Path(curve["stream"]).name
+    for p in curve["points"]:
+        p["stream"] = Path(p["stream"]).name
+    return {"codec": Path(codec_dir).name, "quality": top, **curve}
+
+
 def anchor_points(video: str | Path, frames: int, anchors: list[str], low_delay: bool = True) -> list[dict[str, Any]]:
     source = read_frames(video, count=frames)
     fps = probe(video).fps or 30.0
@@ -121,7 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anchors", default="x264,x265", help="comma-separated, or '' for none")
     parser.add_argument("--out", default=None, help="write the points as JSON here")
     parser.add_argument("--tokenizer-ceiling", action="store_true", help="add the tokenizer alone (no quantization, no rate)")
+    parser.add_argument(
+        "--truncation", action="store_true",
+        help="add the truncation curve: the top rate point's stream cut after each scale, decoded with each fill (codecs whose streams can be cut)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.truncation and not _can_cut(args.codec):
+        parser.error(f"--truncation: the streams of {args.codec} cannot be cut (its family has no gvc truncate)")
     video = args.video or str(sample_video(HELD_OUT))
     points = codec_points(args.codec, video, args.frames)
     if args.tokenizer_ceiling:
@@ -130,9 +162,24 @@ def main(argv: list[str] | None = None) -> int:
     if anchors:
         points += anchor_points(video, args.frames, anchors)
     print(markdown_table(points))
+    saved: dict[str, Any] = {"video": Path(video).name, "frames": args.frames, "points": points}
+    if args.truncation:
+        from gvc_train.eval.truncation import truncation_markdown
+
+        saved["truncation"] = truncation_points(args.codec, video, args.frames)
+        print(f"\nTruncation points of one stream coded at quality {saved['truncation']['quality']}:\n")
+        print(truncation_markdown(saved["truncation"]))
     if args.out:
-        write_json(args.out, {"video": Path(video).name, "frames": args.frames, "points": points}, indent=2)
+        write_json(args.out, saved, indent=2)
     return 0
+
+
+def _can_cut(codec_dir: str) -> bool:
+    """From codec.json and the family table, without loading the codec."""
+    from gvc_train.codecs.codec_folder import read_codec_json
+    from gvc_train.codecs.families import FAMILIES
+
+    return FAMILIES[read_codec_json(codec_dir)["family"]].codec_class().can_cut()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Rate-distortion plots: one PNG per (video, metric), every codec and anchor setting a curve.
+"""Rate-distortion plots: one PNG per (video, metric), every codec and anchor setting a curve,
+and every truncation curve (``eval.truncation``: one stream cut after each scale) one dotted
+curve per fill.
 
 matplotlib with the Agg backend (no display needed); bits per pixel on a log axis because the
 ladders span an order of magnitude and BD-rate integrates in log-rate.
@@ -41,15 +43,23 @@ def group_curves(points: Sequence[dict[str, Any]], metric: str) -> dict[str, lis
     return {k: sorted(v) for k, v in curves.items()}
 
 
-def plot_rd(points: Sequence[dict[str, Any]], metric: str, video: str, out_png: str | Path) -> Path | None:
-    """Write one RD plot; None when no curve has the metric."""
+def cut_curves(cuts: Sequence[dict[str, Any]], metric: str) -> dict[str, list[tuple[float, float]]]:
+    """``{"<codec> cut, <fill> fill": [(bpp, metric value), ...]}`` of truncation curves (each with
+    its ``codec``), by scales kept; fills without the metric are left out."""
+    from gvc_train.eval.truncation import fill_curves
+
+    return {f"{c['codec']} cut, {fill} fill": xy for c in cuts for fill, xy in fill_curves(c, metric).items()}
+
+
+def plot_rd(points: Sequence[dict[str, Any]], metric: str, video: str, out_png: str | Path, cuts: Sequence[dict[str, Any]] = ()) -> Path | None:
+    """Write one RD plot (``cuts``: truncation curves to draw too); None when no curve has the metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = group_curves(points, metric)
-    if not curves:
+    curves, cut = group_curves(points, metric), cut_curves(cuts, metric)
+    if not curves and not cut:
         return None
     label, _ = METRIC_LABELS.get(metric, (metric, True))
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
@@ -60,6 +70,8 @@ def plot_rd(points: Sequence[dict[str, Any]], metric: str, video: str, out_png: 
                 [x for x, _ in xy], [y for _, y in xy], marker="o" if learned else ".", linewidth=2.0 if learned else 1.2,
                 linestyle="-" if learned or "low-delay" in name else "--", label=name,
             )  # fmt: skip
+        for name, xy in cut.items():
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="x", markersize=5, linewidth=1.2, linestyle=":", label=name)
         ax.set_xscale("log")
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(label)

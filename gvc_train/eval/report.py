@@ -8,9 +8,12 @@ qualities (through ``encode``/``decode`` to real files) and to every anchor at a
 that spans the learned codecs' bits-per-pixel range on that video, in the low-delay and the
 random-access setting. Every reconstruction is measured against the source by the same metric
 suite (``eval.metric_suite``); BD-rate and BD-metric of each codec against each anchor setting
-follow (``eval.bdrate``). Written to ``--out``: ``report.json`` (every point with its
-per-frame metrics, commands, presets, what was not available and why), ``points.csv``,
-``summary.md`` and ``plots/<video>_<metric>.png``.
+follow (``eval.bdrate``). A codec whose streams can be cut (``Codec.can_cut``) also gets its
+truncation curve (``eval.truncation``): its top rate point's stream cut after every scale, each
+cut decoded with each of the codec's fills. Written to ``--out``: ``report.json`` (every point
+with its per-frame metrics, commands, presets, the truncation curves, what was not available
+and why), ``points.csv``, ``summary.md`` and ``plots/<video>_<metric>.png`` (the truncation
+curves beside the codecs' and anchors' curves).
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gvc_train.eval.report_tables import BD_COLUMNS, points_csv, summary_markdown
 from gvc_train.strict_json import write_json
+
+if TYPE_CHECKING:
+    from gvc_train.codecs.base import Codec
 
 PROTOCOL = (
     "RGB in: every codec and anchor gets the same decoded source frames. Frames are padded (edge pixels) to what "
@@ -38,6 +44,9 @@ PROTOCOL = (
 )
 # BD figures of these are computed with the curves flipped (bdrate's higher_is_better=False).
 LOWER_IS_BETTER = {"lpips", "dists", "fvd"}
+# What the cuts of a truncation curve are measured with (a dozen or more decodes a codec): the
+# frame metrics without VMAF and without the networks, which the codec's own points carry.
+TRUNCATION_METRICS = {"vmaf": False}
 
 
 @dataclasses.dataclass
@@ -72,11 +81,14 @@ class _Progress:
         self.bar.close()
 
 
-def _codec_points(options: EvalOptions, video: Path, source_THWC: np.ndarray, streams: Path, progress: _Progress) -> list[dict[str, Any]]:
+def _codec_points(
+    options: EvalOptions, video: Path, source_THWC: np.ndarray, streams: Path, progress: _Progress
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every codec's points at each rate point, and the truncation curve of each that can be cut."""
     from gvc_train.codecs.base import open_codec
     from gvc_train.eval.metric_suite import compute_metrics
 
-    points = []
+    points, curves = [], []
     for codec_dir in options.codecs:
         codec = open_codec(codec_dir)
         name = Path(codec_dir).name
@@ -95,7 +107,38 @@ def _codec_points(options: EvalOptions, video: Path, source_THWC: np.ndarray, st
                 }
             )  # fmt: skip
             progress.step(f"{video.name} {name} q{q}")
-    return points
+        if codec.can_cut():  # the last stream coded above, at the top rate point
+            curves.append(_truncation(codec, name, str(codec_dir), video, stream, source_THWC, progress))
+    return points, curves
+
+
+def _truncation(
+    codec: Codec, name: str, codec_dir: str, video: Path, stream: Path, source_THWC: np.ndarray, progress: _Progress
+) -> dict[str, Any]:
+    """The truncation curve of ``stream`` (coded at the codec's top rate point), its paths relative to the report folder."""
+    from gvc_train.eval.metric_suite import compute_metrics
+    from gvc_train.eval.truncation import truncation_curve
+
+    curve = truncation_curve(
+        codec, stream, source_THWC, lambda recon: compute_metrics(recon, source_THWC, TRUNCATION_METRICS)[1], stream.parent,
+        on_point=lambda scales, fill: progress.step(f"{video.name} {name} cut {scales} {fill}"),
+    )  # fmt: skip
+    out = stream.parent.parent
+    curve["stream"] = str(stream.relative_to(out))
+    for p in curve["points"]:
+        p["stream"] = str(Path(p["stream"]).relative_to(out))
+    with_derived_metrics(curve["points"])
+    return {"video": video.name, "codec": name, "codec_dir": codec_dir, "family": codec.family, "quality": codec.num_rate_points - 1, **curve}
+
+
+def _decodes_per_video(meta: dict[str, Any]) -> int:
+    """The progress bar's steps for one codec (its codec.json) on one video: a point per rate
+    point and, for a family that can cut, as many cuts (one a scale) decoded with each fill.
+    An unknown family counts its points alone (open_codec refuses it when its turn comes)."""
+    from gvc_train.codecs.families import FAMILIES
+
+    qualities, entry = int(meta["qualities"]), FAMILIES.get(meta.get("family"))
+    return qualities * (1 + (len(entry.codec_class().cut_fills) if entry is not None else 0))
 
 
 def _codec_notes(points: Sequence[dict[str, Any]]) -> list[str]:
@@ -217,17 +260,19 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         options = dataclasses.replace(options, anchor_cache=str(out / "anchor_cache"))
     qualities = 0
     for codec_dir in options.codecs:
-        qualities += int(json.loads((Path(codec_dir) / "codec.json").read_text())["qualities"])
+        qualities += _decodes_per_video(json.loads((Path(codec_dir) / "codec.json").read_text()))
     total = len(options.videos) * (qualities + len(options.anchors) * len(options.settings) * options.ladder_points)
     progress = _Progress(total, options.progress)
     started = time.perf_counter()
     points: list[dict[str, Any]] = []
+    truncation: list[dict[str, Any]] = []
     try:
         for video_path in options.videos:
             video = Path(video_path)
             source_THWC = read_frames(video, count=options.frames)
             fps = probe(video).fps or 30.0
-            codec_points = _codec_points(options, video, source_THWC, streams, progress)
+            codec_points, curves = _codec_points(options, video, source_THWC, streams, progress)
+            truncation += curves
             rates = [p["bpp"] for p in codec_points]
             bpp_range = (min(rates), max(rates)) if rates else None
             points += codec_points + _anchor_points(options, video, source_THWC, fps, bpp_range, progress)
@@ -240,7 +285,9 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
     plots = []
     for video in sorted({p["video"] for p in points}):
         for metric in metrics:
-            png = plot_rd([p for p in points if p["video"] == video], metric, video, out / "plots" / f"{Path(video).stem}_{metric}.png")
+            on_video = [p for p in points if p["video"] == video]
+            cuts = [c for c in truncation if c["video"] == video]
+            png = plot_rd(on_video, metric, video, out / "plots" / f"{Path(video).stem}_{metric}.png", cuts=cuts)
             if png is not None:
                 plots.append(str(png.relative_to(out)))
     report = {
@@ -258,6 +305,7 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         "seconds": round(time.perf_counter() - started, 1),
         "points": points,
         "bd": bd,
+        "truncation": truncation,
         "plots": plots,
     }
     write_json(out / "report.json", report, indent=1)

@@ -40,8 +40,25 @@ def _fmt(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def _truncation_sections(curves: Sequence[dict[str, Any]]) -> list[str]:
+    """A table per truncation curve: its one stream cut after each scale, each fill's PSNR and MS-SSIM."""
+    from gvc_train.eval.truncation import truncation_markdown
+
+    lines: list[str] = []
+    for c in curves:
+        lines += ["", f"## Truncation points: {c['video']}, {c['codec']}", ""]
+        lines.append(
+            f"One stream, coded once at quality {c['quality']} ({c['stream_bytes']} bytes, `{c['stream']}`), cut after each of its "
+            f"{c['of_scales']} scales without re-encoding (`gvc truncate`); each cut decoded with each fill of what it lacks "
+            f"({', '.join(c['fills'])}; the first is the codec's default). Rate: the cut file's size."
+        )
+        lines += ["", truncation_markdown(c)]
+    return lines
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
-    """Points per video (rate and the metrics), then the BD table, then what was not measured."""
+    """Points per video (rate and the metrics), then the BD table, the truncation curves, the
+    anchors' commands, what was not measured and the plots."""
     metrics = [m for m in report["metrics"] if m != "ms_ssim_db"]
     lines = ["# gvc eval", "", report["protocol"], ""]
     lines.append(f"Frames per video: {report['frames']}; anchors' intra period: {report['intra_period']} (-1: first frame only).")
@@ -67,6 +84,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(r.get('bd_rate_percent'), 2)} | {_fmt(r.get('bd_rate_overlap'), 2)} | {r.get('bd_rate_warning') or error} | "
                 f"{_fmt(r.get('bd_metric'), 3)} | {_fmt(r.get('bd_metric_overlap'), 2)} | {r.get('bd_metric_warning') or error} |"
             )
+    lines += _truncation_sections(report.get("truncation", []))
     commands = sorted({(p["codec"], p["setting"], p["preset"], p["command"]) for p in report["points"] if "command" in p})
     if commands:
         lines += ["", "## Anchor commands (one per setting; the CRF varies along the ladder)", ""]
