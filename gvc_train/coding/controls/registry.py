@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 # Name -> "module:Class" of the built-in coders (imported on first use).
 BUILTIN_CODERS: dict[str, str] = {
+    "caption": "gvc_train.coding.controls.caption:CaptionCoder",
     "pose": "gvc_train.coding.controls.pose:PoseCoder",
 }
 
