@@ -170,11 +170,12 @@ def _tokenizer() -> tuple[torch.nn.Module, str]:
         return CausalVAE(**TINY_TOKENIZER).eval(), "random CausalVAE of the tiny recipe's size"
 
 
-def _latent_batches(train_shards: str, tokenizer: torch.nn.Module, count: int) -> list[dict[str, Any]]:
-    """``count`` batches of the shards recipe's shape: latents of 17-frame crops, tokenized once."""
+def _latent_batches(train_shards: str, tokenizer: torch.nn.Module, count: int, data_args: dict | None = None) -> list[dict[str, Any]]:
+    """``count`` batches of a latent recipe's shape (``data_args``: its data ``init_args``, by
+    default the shards recipe's): latents of 17-frame crops, tokenized once."""
     from gvc_train.data.datamodule import VideoDataModule
 
-    data_args = _codec_recipe()[1]
+    data_args = data_args or _codec_recipe()[1]
     latent_frames, crop, batch_size = data_args["latent_frames"], data_args["crop_size"], data_args["batch_size"]
     frames = 1 + tokenizer.temporal_stride * (latent_frames - 1)
     dm = VideoDataModule(train_shards=train_shards, clip_frames=frames, crop_size=crop * tokenizer.spatial_stride,

