@@ -33,7 +33,9 @@ LAYOUTS = {
 }  # fmt: skip
 
 # Name -> "module:Class" of the built-in extractors (imported on first use).
-BUILTIN_EXTRACTORS: dict[str, str] = {}
+BUILTIN_EXTRACTORS: dict[str, str] = {
+    "caption": "gvc_train.controls.caption:CaptionExtractor",
+}
 
 _REGISTRY: dict[str, type[ControlExtractor]] = {}
 _T = TypeVar("_T", bound=type)
