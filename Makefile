@@ -9,10 +9,14 @@ PY     := $(BIN)/python
 # On a GPU machine: make setup TORCH_SPEC="torch torchvision --index-url <your CUDA index>".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.gvc-installed
+# mediapipe 0.10.21 (pose, selfie segmentation) in a venv of its own: it needs protobuf<5, the main
+# stack's wandb >=5 (gvc_train/controls/mediapipe_client.py). Its python must be 3.9-3.12.
+MP_VENV  ?= .venv-mediapipe
+MP_STAMP := $(MP_VENV)/.gvc-installed
 
 .PHONY: setup demo test bench samples clean-runs lock-update readme-figures
 
-setup: $(STAMP)
+setup: $(STAMP) $(MP_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v ffmpeg >/dev/null 2>&1 || { \
@@ -23,6 +27,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q pip==26.3
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+# --no-deps: exactly the pinned list, which leaves out what mediapipe's unused tasks need (jax, ...)
+$(MP_STAMP): requirements-mediapipe.txt
+	@test -x $(MP_VENV)/bin/python || $(PYTHON) -m venv $(MP_VENV)
+	$(MP_VENV)/bin/python -m pip install -q pip==26.3
+	$(MP_VENV)/bin/python -m pip install -q --no-deps -r requirements-mediapipe.txt
 	@touch $@
 
 samples: setup

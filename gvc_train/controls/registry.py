@@ -35,6 +35,8 @@ LAYOUTS = {
 # Name -> "module:Class" of the built-in extractors (imported on first use).
 BUILTIN_EXTRACTORS: dict[str, str] = {
     "caption": "gvc_train.controls.caption:CaptionExtractor",
+    "pose": "gvc_train.controls.pose:PoseExtractor",
+    "segmentation": "gvc_train.controls.segmentation:SegmentationExtractor",
 }
 
 _REGISTRY: dict[str, type[ControlExtractor]] = {}
