@@ -121,6 +121,34 @@ def _quantizer_loss(module: nn.Module, inputs: dict[str, Any], out: Any) -> torc
     return (out.reconstruction - inputs["z"]).square().mean() + out.loss
 
 
+# A tiny CLIP text model (TextEncoder from a config, as an export rebuilds it) and its tokenizer.
+TINY_CLIP_TEXT = dict(
+    model_type="clip_text_model", vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    num_attention_heads=2, max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)  # fmt: skip
+
+
+def _text_encoder() -> nn.Module:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from gvc_train.models import TextEncoder
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "a", "man", "in", "car", "people", "on", "bikes", "road"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    return TextEncoder(config=TINY_CLIP_TEXT, class_name="CLIPTextModel", tokenizer_text=tokenizer.to_str(), max_length=16)
+
+
+def _texts() -> dict[str, Any]:
+    return {"texts": ["a man in a car", "people on bikes"]}
+
+
+def _hidden_loss(module: nn.Module, inputs: dict[str, Any], out: Any) -> torch.Tensor:
+    hidden_BLC, mask_BL = out
+    return hidden_BLC[mask_BL].square().mean()
+
+
 CASES = [
     ComponentCase("CausalVAE", make=_causal_vae, inputs=_video, loss=_tokenizer_loss),
     ComponentCase("DiffusersVAE", make=_diffusers_vae, inputs=_video, loss=_tokenizer_loss),
@@ -143,4 +171,5 @@ CASES = [
         )  # fmt: skip
         for kind in ("codebook", "bitwise")
     ),
+    ComponentCase("TextEncoder", make=_text_encoder, inputs=_texts, loss=_hidden_loss),
 ]

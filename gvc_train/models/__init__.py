@@ -2,6 +2,7 @@
 
     tokenizer/   causal video VAE, diffusers VAE wrapper, the latent distribution
     latent/      the latent codec (GLVC-style) and its parts
+    controlled/  the controlled-generation family: the caption's text encoder
     losses/      discriminator, GAN losses, LPIPS
     registry.py  the component registry (imports nothing from gvc_train)
     fixed_point.py, sample_noise.py   shared by families
@@ -25,6 +26,7 @@ BUILTIN_COMPONENTS = {
     "MultiScaleQuantizer": "gvc_train.models.progressive.quantizer",
     "PatchDiscriminator3D": "gvc_train.models.losses.discriminator",
     "ProgressiveContextModel": "gvc_train.models.progressive.context_model",
+    "TextEncoder": "gvc_train.models.controlled.text_encoder",
 }
 _OTHER_EXPORTS = {
     "DiagonalGaussian": "gvc_train.models.tokenizer.distributions",
