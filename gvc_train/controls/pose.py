@@ -40,7 +40,8 @@ class PoseExtractor(ControlExtractor):
         smooth_landmarks: bool = True,
         model_complexity: int = BUNDLED_MODEL_COMPLEXITY,
     ) -> None:
-        for name, value in (("min_detection_confidence", min_detection_confidence), ("min_tracking_confidence", min_tracking_confidence)):
+        thresholds = {"min_detection_confidence": min_detection_confidence, "min_tracking_confidence": min_tracking_confidence}
+        for name, value in thresholds.items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if model_complexity != BUNDLED_MODEL_COMPLEXITY:
