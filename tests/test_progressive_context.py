@@ -406,6 +406,53 @@ def test_quantized_frequencies_of_odd_inputs() -> None:
         q(torch.rand(1, 2), 31)
 
 
+def sorting_quantize_probs(p: torch.Tensor, precision_bits: int) -> torch.Tensor:
+    """quantize_probs as it was first written (torch, a stable sort of every row), kept as the
+    oracle of the vectorised one: streams coded with either must be the same bytes."""
+    symbols, total = p.shape[-1], 1 << precision_bits
+    p = torch.nan_to_num(p.detach().double(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+    a = torch.floor(p * float(1 << token_probs.PROB_BITS)).to(torch.int64)
+    row_sum = a.sum(-1, keepdim=True)
+    a = torch.where(row_sum == 0, torch.ones_like(a), a)
+    row_sum = a.sum(-1, keepdim=True)
+    spare = total - symbols
+    scaled = a * spare
+    base = torch.div(scaled, row_sum, rounding_mode="floor")
+    remainder = scaled - base * row_sum
+    missing = spare - base.sum(-1, keepdim=True)
+    order = torch.sort(remainder, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(symbols).expand_as(order))
+    return (1 + base + (rank < missing).to(torch.int64)).to(torch.int32)
+
+
+def test_quantized_frequencies_equal_the_sorting_implementation_on_many_inputs() -> None:
+    g = torch.Generator().manual_seed(13)
+    for trial in range(240):
+        symbols = int(torch.randint(1, 9 if trial % 3 == 0 else 600, (), generator=g))
+        bits = int(torch.randint(max(1, (symbols - 1).bit_length()), token_probs.MAX_PRECISION_BITS + 1, (), generator=g))
+        shape = (int(torch.randint(0, 4, (), generator=g)), int(torch.randint(1, 6, (), generator=g)), symbols)
+        kind = trial % 6
+        if kind == 0:  # model-like: peaked softmaxes
+            p = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64) * 6, dim=-1)
+        elif kind == 1:  # unnormalised
+            p = torch.rand(shape, generator=g, dtype=torch.float64)
+        elif kind == 2:  # every remainder tied
+            p = torch.full(shape, 1.0 / symbols, dtype=torch.float64)
+        elif kind == 3:  # many ties and all-zero rows
+            p = torch.randint(0, 3, shape, generator=g).double() / 8
+        elif kind == 4:  # float32 input
+            p = torch.softmax(torch.randn(shape, generator=g) * 3, dim=-1)
+        else:  # NaN, infinities, negatives
+            p = torch.randn(shape, generator=g, dtype=torch.float64)
+            p[p > 1.5], p[p < -1.5], p[p.abs() < 0.05] = float("nan"), float("inf"), -float("inf")
+        got = token_probs.quantize_probs(p, bits)
+        assert got.dtype == torch.int32 and got.shape == p.shape
+        assert torch.equal(got, sorting_quantize_probs(p, bits)), (trial, symbols, bits)
+    # rows too large for one int64 key per entry take the stable-argsort path: the same integers
+    p = torch.rand(2, 1 << 17, generator=g, dtype=torch.float64)
+    assert torch.equal(token_probs.quantize_probs(p, 30), sorting_quantize_probs(p, 30))
+
+
 def test_probabilities_of_the_cached_logits_quantize_for_a_coder() -> None:
     for kind in KINDS:
         model = make(kind)

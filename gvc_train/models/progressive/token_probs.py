@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -87,7 +88,12 @@ def quantize_probs(p: torch.Tensor, precision_bits: int = 16) -> torch.Tensor:
     1, and an all-zero row becomes uniform. Pure function of the float values: each is made an
     integer ``a = floor(p * 2^31)`` (exact), then everything is integer arithmetic: every symbol
     gets 1 plus ``floor(a * (2^precision - V) / sum(a))``, and the remainder goes one unit each to
-    the largest fractional parts (ties to the lower index: a stable sort).
+    the largest fractional parts (ties to the lower index, as a stable sort would order them).
+
+    Computed in numpy on the CPU (single-threaded; the result is returned on ``p``'s device)
+    with one plain sort of unique keys per row (:func:`_largest`): at ``V = 512`` about twice as
+    fast as the torch version with a stable sort and its ranks it replaced (issue 13), and the
+    same integers (tests/test_progressive_context.py keeps that version as the oracle).
     """
     if not isinstance(precision_bits, int) or not 1 <= precision_bits <= MAX_PRECISION_BITS:
         raise ValueError(f"precision_bits must be an integer in [1, {MAX_PRECISION_BITS}], got {precision_bits!r}")
@@ -95,16 +101,48 @@ def quantize_probs(p: torch.Tensor, precision_bits: int = 16) -> torch.Tensor:
     total = 1 << precision_bits
     if symbols < 1 or symbols > total:
         raise ValueError(f"{symbols} symbols do not fit {precision_bits}-bit frequencies (at most {total}, each >= 1)")
-    p = torch.nan_to_num(p.detach().double(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
-    a = torch.floor(p * float(1 << PROB_BITS)).to(torch.int64)  # exact: a power-of-two scale, then floor
-    row_sum = a.sum(-1, keepdim=True)  # integers: exact in any order
-    a = torch.where(row_sum == 0, torch.ones_like(a), a)
-    row_sum = a.sum(-1, keepdim=True)
+    rows = p.detach().to("cpu", torch.float64).reshape(-1, symbols).numpy()
+    # In place where it can be: at V = 512 the elementwise passes over the table together cost
+    # more than its sort, and every temporary table adds one.
+    a = np.fmax(rows, 0.0)  # a new array; fmax / fmin drop a NaN for the other operand: NaN -> 0
+    np.fmin(a, 1.0, out=a)
+    a *= float(1 << PROB_BITS)  # exact: a power-of-two scale
+    a = a.astype(np.int64)  # truncation, which is the floor of these non-negative values: exact
+    row_sum = a.sum(-1, keepdims=True)  # integers: exact in any order
+    empty = row_sum[:, 0] == 0
+    if empty.any():
+        a[empty] = 1
+        row_sum[empty] = symbols
     spare = total - symbols  # what is left once every symbol has its 1
-    scaled = a * spare
-    base = torch.div(scaled, row_sum, rounding_mode="floor")
-    remainder = scaled - base * row_sum
-    missing = spare - base.sum(-1, keepdim=True)  # in [0, symbols): sum(remainder) / row_sum
-    order = torch.sort(remainder, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(symbols, device=p.device).expand_as(order))
-    return (1 + base + (rank < missing).to(torch.int64)).to(torch.int32)
+    a *= spare
+    base = a // row_sum
+    a -= base * row_sum  # the remainders
+    missing = spare - base.sum(-1)  # in [0, symbols): sum(remainder) / row_sum
+    base += _largest(a, missing, int(row_sum.max(initial=0)))
+    base += 1
+    return torch.from_numpy(base.astype(np.int32).reshape(p.shape)).to(p.device)
+
+
+def _largest(remainder: np.ndarray, count: np.ndarray, bound: int) -> np.ndarray:
+    """``N x V`` booleans: in each row the ``count[row]`` entries of largest ``remainder``
+    (integers in ``[0, bound)``; overwritten), ties to the lower index: the first ``count`` of a
+    stable descending sort.
+
+    Each entry's key ``remainder * V + (V - 1 - index)`` is unique in its row and orders the row
+    exactly as that stable sort does, so a plain sort of the keys' values gives each row's
+    threshold (its ``count``-th largest key) and the entries at or above it are the ones. Keys
+    fit int64 when ``bound * V < 2^63`` (rows that sum to about 1 have ``bound`` about 2^31, and
+    ``V <= 2^30``); beyond that (large unnormalised rows), the stable argsort and its ranks.
+    """
+    rows, symbols = remainder.shape
+    if bound > (2**63 - 1) // symbols:
+        order = np.argsort(-remainder, axis=-1, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.broadcast_to(np.arange(symbols), (rows, symbols)), axis=-1)
+        return rank < count[:, None]
+    key = remainder
+    key *= symbols
+    key += np.arange(symbols - 1, -1, -1, dtype=np.int64)
+    threshold = np.take_along_axis(np.sort(key, axis=-1), (symbols - np.maximum(count, 1))[:, None], axis=-1)
+    threshold[count == 0] = np.iinfo(np.int64).max  # above every key (< bound * V): none
+    return key >= threshold
