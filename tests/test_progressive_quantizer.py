@@ -87,6 +87,26 @@ def test_error_falls_as_scales_are_added(kind: str) -> None:
         q.tokens_to_latent(tokens[:2])
 
 
+@pytest.mark.parametrize("kind", ["codebook", "bitwise"])
+def test_partials_extended_scale_by_scale_are_the_partial_reconstructions_bit_for_bit(kind: str) -> None:
+    torch.manual_seed(2)
+    q = tiny(kind)
+    train(q, 2)
+    z = smooth_latents(2)
+    with torch.no_grad():
+        maps = [q.code_map(k, t) for k, t in enumerate(q.encode_tokens(z))]
+        maps[2] = maps[2] + 0.01 * torch.randn_like(maps[2])  # an expected code map: any values
+        whole = q.partial_reconstructions(maps, (12, 16))
+        partials: list[torch.Tensor] = []
+        for code_map in maps:
+            assert q.extend_partials(partials, code_map, (12, 16)) is partials[-1]
+    assert len(partials) == len(whole) and all(torch.equal(a, b) for a, b in zip(partials, whole))
+    with pytest.raises(ValueError, match="scale 1 is 6 x 8"):
+        q.extend_partials(partials[:1], maps[0], (12, 16))
+    with pytest.raises(ValueError, match="4 scales"):
+        q.extend_partials(partials, maps[-1], (12, 16))
+
+
 def test_scale_dropout_truncates_the_pyramid_at_rate_p_in_training_only() -> None:
     torch.manual_seed(2)
     # bitwise, gradient: this forward's values are the ones tokens_to_latent uses afterwards

@@ -19,10 +19,10 @@ become the past context of the next frame; its entries ``<= kept`` are the encod
 and only those reach the scales the next frame decodes from the stream (the context model's
 per-scale past: models/progressive/context_model.py).
 
-**Cost.** The reconstruction after scale k is recomputed from the code maps of scales ``1..k``
-with ``MultiScaleQuantizer.partial_reconstructions`` (its public, training-side computation),
-``K (K + 1) / 2`` refine steps a frame instead of ``K``: cheap beside the transformer and the
-tokenizer at the sizes measured here.
+**Cost.** The reconstruction after scale k is the one after scale k - 1 plus scale k's
+contribution (``MultiScaleQuantizer.extend_partials``): ``K`` refine steps a frame, the same
+values bit for bit as ``partial_reconstructions`` of all the maps (which recomputing it after
+every scale did, ``K (K + 1) / 2`` steps).
 """
 
 from __future__ import annotations
@@ -79,33 +79,38 @@ class ScalePyramid:
         past = list(self.past) if self.cm.past_frames and self.past else None
         steps = self.cm.start_frame(past, 1)
         maps: list[torch.Tensor] = []
+        partials: list[torch.Tensor] = []  # the reconstruction after each scale in maps
         inp = torch.zeros(1, self.cm.code_dim, *self.shapes[0])
         for k in range(kept):
             logits = steps.step(k, inp)
             tokens = code(k, logits, self.frequencies(logits))
-            maps.append(self.q.code_map(k, tokens))
+            self._add(maps, partials, self.q.code_map(k, tokens))
             if k + 1 < self.num_scales:
-                inp = self._next_input(maps)
+                inp = self._next_input(partials)
         if kept < self.num_scales and self.fill != "zero":
-            self._fill_in(steps, inp, maps)
-        partials = self.q.partial_reconstructions(maps, self.latent_hw)
+            self._fill_in(steps, inp, maps, partials)
         partials += [partials[-1]] * (self.num_scales - len(partials))  # "zero": the finer scales add nothing
         self.past.appendleft(partials)
         return self.q.project_out(partials[-1]), maps
 
-    def _next_input(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """The next-scale input of scale ``len(maps)``: the reconstruction so far, at its size."""
-        return area_down(self.q.partial_reconstructions(maps, self.latent_hw)[-1], self.shapes[len(maps)])
+    def _add(self, maps: list[torch.Tensor], partials: list[torch.Tensor], code_map: torch.Tensor) -> None:
+        """Append the next scale's code map, and the reconstruction after it."""
+        maps.append(code_map)
+        self.q.extend_partials(partials, code_map, self.latent_hw)
 
-    def _fill_in(self, steps: object, first_input: torch.Tensor, maps: list[torch.Tensor]) -> None:
+    def _next_input(self, partials: list[torch.Tensor]) -> torch.Tensor:
+        """The next-scale input of scale ``len(partials)``: the reconstruction so far, at its size."""
+        return area_down(partials[-1], self.shapes[len(partials)])
+
+    def _fill_in(self, steps: object, first_input: torch.Tensor, maps: list[torch.Tensor], partials: list[torch.Tensor]) -> None:
         expectation = self.fill == "expectation"
 
         def code_map(k: int, prediction: torch.Tensor) -> torch.Tensor:
             return self.q.expected_code_map(k, prediction) if expectation else self.q.code_map(k, prediction)
 
         def next_input(k: int, prediction: torch.Tensor) -> torch.Tensor:
-            maps.append(code_map(k, prediction))
-            return self._next_input(maps)
+            self._add(maps, partials, code_map(k, prediction))
+            return self._next_input(partials)
 
         predictions = steps.complete(first_input, next_input, "probabilities" if expectation else "argmax")
-        maps.append(code_map(self.num_scales - 1, predictions[-1]))
+        self._add(maps, partials, code_map(self.num_scales - 1, predictions[-1]))

@@ -323,12 +323,29 @@ class MultiScaleQuantizer(nn.Module):
         """``f_hat`` after each given scale (code space, ``N x D x h x w``): the scales'
         code maps (from :meth:`code_map` or :meth:`expected_code_map`), coarse to fine."""
         self._check_shapes([m.shape[-2:] for m in code_maps], latent_hw)
-        f_hat = code_maps[0].new_zeros(code_maps[0].shape[0], self.code_dim, *latent_hw)
-        out = []
-        for k, code_map in enumerate(code_maps):
-            f_hat = f_hat + self._contribution(k, code_map, latent_hw)
-            out.append(f_hat)
+        out: list[torch.Tensor] = []
+        for code_map in code_maps:
+            self._add_scale(out, code_map, latent_hw)
         return out
+
+    def extend_partials(self, partials: list[torch.Tensor], code_map: torch.Tensor, latent_hw: Shape) -> torch.Tensor:
+        """Append to ``partials`` (the :meth:`partial_reconstructions` of scales ``1..k``, in
+        place) ``f_hat`` after the next scale, whose code map is ``code_map``; returns it. One
+        scale at a time, the same values bit for bit as :meth:`partial_reconstructions` of all
+        the maps (the same operations on the same tensors), without recomputing the coarser
+        scales: what a coder that learns the scales one by one needs."""
+        k = len(partials)
+        want = self.scale_shapes(*latent_hw)
+        if k >= len(want) or tuple(code_map.shape[-2:]) != want[k]:
+            where = f"scale {k} is {want[k][0]} x {want[k][1]}" if k < len(want) else f"it has {len(want)} scales"
+            raise ValueError(f"a {latent_hw[0]} x {latent_hw[1]} latent: {where}, got a map of {tuple(code_map.shape[-2:])} after {k} scales")
+        return self._add_scale(partials, code_map, latent_hw)
+
+    def _add_scale(self, partials: list[torch.Tensor], code_map: torch.Tensor, latent_hw: Shape) -> torch.Tensor:
+        f_hat = partials[-1] if partials else code_map.new_zeros(code_map.shape[0], self.code_dim, *latent_hw)
+        f_hat = f_hat + self._contribution(len(partials), code_map, latent_hw)
+        partials.append(f_hat)
+        return f_hat
 
     def next_scale_inputs(self, tokens: list[torch.Tensor], latent_hw: Shape | None = None) -> list[torch.Tensor]:
         """VAR's teacher-forcing inputs: for each given scale k with a finer scale k + 1, the
