@@ -24,8 +24,9 @@ import torch
 LAYOUTS = {
     "luma": "torch.uint8 T x h x w: BT.601 luma (0..255) of every frame, area-downsampled to the extractor's size",
     "edges": "torch.bool T x h x w: Canny edge maps of every frame (h x w: the extractor's size, default the frame's)",
-    "flow": "torch.float32 (T - 1) x 2 x h x w: dense optical flow from frame t to frame t + 1 (dx, dy in pixels of "
-            "the h x w grid), frame t + 1 warped by it (backward warp) approximates frame t",
+    "flow": "torch.float32 (T - 1) x 2 x h x w: dense optical flow between frames t and t + 1 on frame t + 1's grid "
+            "(dx, dy in pixels of the h x w grid): frame t backward-warped by flow[t] (sampled at x + flow) "
+            "approximates frame t + 1",
     "segmentation": "torch.uint8 T x h x w: a label per pixel, 0..classes - 1 (classes in the extractor's settings)",
     "pose": "list of T torch.float32 P_t x J x 3 tensors: per frame, P_t people (0 when none) of J keypoints "
             "(x, y in [0, 1] of the frame's width and height, confidence in [0, 1])",
@@ -35,6 +36,9 @@ LAYOUTS = {
 # Name -> "module:Class" of the built-in extractors (imported on first use).
 BUILTIN_EXTRACTORS: dict[str, str] = {
     "caption": "gvc_train.controls.caption:CaptionExtractor",
+    "edges": "gvc_train.controls.edges:EdgesExtractor",
+    "flow": "gvc_train.controls.flow:FlowExtractor",
+    "luma": "gvc_train.controls.luma:LumaExtractor",
     "pose": "gvc_train.controls.pose:PoseExtractor",
     "segmentation": "gvc_train.controls.segmentation:SegmentationExtractor",
 }

@@ -19,6 +19,9 @@ from typing import Any, ClassVar, TypeVar
 # Name -> "module:Class" of the built-in coders (imported on first use).
 BUILTIN_CODERS: dict[str, str] = {
     "caption": "gvc_train.coding.controls.caption:CaptionCoder",
+    "edges": "gvc_train.coding.controls.edges:EdgesCoder",
+    "flow": "gvc_train.coding.controls.flow:FlowCoder",
+    "luma": "gvc_train.coding.controls.luma:LumaCoder",
     "pose": "gvc_train.coding.controls.pose:PoseCoder",
 }
 
