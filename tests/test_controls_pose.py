@@ -101,7 +101,7 @@ def test_empty_frames_cost_a_few_bits() -> None:
     with_empty = person + [torch.zeros(0, JOINTS, 3)] * 40
     extra_bits = 8 * (len(coder.encode(with_empty)) - len(coder.encode(person)))
     assert extra_bits <= 40 + 32  # one count change, then well under a bit a frame (+ ANS word rounding)
-    assert len(coder.encode([torch.zeros(0, JOINTS, 3)] * 40)) <= 8  # the header alone
+    assert len(coder.encode([torch.zeros(0, JOINTS, 3)] * 40)) <= 12  # the payload frame alone (tag, CRC, fields)
 
 
 def test_a_person_back_after_a_gap_is_predicted_from_where_they_were() -> None:
@@ -137,7 +137,7 @@ def test_registry_builds_it_and_settings_are_checked_at_decode() -> None:
 
 
 def test_damage_decodes_or_is_a_bitstream_error() -> None:
-    """Every truncation and many byte flips: either a pose back or one BitstreamError."""
+    """Every truncation, many bit flips, junk: one BitstreamError (the CRC), never another exception."""
     coder = PoseCoder()
     data = coder.encode(synthetic_pose([0, 1, 1, 2, 2, 1, 0]))
     rng = np.random.default_rng(0)
@@ -155,4 +155,4 @@ def test_damage_decodes_or_is_a_bitstream_error() -> None:
             errors += 1
         else:
             assert isinstance(back, list) and all(f.dim() == 3 and f.shape[2] == 3 for f in back)
-    assert errors >= len(damaged) * 0.9
+    assert errors == len(damaged)

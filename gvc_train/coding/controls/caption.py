@@ -16,13 +16,15 @@ the order-k context, ``u_k`` its distinct symbols; order 0 mixed with 2% uniform
 is possible). All integer arithmetic (24-bit fixed point), so encoder and decoder build the same
 tables on any machine; the model is static (a caption is too short to learn from).
 
-**Bytes.** One mode byte, ``mode << 4 | (crc32(utf8) & 15)``, then the payload: mode 0 the raw
+**Bytes.** One mode byte, ``mode << 6 | (crc32(utf8) & 63)``, then the payload: mode 0 the raw
 UTF-8 (what the encoder picks when the model would not be smaller: text far from English
 captions), mode 1 the ANS words of the model (the zero high bytes of the last word dropped).
 Decoding checks the mode, a bound on the symbols (:data:`MAX_SYMBOLS_PER_BYTE` of the payload,
 at most :data:`MAX_CAPTION_BYTES`: a damaged payload cannot run on), the ANS end marker, strict
-UTF-8 and the 4-bit CRC: damage is one :class:`BitstreamError` (a flipped bit in a raw caption escapes the
-CRC 1 time in 16; the stream container's CRC32 guards whole chunks).
+UTF-8 and the 6-bit CRC: damage is one :class:`BitstreamError` (damage to a raw caption escapes
+it 1 time in 64; the stream container's CRC32 guards whole chunks). The other control coders
+seal their payloads with a tag and a CRC32 (:mod:`gvc_train.coding.controls.payload`); six bytes
+would add 28% to a caption, so this one keeps a byte.
 """
 
 from __future__ import annotations
@@ -105,8 +107,8 @@ def _table_v1(history: tuple[int, ...]) -> torch.Tensor:
     return counts_to_freqs(_model_v1().probabilities(history)[None])
 
 
-def _check4(text: bytes) -> int:
-    return zlib.crc32(text) & 15
+def _mode_byte(mode: int, text: bytes) -> bytes:
+    return bytes([mode << 6 | zlib.crc32(text) & 63])
 
 
 def _trim(words: bytes) -> bytes:
@@ -169,16 +171,16 @@ class CaptionCoder(ControlCoder):
             raise ValueError(f"caption is not encodable as UTF-8 ({e.reason} at {e.start})") from None
         if len(text) > MAX_CAPTION_BYTES:
             raise ValueError(f"caption of {len(text)} UTF-8 bytes, at most {MAX_CAPTION_BYTES}")
-        raw = bytes([_RAW << 4 | _check4(text)]) + text
+        raw = _mode_byte(_RAW, text) + text
         payload = _model_bytes(text)
         if len(payload) + 1 >= len(raw) or len(text) + 1 > _symbol_bound(len(payload)):
             return raw
-        return bytes([_MODEL_V1 << 4 | _check4(text)]) + payload
+        return _mode_byte(_MODEL_V1, text) + payload
 
     def decode(self, data: bytes) -> str:
         if not data:
             raise BitstreamError("caption payload is empty (a caption costs at least its mode byte)")
-        mode, check = data[0] >> 4, data[0] & 15
+        mode = data[0] >> 6
         if mode == _RAW:
             text = bytes(data[1:])
             if len(text) > MAX_CAPTION_BYTES:
@@ -187,7 +189,7 @@ class CaptionCoder(ControlCoder):
             text = _model_text(bytes(data[1:]))
         else:
             raise BitstreamError(f"caption payload of unknown mode {mode}")
-        if _check4(text) != check:
+        if _mode_byte(mode, text)[0] != data[0]:
             raise BitstreamError("caption payload is damaged: its check does not match")
         try:
             return text.decode("utf-8")
