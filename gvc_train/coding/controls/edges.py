@@ -91,7 +91,7 @@ _PARENT_8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1
 _PARENT_4 = ((-1, 0), (0, -1), (0, 1), (1, 0))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compared and hashed by identity
 class _ChildPhase:
     """One child position of every block of a level: flat indexes into the level's padded map
     (``child``) and into the parent level's (``parent``), the neighbours' flat offsets."""

@@ -85,9 +85,10 @@ class FlowCoder(ControlCoder):
         fields, _, height, width = control.shape
         if height < 1 or width < 1:
             raise ValueError(f"flow needs a positive size, got {height} x {width}")
-        if not bool(torch.isfinite(control).all()):
+        coded = coded_grid(control, self.factor)
+        if not bool(torch.isfinite(coded).all()):  # a NaN or infinity anywhere stays one in its block's mean
             raise ValueError("flow has NaN or infinite values")
-        levels = torch.round(coded_grid(control, self.factor) / self.step).to(torch.int64).numpy()
+        levels = torch.round(coded / self.step).to(torch.int64).numpy()
         top = int(np.abs(levels).max()) if levels.size else 0
         if top > MAX_LEVEL:
             raise ValueError(f"flow of {top * self.step:.1f} pixels is more than {MAX_LEVEL} steps of {self.step}")
