@@ -63,6 +63,7 @@ def test_edges_coder_is_lossless_and_beats_zlib_and_png(video: str) -> None:
     for coder in (build_coder("edges"), build_coder("edges", temporal=False)):
         data = coder.encode(edges)
         assert torch.equal(coder.decode(data), edges)
+        assert coder.encode(edges) == data  # deterministic: integer arithmetic only
         for name, bits in _baselines(edges).items():
             assert 8 * len(data) < 0.85 * bits, (name, 8 * len(data), bits)
 

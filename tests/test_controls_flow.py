@@ -34,6 +34,7 @@ def test_flow_warps_frame_t_onto_t_plus_1(video: str) -> None:
     warped, still = _warp_errors(frames, flow)
     assert warped < 0.6 * still, (warped, still)  # carphone ~0.5x, bikes ~0.25x
     assert _warp_errors(frames, -flow)[0] > warped  # the other sign is the wrong convention
+    assert torch.equal(build_extractor("flow").extract(frames), flow)  # DIS is deterministic
 
 
 def test_flow_convention_on_a_known_shift() -> None:
@@ -68,6 +69,7 @@ def test_flow_coder_error_is_within_half_a_step_on_the_coded_grid(video: str) ->
         assert float((coded - reference).abs().max()) <= step / 2 + 1e-5
         decoded = coder.decode(data)
         assert decoded.shape == flow.shape and decoded.dtype == torch.float32
+        assert coder.encode(flow) == data
         levels = torch.round(reference / step).to(torch.int16).numpy()
         assert 8 * len(data) < 0.85 * 8 * len(zlib.compress(levels.tobytes(), 9))
 
