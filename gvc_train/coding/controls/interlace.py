@@ -1,4 +1,4 @@
-"""The interlaced (hierarchical) pixel order the control coders code an image in.
+"""The interlaced (hierarchical) pixel order the luma and flow coders code an image in.
 
 A raster-order context coder decodes one pixel at a time (its left neighbour is its context),
 which in Python is ~1 s per 640x272 frame. Here a frame is coded coarse to fine instead, in
@@ -28,8 +28,9 @@ import functools
 import numpy as np
 
 # Neighbour offsets (dy, dx) in units of the phase's step s, every one on a known pixel (module
-# docstring). B: the two horizontal lattice neighbours first, then farther ones; C: the
-# vertical ones first; D: its full 8-neighbourhood. Coders take the first k of a template.
+# docstring): the nearest ones of each phase kind. B: the two horizontal lattice neighbours,
+# then farther ones; C: the vertical ones first; D: its full 8-neighbourhood. A coder reads any
+# of them (predictive.py's pairs of opposite neighbours; a test checks they are these).
 TEMPLATES: dict[str, tuple[tuple[int, int], ...]] = {
     "B": ((0, -1), (0, 1), (-2, -1), (-2, 1), (2, -1), (2, 1), (0, -3), (0, 3)),
     "C": ((-1, 0), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1), (-3, 0), (3, 0)),
