@@ -226,3 +226,71 @@ def test_bad_tables_are_the_callers_error() -> None:
         assert encoder.symbols == 0, name
     with pytest.raises(ValueError):
         CategoricalDecoder(b"").decode(freqs.double())
+
+
+# ---- sections: one stack, cut after any section ---------------------------------------------
+
+
+def _sectioned() -> tuple[list[list[tuple[torch.Tensor, torch.Tensor]]], list[bytes], int]:
+    """Five sections of mixed calls (one of them empty), coded as one stack."""
+    parts = [[_tables(40, 16, seed=10)], [_bits(300, seed=11), _tables(90, 512, seed=12)], [], [_tables(700, 512, seed=13)], [_tables(5, 4096, seed=14)]]
+    enc = CategoricalEncoder()
+    for k, calls in enumerate(parts):
+        for symbols, freqs in calls:
+            enc.encode(symbols, freqs, section=k)
+    bits = enc.model_bits
+    return parts, enc.finish_sections(), bits
+
+
+def _decode_prefix(parts: list, sections: list[bytes], keep: int, complete: bool | None = None, check: bool = True) -> None:
+    """Decode sections ``0..keep - 1`` with their tables (``check``: and compare the symbols)."""
+    dec = CategoricalDecoder(sections[:keep], complete=keep == len(sections) if complete is None else complete)
+    for calls in parts[:keep]:
+        for symbols, freqs in calls:
+            decoded = dec.decode(freqs)
+            assert not check or torch.equal(decoded, symbols)
+        dec.end_section()
+    dec.finish()
+
+
+def test_every_prefix_of_the_sections_decodes_and_the_stack_pays_one_flush() -> None:
+    parts, sections, bits = _sectioned()
+    assert len(sections) == 5 and sections[2] == b"" and all(len(p) % 4 == 0 for p in sections)
+    for keep in range(1, 6):
+        _decode_prefix(parts, sections, keep)
+    # one flush for the stack, where a stream per section paid one each
+    alone = []
+    for calls in parts:
+        enc = CategoricalEncoder()
+        for symbols, freqs in calls:
+            enc.encode(symbols, freqs)
+        alone.append(len(enc.finish()))
+    assert sum(map(len, sections)) * 8 <= bits + 64 < sum(alone) * 8
+    # the whole stack as one payload is the same stream
+    whole = CategoricalDecoder(b"".join(reversed(sections)))
+    for calls in parts:
+        for symbols, freqs in calls:
+            assert torch.equal(whole.decode(freqs), symbols)
+    whole.finish()
+
+
+def test_a_section_that_does_not_end_where_it_should_is_one_clear_error() -> None:
+    parts, sections, _ = _sectioned()
+    # decoding a section with a call too few, or another table, ends it in the wrong place
+    dec = CategoricalDecoder(sections[:2], complete=False)
+    dec.decode(parts[0][0][1])
+    dec.end_section()
+    dec.decode(parts[1][0][1])  # the second call of section 2 is left out
+    with pytest.raises(BitstreamError, match="section 2 does not end"):
+        dec.end_section()
+    # a section whose words were swapped with another's
+    swapped = [sections[0], sections[3], sections[2], sections[1]]
+    with pytest.raises(BitstreamError):
+        _decode_prefix(parts, swapped, 4, check=False)
+    # a cut stream decoded as if complete fails the end marker: the marker is not in it
+    with pytest.raises(BitstreamError, match="does not end after"):
+        _decode_prefix(parts, sections, 4, complete=True)
+    with pytest.raises(ValueError, match="more than the 2"):
+        enc = CategoricalEncoder()
+        enc.encode(*_tables(4, 16), section=3)
+        enc.finish_sections(2)

@@ -34,11 +34,23 @@ remains, in numpy). ANS was chosen over constriction's
 range coder for its end check: a decoded ANS stream ends in exactly the state it started from,
 which a range coder does not tell (and both cost the same here: ~1 word of flush).
 
+**Sections: one stream that can be cut.** A caller may split its calls into sections
+(``encode(..., section=k)``; sections decode in order 0, 1, ...) and take them apart
+(:meth:`CategoricalEncoder.finish_sections`): one ANS stack, so one flush for all of them (a
+flush costs ~40 bits: a stream of many small scales paid it per scale), yet any prefix of the
+sections is a stream that decodes those sections. ANS makes that possible: the decoder of
+section k pops exactly the words the encoder pushed while coding section k, and the words of
+later sections lie below them on the stack, so dropping them changes nothing above. The
+encoder finds where each section's words end by decoding its own stack once (constriction's
+``pos()``), and the decoder checks at every section's end that it consumed exactly that
+section's words (:meth:`CategoricalDecoder.end_section`).
+
 **End check.** Before any symbol, the encoder codes a fixed 16-bit marker (an interval of width
 1 at ``_MARKER``); it is decoded last. ``CategoricalDecoder.finish()`` decodes it and requires
 the coder to be exactly empty afterwards: a truncated, damaged or mis-decoded payload (other
 tables, more or fewer symbols) passes it by chance only (0 of 21,000 fuzzed payloads here) and
-raises :class:`~gvc_train.coding.container.BitstreamError`. Without the marker, "empty" alone
+raises :class:`~gvc_train.coding.container.BitstreamError` (a stream whose last sections were
+cut has no marker: the section-end checks are its end check). Without the marker, "empty" alone
 passed ~30% of truncations: a decoder that ran out of words drains to the empty state. The marker costs at most 16 bits and
 usually nothing: it fits inside the interval of the first symbol encoded (the last decoded) when
 that symbol's frequency exceeds ``_MARKER``. Malformed payloads (a length that is not whole
@@ -49,7 +61,7 @@ bounded time) and fails the end check.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import constriction
@@ -125,17 +137,24 @@ class CategoricalEncoder:
     """
 
     def __init__(self) -> None:
-        self._calls: list[tuple[np.ndarray, np.ndarray]] = []  # (symbol indexes int32, tables float32 n x w)
+        # per section, its calls: (symbol indexes int32, tables float32 n x w)
+        self._sections: list[list[tuple[np.ndarray, np.ndarray]]] = [[]]
         self.symbols = 0
         self.model_bits = 0.0
 
-    def encode(self, symbols: torch.Tensor, freqs: torch.Tensor) -> None:
-        """Append ``symbols`` (integer, any shape ``S``) coded under ``freqs`` (integer ``S x V``).
+    def encode(self, symbols: torch.Tensor, freqs: torch.Tensor, section: int = 0) -> None:
+        """Append ``symbols`` (integer, any shape ``S``) coded under ``freqs`` (integer ``S x V``)
+        to ``section`` (module docstring; calls of one section decode in the order they came).
 
         ``freqs[..., v]`` is symbol ``v``'s frequency: ``>= 1``, each row summing to ``2^P`` with
         ``P <= 24`` (``quantize_probs(p, P)``; ``P`` may differ between calls, not within one).
         Bits: ``V = 2``. The decoder must be called with the same tables in the same order.
         """
+        if not isinstance(section, int) or not 0 <= section < 1 << 16:
+            raise ValueError(f"section must be an integer in [0, 65536), got {section!r}")
+        while len(self._sections) <= section:
+            self._sections.append([])
+        calls = self._sections[section]
         if tuple(symbols.shape) != tuple(freqs.shape[:-1]):
             raise ValueError(f"symbols {tuple(symbols.shape)} do not match frequency tables {tuple(freqs.shape)} (S vs S x V)")
         if symbols.is_floating_point() or symbols.is_complex():
@@ -155,9 +174,9 @@ class CategoricalEncoder:
             freq = np.take_along_axis(f, s[:, None], axis=1)[:, 0]
             self.model_bits += PRECISION_BITS * len(s) - float(np.log2(freq).sum())
             if width <= 3:  # already as small as the 3-entry form
-                self._calls.append((s.astype(np.int32), _leaky_form(f)))
+                calls.append((s.astype(np.int32), _leaky_form(f)))
             else:
-                self._calls.append(self._interval_tables(s, f, freq))
+                calls.append(self._interval_tables(s, f, freq))
         self.symbols += count
 
     @staticmethod
@@ -180,18 +199,37 @@ class CategoricalEncoder:
         return which, _leaky_form(table)
 
     def finish(self) -> bytes:
-        """The coded stream (a multiple of 4 bytes; empty when no symbol needed coding). The
-        encoder is empty again afterwards."""
-        calls, self._calls = self._calls, []
+        """The coded stream, every section in one (a multiple of 4 bytes; empty when no symbol
+        needed coding). The encoder is empty again afterwards."""
+        return b"".join(reversed(self.finish_sections()))
+
+    def finish_sections(self, count: int | None = None) -> list[bytes]:
+        """The coded stream as ``count`` sections (default: up to the last one used), section 0
+        first: each a multiple of 4 bytes, possibly empty; sections ``0..j`` alone are the stream of
+        those sections (:class:`CategoricalDecoder` takes them). The encoder is empty again afterwards."""
+        sections, self._sections = self._sections, [[]]
         self.symbols, self.model_bits = 0, 0.0
-        if not calls:
-            return b""
-        coder = constriction.stream.stack.AnsCoder()
+        count = len(sections) if count is None else count
+        if count < len(sections) and any(sections[count:]):
+            raise ValueError(f"symbols were coded in section {len(sections) - 1}, more than the {count} asked for")
+        sections = (sections + [[]] * count)[:count]
+        if not any(sections):
+            return [b""] * count
         family = _model_family()
+        coder = constriction.stream.stack.AnsCoder()
         coder.encode_reverse(_MARKER_SYMBOL, family, _MARKER_TABLE)  # decoded last: the end check
-        for which, table in reversed(calls):  # a stack: the last call first, each call's rows last to first
-            coder.encode_reverse(which, family, table)
-        return coder.get_compressed().astype("<u4").tobytes()
+        for calls in reversed(sections):  # a stack: the last call first, each call's rows last to first
+            for which, table in reversed(calls):
+                coder.encode_reverse(which, family, table)
+        words = coder.get_compressed()
+        # Where each section's words end: decode the stack once, as the decoder will.
+        reader, ends = constriction.stream.stack.AnsCoder(words), [len(words)]
+        for calls in sections:
+            for which, table in calls:
+                if not np.array_equal(reader.decode(family, table), which):
+                    raise RuntimeError("the ANS stack does not decode to what was coded (a constriction bug)")
+            ends.append(reader.pos()[0])
+        return [words[ends[i + 1] : ends[i]].astype("<u4").tobytes() for i in range(count)]
 
 
 class CategoricalDecoder:
@@ -201,13 +239,24 @@ class CategoricalDecoder:
     not end where it should (:meth:`finish`, which the caller must call after the last decode).
     """
 
-    def __init__(self, data: bytes) -> None:
-        if len(data) % 4:
-            raise BitstreamError(f"entropy-coded payload of {len(data)} bytes is not whole 32-bit words")
+    def __init__(self, data: bytes | Sequence[bytes], complete: bool = True) -> None:
+        """``data``: the stream (:meth:`CategoricalEncoder.finish`), or its sections ``0..j`` in
+        order (:meth:`CategoricalEncoder.finish_sections`, perhaps without the last ones: then
+        ``complete=False``, and the section-end checks replace the end marker's)."""
+        sections = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+        for i, part in enumerate(sections):
+            if len(part) % 4:
+                raise BitstreamError(f"entropy-coded payload (section {i + 1}) of {len(part)} bytes is not whole 32-bit words")
+        # the buffer words left after each section: the later sections' words
+        sizes = [len(part) // 4 for part in sections]
+        self._section_ends = [sum(sizes[i + 1 :]) for i in range(len(sections))]
+        self._section = 0
+        self._complete = complete
         self._coder = None
         self._finished = False
+        data = b"".join(bytes(part) for part in reversed(sections))
         if data:
-            words = np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32)
+            words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
             try:
                 self._coder = constriction.stream.stack.AnsCoder(words)
             except (KeyboardInterrupt, SystemExit):
@@ -235,12 +284,33 @@ class CategoricalDecoder:
         self.symbols += count
         return torch.from_numpy(out).reshape(freqs.shape[:-1])
 
+    def end_section(self) -> None:
+        """The current section is decoded: BitstreamError unless it used exactly its own words."""
+        if self._section >= len(self._section_ends):
+            raise ValueError(f"end_section() past the last of {len(self._section_ends)} sections")
+        left = self._coder.pos()[0] if self._coder is not None else 0
+        if left != self._section_ends[self._section]:
+            raise BitstreamError(
+                f"entropy-coded section {self._section + 1} does not end where it should ({left} words left, "
+                f"expected {self._section_ends[self._section]}): damaged, or decoded with other tables than it was coded with"
+            )
+        self._section += 1
+
     def finish(self) -> None:
-        """Check the end marker and that nothing is left: BitstreamError otherwise. Once."""
+        """Check the end marker and that nothing is left (a complete stream), or that every
+        section was decoded and ended where it should (a cut one): BitstreamError otherwise. Once."""
         if self._finished:
             raise ValueError("finish() was called already")
         self._finished = True
+        if self._section not in (0, len(self._section_ends)):
+            raise ValueError(f"finish() after {self._section} of {len(self._section_ends)} sections")
         if self._coder is None:
+            return
+        if not self._complete:
+            if self._section == 0:
+                if len(self._section_ends) > 1:
+                    raise ValueError("a cut stream of several sections needs end_section() after each")
+                self.end_section()  # a one-section stream decoded without end_section()
             return
         marker = self._call(self._coder.decode, self._family, _MARKER_TABLE)
         if int(marker[0]) != int(_MARKER_SYMBOL[0]) or not self._coder.is_empty():
