@@ -187,24 +187,33 @@ class ProgressiveContextModel(nn.Module):
         ``past_frames`` (None: a frame before the start of the clip), or None.
         """
         frames = self.as_past_frames(past) if frames is None else frames
+        return [self.context_of_level(k, frames, batch) for k in range(self.num_scales)]
+
+    def context_of_level(self, k: int, frames: Sequence[PastFrame | None], batch: int) -> torch.Tensor:
+        """The past context of level ``k`` (0-based), ``B x C x width``: entry k of each of the
+        ``frames`` (as :meth:`as_past_frames` gives them) pooled, or the "no past" token. It reads
+        entry k only, so a frame whose finer entries are not known yet will do (scale-major decoding)."""
+        if not frames:
+            return self.pos_embed.new_zeros(batch, 0, self.pos_embed.shape[1])
         cells = self.context_grid * self.context_grid
-        levels: list[list[torch.Tensor]] = [[] for _ in range(self.num_scales)]
+        parts = []
         for age, frame in enumerate(frames):
             if frame is None:
-                for parts in levels:
-                    parts.append(self.no_past[age].expand(batch, cells, -1))
+                parts.append(self.no_past[age].expand(batch, cells, -1))
                 continue
-            for k, entry in enumerate(frame):
-                if entry.shape[0] != batch:
-                    raise ValueError(f"past frame {age}, entry {k + 1}: expected {batch} x {self.code_dim} x H x W, got {tuple(entry.shape)}")
-                pooled = F.adaptive_avg_pool2d(entry.float(), self.context_grid)  # B x D x g x g
-                levels[k].append(self.context_proj(pooled.flatten(2).transpose(1, 2)))
-        if not frames:
-            return [self.pos_embed.new_zeros(batch, 0, self.pos_embed.shape[1]) for _ in range(self.num_scales)]
-        return [torch.cat(parts, dim=1) + self.context_pos[k] for k, parts in enumerate(levels)]
+            if len(frame) <= k:
+                raise ValueError(f"past frame {age} has {len(frame)} partial reconstructions; scale {k + 1} needs entry {k + 1}")
+            entry = frame[k]
+            if entry.dim() != 4 or entry.shape[0] != batch or entry.shape[1] != self.code_dim:
+                raise ValueError(f"past frame {age}, entry {k + 1}: expected {batch} x {self.code_dim} x H x W, got {tuple(entry.shape)}")
+            pooled = F.adaptive_avg_pool2d(entry.float(), self.context_grid)  # B x D x g x g
+            parts.append(self.context_proj(pooled.flatten(2).transpose(1, 2)))
+        return torch.cat(parts, dim=1) + self.context_pos[k]
 
-    def as_past_frames(self, past: Past) -> list[PastFrame | None]:
-        """``past`` as exactly ``past_frames`` entries, each None or K tensors."""
+    def as_past_frames(self, past: Past, complete: bool = True) -> list[PastFrame | None]:
+        """``past`` as exactly ``past_frames`` entries, each None or K tensors (``complete=False``:
+        or fewer, still growing: the decoder of a scale-major stream adds entry k of a past frame
+        before a later frame's scale k needs it; entries are then checked where they are read)."""
         if isinstance(past, torch.Tensor):
             raise ValueError(
                 f"past is per scale: give a past frame as its {self.num_scales} partial reconstructions "
@@ -220,6 +229,8 @@ class ProgressiveContextModel(nn.Module):
             raise ValueError(f"{len(frames)} past frames given; the model was built for {self.past_frames}")
         frames = (frames + [None] * self.past_frames)[: self.past_frames]
         for age, frame in enumerate(frames):
+            if frame is not None and not complete and not isinstance(frame, torch.Tensor):
+                continue
             if frame is not None and (isinstance(frame, torch.Tensor) or len(frame) != self.num_scales):
                 got = "one tensor" if isinstance(frame, torch.Tensor) else f"{len(frame)} entries"
                 raise ValueError(f"past frame {age}: expected its {self.num_scales} partial reconstructions (one per scale), got {got}")
@@ -364,8 +375,9 @@ class ScaleSteps:
         self.model = model
         self.batch = batch
         self.next_scale = 0
-        self.frames = model.as_past_frames(past)
-        self.context = model.context(past, batch, self.frames)  # embedded only; each runs through the blocks at its step
+        # Read lazily: step k reads entries k (and k - 1) of the past frames only, so they may
+        # still be growing (a scale-major decoder); the values are those of the full pass.
+        self.frames = model.as_past_frames(past, complete=False)
         self.cache: list[KeyValue | None] = [None] * len(model.blocks)
 
     def step(self, k: int, input_BDhw: torch.Tensor) -> torch.Tensor:
@@ -373,7 +385,8 @@ class ScaleSteps:
         its next-scale input ``B x D x h_k x w_k``."""
         if k != self.next_scale:
             raise ValueError(f"scales are stepped in order: expected scale index {self.next_scale}, got {k}")
-        x = torch.cat([self.context[k], self.model.scale_tokens(k, input_BDhw, self.batch, self.frames)], dim=1)
+        context = self.model.context_of_level(k, self.frames, self.batch)
+        x = torch.cat([context, self.model.scale_tokens(k, input_BDhw, self.batch, self.frames)], dim=1)
         for i, block in enumerate(self.model.blocks):
             x, self.cache[i] = block(x, None, self.cache[i], plain=True)  # own level and all cached: visible
         self.next_scale += 1
