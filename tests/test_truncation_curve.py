@@ -94,10 +94,11 @@ def test_gvc_eval_reports_the_truncation_points(codec_dir: Path, video: Path, tm
     assert curve["codec"] == codec_dir.name and curve["quality"] == SCALES - 1 and curve["of_scales"] == SCALES
     assert curve["stream"] == f"streams/{video.stem}.{codec_dir.name}.q{SCALES - 1}.gvc" and (out / curve["stream"]).is_file()
     assert len(curve["points"]) == SCALES * len(fills) and all((out / p["stream"]).is_file() for p in curve["points"])
-    # a cut is the stream coded at that rate point: the default fill's curve is the codec's own points
+    # a cut decodes as the stream coded at that rate point (the same frames; its bytes differ by
+    # the top of the coder's stack, a word or two a group): the default fill's curve is the codec's own points
     own = {p["quality"]: p for p in report["points"]}
     for p in (p for p in curve["points"] if p["fill"] == fills[0]):
-        assert p["bytes"] == own[p["scales"] - 1]["bytes"] and p["metrics"]["psnr"] == pytest.approx(own[p["scales"] - 1]["metrics"]["psnr"])
+        assert abs(p["bytes"] - own[p["scales"] - 1]["bytes"]) <= 16 and p["metrics"]["psnr"] == pytest.approx(own[p["scales"] - 1]["metrics"]["psnr"])
         assert {"psnr", "psnr_y", "ms_ssim", "ms_ssim_db"} <= set(p["metrics"])
     summary = (out / "summary.md").read_text()
     assert f"## Truncation points: {video.name}, {codec_dir.name}" in summary and truncation_markdown(curve) in summary

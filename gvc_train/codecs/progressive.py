@@ -10,7 +10,7 @@ group's frames is coded into the group's k-th FRAMES chunk (``progressive_scales
 group of frames, whatever the video's length.
 
 Stream: ``progressive_stream.py`` (CONFIG, then one FRAMES chunk per group and scale,
-group-major). ``gvc truncate`` cuts it after any scale without a model
+group-major: the sections of the group's one ANS stack, so a group pays one coder flush). ``gvc truncate`` cuts it after any scale without a model
 (:meth:`ProgressiveCodec.truncate`); the decoder predicts the scales a stream does not carry
 (:attr:`ProgressiveCodec.fill`).
 
@@ -114,7 +114,7 @@ class ProgressiveCodec(TokenizerCodec):
     def export_extras(cls, modules: dict[str, Any]) -> dict[str, Any]:
         return {
             "quality_direction": "quality r keeps scales 1..r+1 of the token pyramid: a higher one gives more bits and a better reconstruction",
-            "entropy_coder": "constriction ANS under the context model's probabilities quantized to 24-bit frequencies, one stream per group and scale",
+            "entropy_coder": "constriction ANS under the context model's probabilities quantized to 24-bit frequencies, one stack per group with a section per scale",
             "qualities": modules["context_model"].num_scales,
             "fill": DEFAULT_FILL,
         }
@@ -139,7 +139,7 @@ class ProgressiveCodec(TokenizerCodec):
         return _GroupCoder(self, rate_point + 1, latent_hw, self._fill_mode(None))
 
     def _config_payload(self, rate_point: int, latents_per_run: int, latent_frames: int, latent_hw: tuple[int, int]) -> bytes:
-        return StreamConfig(self.num_scales, rate_point + 1, latents_per_run, latent_frames, *latent_hw).payload()
+        return StreamConfig(self.num_scales, rate_point + 1, latents_per_run, latent_frames, *latent_hw, rate_point + 1).payload()
 
     # ---- decoding -----------------------------------------------------------------------------
 
@@ -176,30 +176,35 @@ class ProgressiveCodec(TokenizerCodec):
         for group, parts in read_groups(config, chunks):
             count += len(parts)
             payload_bytes += sum(len(p.coded) for p in parts)
-            pixels.emit(_decode_group(pyramid, group, parts, config.group_latents(group)), header.frames)
+            complete = len(parts) == config.coded_scales  # else cut: no end marker below the last section
+            pixels.emit(_decode_group(pyramid, group, parts, config.group_latents(group), complete), header.frames)
         return config.kept_scales - 1, payload_bytes, count
 
 
-def _decode_group(pyramid: ScalePyramid, group: int, parts: list[ScaleChunk], frames: int) -> list[torch.Tensor]:
-    """The latent frames of one group from its scale chunks; BitstreamError unless every chunk
-    decodes to its end and to the tokens the encoder checked."""
-    decoders = [CategoricalDecoder(p.coded) for p in parts]
+def _decode_group(pyramid: ScalePyramid, group: int, parts: list[ScaleChunk], frames: int, complete: bool) -> list[torch.Tensor]:
+    """The latent frames of one group from its scale chunks (the sections of one ANS stack,
+    decoded scale-major); BitstreamError unless every section ends on its own words, the stack
+    on its end marker (``complete``: the group holds every scale the encoder coded), and the
+    tokens match the encoder's model checks."""
+    decoder = CategoricalDecoder([p.coded for p in parts], complete=complete)
     checks = [0] * len(parts)
     kind = pyramid.kind
 
     def decode(k: int, logits: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-        symbols = decoders[k].decode(freqs)
+        symbols = decoder.decode(freqs)
         checks[k] = _crc(symbols, checks[k])
         return token_probs.map_layout(symbols, kind, pyramid.shapes[k])
 
-    latents = [pyramid.frame(len(parts), decode)[0] for _ in range(frames)]
-    for k, (decoder, part) in enumerate(zip(decoders, parts)):
-        decoder.finish()
-        if checks[k] != part.check:
+    def end_scale(k: int) -> None:
+        decoder.end_section()
+        if checks[k] != parts[k].check:
             raise BitstreamError(
                 f"group {group + 1} scale {k + 1}: this decoder's probability model differs from the encoder's (its tokens fail "
                 "the stream's model check: another build of this codec, another CPU kind, or a rewritten stream)"
             )
+
+    latents = pyramid.group(frames, len(parts), decode, end_scale)
+    decoder.finish()
     return latents
 
 
@@ -220,7 +225,7 @@ class _GroupCoder:
         self._new_group()
 
     def _new_group(self) -> None:
-        self.coders = [CategoricalEncoder() for _ in range(self.kept)]
+        self.coder = CategoricalEncoder()  # one stack a group, section k: scale k + 1 of its frames
         self.checks = [0] * self.kept
 
     def code(self, latent_BChw: torch.Tensor) -> torch.Tensor:
@@ -230,16 +235,15 @@ class _GroupCoder:
 
     def _code(self, k: int, logits: torch.Tensor, freqs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         symbols = token_probs.flat_tokens(tokens, self.pyramid.kind)
-        self.coders[k].encode(symbols, freqs)
+        self.coder.encode(symbols, freqs, section=k)
         self.checks[k] = _crc(symbols, self.checks[k])
         self.estimate_bits += float(token_probs.token_bits(logits, tokens, self.pyramid.kind).sum())
         return tokens
 
     def end_run(self) -> list[tuple[bytes, int]]:
+        self.model_bits += self.coder.model_bits
         parts = []
-        for k, coder in enumerate(self.coders):
-            self.model_bits += coder.model_bits
-            coded = coder.finish()
+        for k, coded in enumerate(self.coder.finish_sections(self.kept)):
             parts.append((frames_payload(self.group, k + 1, self.checks[k], coded), len(coded)))
         self.group += 1
         self._new_group()

@@ -19,6 +19,13 @@ become the past context of the next frame; its entries ``<= kept`` are the encod
 and only those reach the scales the next frame decodes from the stream (the context model's
 per-scale past: models/progressive/context_model.py).
 
+**Two orders, one computation.** The encoder codes frame by frame (:meth:`ScalePyramid.frame`);
+the decoder of a group goes scale-major (:meth:`ScalePyramid.group`: scale 1 of every frame of
+the group, then scale 2, ...), the order of the group's one ANS stack. Each frame's scale k
+needs only its own scales ``< k`` and the past frames' entries ``<= k``, which both orders have
+by then, and each frame runs through its own cached steps: the same operations on the same
+values, so the same probabilities bit for bit (tested through every codec round trip).
+
 **Cost.** The reconstruction after scale k is the one after scale k - 1 plus scale k's
 contribution (``MultiScaleQuantizer.extend_partials``): ``K`` refine steps a frame, the same
 values bit for bit as ``partial_reconstructions`` of all the maps (which recomputing it after
@@ -40,6 +47,16 @@ FILL_MODES = ("argmax", "expectation", "zero")
 # code(k, logits, freqs) -> the tokens of scale k (0-based) in map layout: the encoder codes
 # its true tokens under freqs and returns them; the decoder decodes them.
 ScaleCode = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class _FrameState:
+    """One frame of a group being decoded scale-major: its cached steps, maps, reconstructions
+    after each scale (the next frames' past: a list that grows) and next-scale input."""
+
+    def __init__(self, steps: object, first_input: torch.Tensor) -> None:
+        self.steps, self.inp = steps, first_input
+        self.maps: list[torch.Tensor] = []
+        self.partials: list[torch.Tensor] = []
 
 
 class ScalePyramid:
@@ -92,6 +109,36 @@ class ScalePyramid:
         partials += [partials[-1]] * (self.num_scales - len(partials))  # "zero": the finer scales add nothing
         self.past.appendleft(partials)
         return self.q.project_out(partials[-1]), maps
+
+    def group(self, frames: int, kept: int, code: ScaleCode, end_scale: Callable[[int], None]) -> list[torch.Tensor]:
+        """Decode scales ``1..kept`` of the next ``frames`` latent frames scale-major (``code``
+        for each frame's scale k in turn, then ``end_scale(k)``), fill in the rest frame by
+        frame; returns the latents ``1 x C x h x w``, the same as :meth:`frame` of each in turn."""
+        if not 1 <= kept <= self.num_scales:
+            raise ValueError(f"kept scales must be in 1..{self.num_scales}, got {kept}")
+        history = list(self.past)[::-1]  # oldest first; this group's frames join it, still growing
+        states = []
+        for _ in range(frames):
+            recent = history[::-1][: self.past.maxlen]  # what frame() takes from the deque
+            past = recent if self.cm.past_frames and recent else None
+            state = _FrameState(self.cm.start_frame(past, 1), torch.zeros(1, self.cm.code_dim, *self.shapes[0]))
+            states.append(state)
+            history.append(state.partials)
+        for k in range(kept):
+            for state in states:
+                logits = state.steps.step(k, state.inp)
+                self._add(state.maps, state.partials, self.q.code_map(k, code(k, logits, self.frequencies(logits))))
+                if k + 1 < self.num_scales:
+                    state.inp = self._next_input(state.partials)
+            end_scale(k)
+        latents = []
+        for state in states:  # in order: a frame's fill-in reads its predecessor's
+            if kept < self.num_scales and self.fill != "zero":
+                self._fill_in(state.steps, state.inp, state.maps, state.partials)
+            state.partials += [state.partials[-1]] * (self.num_scales - len(state.partials))
+            self.past.appendleft(state.partials)
+            latents.append(self.q.project_out(state.partials[-1]))
+        return latents
 
     def _add(self, maps: list[torch.Tensor], partials: list[torch.Tensor], code_map: torch.Tensor) -> None:
         """Append the next scale's code map, and the reconstruction after it."""

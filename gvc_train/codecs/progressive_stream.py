@@ -4,12 +4,15 @@ decoder's checks.
 Inside the container of ``coding/container.py`` (the family's stream id)::
 
     CONFIG   varints: stream version, scales of the model (K), scales kept (K' <= K), latent
-             frames per group (G), latent frames, latent h, latent w
+             frames per group (G), latent frames, latent h, latent w, scales coded (K'' >= K':
+             what the encoder wrote; a cut lowers K' only)
     FRAMES   one per (group of G latent frames, scale), group-major and scale-minor: scales
              1..K' of group 1, then of group 2, ...; payload: varint group index (0-based),
              varint scale (1-based), model check (4 bytes: CRC32 of the scale's tokens over the
              group's frames as the encoder coded them), then the entropy-coded tokens of that
-             scale for the group's frames (coding/categorical.py: one ANS stream)
+             scale for the group's frames: section k of the group's one ANS stack
+             (coding/categorical.py), decoded scale-major (scale 1 of every frame of the
+             group, then scale 2, ...), so a group pays one coder flush, not one per scale
     END
 
 **Cutting.** Scale k's chunk of a group codes tokens whose probabilities depend on scales
@@ -55,11 +58,11 @@ from gvc_train.coding.container import (
     read_varint,
 )
 
-STREAM_VERSION = 1
+STREAM_VERSION = 2  # 2: one ANS stack a group (sections), CONFIG's scales coded
 MAX_SCALES = 32  # the context model's own bound on its scale count
 MAX_LATENTS_PER_GROUP = 64
 MODEL_CHECK_BYTES = 4
-MAX_CONFIG_BYTES = 256  # seven varints
+MAX_CONFIG_BYTES = 256  # eight varints
 _CHECK = struct.Struct(">I")
 
 
@@ -74,11 +77,12 @@ class StreamConfig(ConfigChunk):
     latent_frames: int
     latent_height: int
     latent_width: int
+    coded_scales: int  # K'': the scales the encoder coded; a group holding all of them ends in the coder's end marker
 
     def check(self) -> None:
         """Bounds that need no model: BitstreamError before anything is allocated."""
-        if not 1 <= self.num_scales <= MAX_SCALES or not 1 <= self.kept_scales <= self.num_scales:
-            raise BitstreamError(f"CONFIG: {self.kept_scales} of {self.num_scales} scales is out of bounds")
+        if not 1 <= self.num_scales <= MAX_SCALES or not 1 <= self.kept_scales <= self.coded_scales <= self.num_scales:
+            raise BitstreamError(f"CONFIG: {self.kept_scales} kept of {self.coded_scales} coded of {self.num_scales} scales is out of bounds")
         if not 1 <= self.latents_per_group <= MAX_LATENTS_PER_GROUP:
             raise BitstreamError(f"CONFIG: {self.latents_per_group} latent frames a group is outside 1..{MAX_LATENTS_PER_GROUP}")
         if min(self.latent_frames, self.latent_height, self.latent_width) < 1:
