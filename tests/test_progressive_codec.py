@@ -12,6 +12,7 @@ latent frames of 5x4.
 from __future__ import annotations
 
 import json
+import math
 import random
 import struct
 import time
@@ -310,3 +311,20 @@ def test_every_damaged_stream_is_one_bitstream_error_or_a_chunk_boundary_cut(cod
     assert decoded == [f"prefix of {k} chunks" for k in range(2 + SCALES, 2 * SCALES + 2)]
     # every stream that decodes can be cut; a cut may also drop the damage (a finer scale's chunk)
     assert set(decoded) <= set(cut) and all(n.startswith(("prefix", "chunk 2", "chunk 3", "chunk 5", "chunk 6")) for n in cut), cut
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rate_baselines_count_the_coded_tokens_under_three_models(kind: str, codec_dirs, video: Path) -> None:
+    from gvc_train.codecs.progressive_baselines import rate_baselines
+
+    r = rate_baselines(codec_dirs[kind], video, FRAMES)
+    pixels = FRAMES * WIDTH * HEIGHT
+    codec = open_codec(codec_dirs[kind])
+    report = codec.encode(video, video.parent / f"baselines_{kind}.gvc", SCALES - 1, max_frames=FRAMES)
+    assert r["bpp_model"] * pixels == pytest.approx(report.model_bits, rel=1e-9)  # the coded frequencies' bits
+    assert r["payload_bits"] == report.payload_bytes * 8 and r["file_bytes"] == report.file_bytes
+    per_token = 4 if kind == "bitwise" else math.log2(16)  # code_dim bits, or log2 of the codebook
+    for row in r["per_scale"]:
+        assert row["bpp_uniform"] * pixels == pytest.approx(row["tokens"] * per_token)
+        assert 0 <= row["bpp_unigram"] <= row["bpp_uniform"] + 1e-12  # an entropy never exceeds the uniform code
+    assert sum(row["tokens"] for row in r["per_scale"]) > 0 and r["model_vs_uniform"] == pytest.approx(r["bpp_model"] / r["bpp_uniform"])

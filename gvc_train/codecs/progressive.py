@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import torch
@@ -86,6 +86,9 @@ class ProgressiveCodec(TokenizerCodec):
         self.quantizer = modules["quantizer"].eval()
         self.context_model = modules["context_model"].eval()
         self.fill = DEFAULT_FILL
+        # Called with (scale index, flat tokens, their integer frequency tables) for every scale of
+        # every frame the encoder codes, in coding order (progressive_baselines.py counts them).
+        self.token_sink: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
 
     @property
     def num_scales(self) -> int:
@@ -218,7 +221,7 @@ class _GroupCoder:
     scales ``1..kept`` into the group's scale coders; a group ends as one FRAMES chunk a scale."""
 
     def __init__(self, owner: ProgressiveCodec, kept: int, latent_hw: tuple[int, int], fill: str) -> None:
-        self.quantizer, self.kept = owner.quantizer, kept
+        self.quantizer, self.kept, self.token_sink = owner.quantizer, kept, owner.token_sink
         self.pyramid = ScalePyramid(owner.quantizer, owner.context_model, latent_hw, fill)
         self.group = 0
         self.model_bits = self.estimate_bits = 0.0
@@ -236,6 +239,8 @@ class _GroupCoder:
     def _code(self, k: int, logits: torch.Tensor, freqs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         symbols = token_probs.flat_tokens(tokens, self.pyramid.kind)
         self.coder.encode(symbols, freqs, section=k)
+        if self.token_sink is not None:
+            self.token_sink(k, symbols, freqs)
         self.checks[k] = _crc(symbols, self.checks[k])
         self.estimate_bits += float(token_probs.token_bits(logits, tokens, self.pyramid.kind).sum())
         return tokens
