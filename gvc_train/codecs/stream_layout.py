@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO, ClassVar, TypeVar
 
 from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, encode_varint, iter_chunks, read_varint
+from gvc_train.coding.controls.track import describe_controls
 
 Config = TypeVar("Config", bound="ConfigChunk")
 
@@ -100,9 +101,11 @@ FramesDescriber = Callable[[Chunk, Any, int], tuple[dict[str, Any], tuple[int, i
 def describe_rows(chunks: Iterable[Chunk], parse: Callable[[bytes], Any], describe_frames: FramesDescriber) -> list[dict[str, Any]]:
     """Per chunk: type, offset, bytes; CONFIG's fields (``parse``: payload -> the family's config
     dataclass); for FRAMES, the family's fields, the video frames it covers and its bits per
-    frame. Reads chunk by chunk: memory is one chunk."""
+    frame; for the control table and CONTROLS, their names, segment and coded bytes. Reads chunk
+    by chunk: memory is one chunk."""
     rows: list[dict[str, Any]] = []
     config: Any = None
+    control_names: list[str] | None = None
     frames_index = 0
     for chunk in chunks:
         row: dict[str, Any] = {"type": chunk.type.name, "offset": chunk.offset, "bytes": chunk.size}
@@ -115,6 +118,9 @@ def describe_rows(chunks: Iterable[Chunk], parse: Callable[[bytes], Any], descri
             if stop > first:
                 row["bits_per_frame"] = chunk.size * 8 / (stop - first)
             frames_index += 1
+        elif chunk.type in (ChunkType.CONTROL_TABLE, ChunkType.CONTROLS):
+            row.update(describe_controls(chunk, control_names))
+            control_names = row.get("controls", control_names)
         rows.append(row)
     return rows
 

@@ -61,7 +61,9 @@ class ChunkType(enum.IntEnum):
     END = 1  # the stream is complete
     CONFIG = 2  # codec-side parameters of this stream (quality index, padding, ...)
     FRAMES = 3  # coded data for one or more frames
-    SIDE = 4  # side information (hyperprior, controls, captions)
+    SIDE = 4  # side information a family defines (a hyperprior, ...)
+    CONTROL_TABLE = 5  # the controls a stream carries and their coders' settings (coding/controls/track.py)
+    CONTROLS = 6  # one control of one segment, coded (coding/controls/track.py)
 
 
 @dataclasses.dataclass(frozen=True)
