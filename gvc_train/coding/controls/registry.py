@@ -23,6 +23,7 @@ BUILTIN_CODERS: dict[str, str] = {
     "flow": "gvc_train.coding.controls.flow:FlowCoder",
     "luma": "gvc_train.coding.controls.luma:LumaCoder",
     "pose": "gvc_train.coding.controls.pose:PoseCoder",
+    "segmentation": "gvc_train.coding.controls.segmentation:SegmentationCoder",
 }
 
 _REGISTRY: dict[str, type[ControlCoder]] = {}
