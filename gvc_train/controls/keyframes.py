@@ -21,15 +21,14 @@ Frames: ``T x H x W x 3`` uint8 numpy RGB (``push`` takes one ``H x W x 3``), or
 data contract, ``3 x T x H x W`` float32 torch in [0, 1] (quantized to uint8 first, as a codec
 would read it). Pure numpy: no OpenCV.
 
-``python -m gvc_train.controls.keyframes VIDEO --config '{"name": "adaptive", "threshold": 8}'``
-prints the keyframes a policy chooses.
+``python -m gvc_train.keyframes_cli VIDEO --config '{"name": "adaptive", "threshold": 8}'``
+prints the keyframes a policy chooses (the command lives outside this package, which reads no
+video files: the shard writer in ``gvc_train.data`` runs the controls).
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import json
 import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -307,28 +306,3 @@ def build_keyframe_policy(config: dict[str, Any]) -> KeyframePolicy:
         return KEYFRAME_POLICIES[name](**settings)
     except TypeError as e:
         raise ValueError(f"keyframe policy {name!r}: {e}") from None
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Print the keyframes a policy chooses on a video (streamed: memory is a frame or two)."""
-    from gvc_train.data.video_io import iter_frames
-
-    parser = argparse.ArgumentParser(prog="python -m gvc_train.controls.keyframes", description=main.__doc__)
-    parser.add_argument("video", help="a video file or a folder of PNG frames")
-    parser.add_argument("--config", default='{"name": "adaptive"}', help='the policy as JSON, e.g. \'{"name": "fixed", "clip_frames": 16}\'')
-    parser.add_argument("--max-frames", type=int, default=None)
-    args = parser.parse_args(argv)
-    try:
-        policy = build_keyframe_policy(json.loads(args.config))
-    except ValueError as e:  # json.JSONDecodeError is one too
-        parser.error(f"--config: {e}")
-    selector = policy.selector()
-    for frame in iter_frames(args.video, max_frames=args.max_frames):
-        selector.push(frame)
-    selector.finish()
-    found = {"frames": selector.frames, "keyframes": len(selector.keyframes), "indexes": selector.keyframes}
-    print(json.dumps({"policy": policy.config(), **found}))
-
-
-if __name__ == "__main__":
-    main()

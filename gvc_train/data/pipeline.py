@@ -40,6 +40,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from gvc_train.data.control_batch import control_shapes
 from gvc_train.data.sample_format import CAPTION_KEY, META_KEY
 from gvc_train.data.shard_split import batches_per_stream, split_for_stream, stable_seed
 from gvc_train.data.skip_stats import SkipCounter, SkipSample
@@ -77,6 +78,11 @@ class Sample:
     window: np.ndarray  # frames: 3 x T x h x w uint8; latents: C x t x h x w float16
     meta: dict[str, Any]
     caption: str
+    controls: dict[str, Any] = dataclasses.field(default_factory=dict)  # cut to the window (control_batch)
+
+    def batch_shape(self) -> tuple[Any, ...]:
+        """What must agree within a batch: the window's shape and the stacked controls' shapes."""
+        return (self.window.shape, control_shapes(self.controls))
 
 
 class SampleStep:
@@ -323,8 +329,10 @@ class ShardStream(IterableDataset):
         cfg = self.config
         batch: list[Sample] = []
         for sample in samples:
-            if batch and sample.window.shape != batch[0].window.shape:
-                skips.add("size_mismatch", f"{sample.key}: {sample.window.shape} vs {batch[0].window.shape}")
+            if batch and sample.batch_shape() != batch[0].batch_shape():
+                mine, theirs = sample.batch_shape(), batch[0].batch_shape()
+                which = 0 if mine[0] != theirs[0] else 1  # the window's shapes, else the controls'
+                skips.add("size_mismatch", f"{sample.key}: {mine[which]} vs {theirs[which]}")
                 continue
             batch.append(sample)
             if len(batch) == cfg.batch_size:

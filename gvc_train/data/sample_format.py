@@ -7,7 +7,11 @@ One WebDataset sample is one clip:
   ``<fmt>`` names the frame format so that a reader can refuse a format it does not know;
 - ``json``: :class:`ClipMeta` as JSON;
 - ``txt`` (optional): a caption, UTF-8;
-- later issues add precomputed controls as ``ctrl.<name>.<fmt>``.
+- ``ctrl.<name>`` (optional, one per control written by ``gvc-shard --controls``): the clip's
+  control ``<name>`` (``gvc_train.controls.registry.LAYOUTS``) as its coder wrote it
+  (``gvc_train.coding.controls``); the ``json`` then holds ``"controls": {name: {"extractor":
+  settings, "coder": settings, "bytes": n}}``, how it was made, how to decode it and its size
+  (:class:`ControlSpec`, :func:`control_entry`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from gvc_train import strict_json
 FRAMES_PREFIX = "frames."
 META_KEY = "json"
 CAPTION_KEY = "txt"
+CONTROL_PREFIX = "ctrl."
+CONTROLS_META_KEY = "controls"  # in the sample json: name -> control_entry(...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +40,9 @@ class ClipMeta:
     width: int
     height: int
 
-    def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+    def to_json(self, extra: dict[str, Any] | None = None) -> bytes:
+        """The fields as JSON, with ``extra`` entries beside them (e.g. ``controls``)."""
+        return json.dumps({**dataclasses.asdict(self), **(extra or {})}, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str | dict[str, Any]) -> "ClipMeta":
@@ -54,6 +61,26 @@ def safe_stem(source_stem: str) -> str:
 
 def sample_key(source_stem: str, first_frame: int) -> str:
     return f"{safe_stem(source_stem)}-{first_frame:06d}"
+
+
+def control_field(name: str) -> str:
+    """The tar member suffix of control ``name``: ``ctrl.<name>``."""
+    return CONTROL_PREFIX + name
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlSpec:
+    """One control a shard run writes: its name and the settings of its extractor and coder
+    (plain JSON, every setting spelled out: what ``settings()`` of each gives back)."""
+
+    name: str
+    extractor: dict[str, Any]
+    coder: dict[str, Any]
+
+
+def control_entry(spec: ControlSpec, size: int) -> dict[str, Any]:
+    """What the sample json says of one stored control (``size``: bytes of its member)."""
+    return {"extractor": spec.extractor, "coder": spec.coder, "bytes": size}
 
 
 def frames_field(sample: dict[str, Any]) -> str | None:

@@ -3,7 +3,7 @@
     gvc-shard INPUT... --out DIR [--clip-frames 17] [--overlap 0] [--maxcount N] [--maxsize 1G]
               [--workers W] [--resize-short S] [--max-frames-per-video N] [--prefix NAME]
               [--inputs-from FILE] [--relative] [--overwrite] [--level 6] [--png-fps 30]
-              [--tokenizer DIR [--crop N|HxW]]
+              [--tokenizer DIR [--crop N|HxW]] [--controls NAMES [--control-settings JSON]]
 
 INPUTs are video files (mp4, mkv, webm, y4m, ...), folders of PNG frames (one video each), or
 directories walked for both. A ``.txt`` beside a video (same stem) or beside a PNG folder
@@ -12,18 +12,27 @@ reported and skipped; the exit status is non-zero only if nothing was written.
 
 With ``--tokenizer DIR`` (a ``gvc-export`` folder) each clip is stored as the tokenizer's latent
 instead of its frames (:mod:`gvc_train.data.latent_shards`), centre-cropped to ``--crop``.
+
+With ``--controls luma,edges,flow,pose,segmentation,caption`` each clip's controls are extracted
+in the workers and stored beside its frames in their coded form, one member ``<key>.ctrl.<name>``
+each, with the extractor's and coder's settings and the bytes in the sample json
+(:mod:`gvc_train.data.shard_controls`); ``--control-settings`` sets them per control, e.g.
+``'{"luma": {"extractor": {"factor": 8}}, "flow": {"coder": {"step": 0.25}}}'``. ``caption``
+keeps an input's own caption (its ``.txt``); inputs without one need a captioner
+(``{"caption": {"extractor": {"model_path": DIR}}}``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import sys
 
 from gvc_train.cli_parser import OneLineArgumentParser, int_at_least, positive_int
-from gvc_train.data.sample_format import ShardIndex
+from gvc_train.data.sample_format import ControlSpec, ShardIndex
 from gvc_train.data.shard_writer import NothingWrittenError, ShardOptions, write_shards
 from gvc_train.data.video_io import DEFAULT_PNG_FPS
 from gvc_train.safe_output import check_target, raise_on_sigterm
@@ -110,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=parse_crop, default=None, metavar="N|HxW",
                    help="with --tokenizer: centre crop (pixels, after --resize-short, multiples of 8) that is "
                         "encoded; default: the largest multiple of 8 that fits")
+    p.add_argument("--controls", metavar="NAMES", default=None,
+                   help="store these controls beside the frames, coded: a comma list of luma, edges, flow, pose, "
+                        "segmentation, caption")
+    p.add_argument("--control-settings", metavar="JSON", default=None,
+                   help='with --controls: per-control settings, name -> {"extractor": {...}, "coder": {...}}')
     p.add_argument("--overwrite", action="store_true", help="replace shards and index.json already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -119,6 +133,28 @@ def read_input_list(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
         lines = (line.strip() for line in f)
         return [line for line in lines if line and not line.startswith("#")]
+
+
+def parse_controls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[ControlSpec, ...]:
+    """The ControlSpecs of ``--controls`` and ``--control-settings``; a mistake is a one-line error."""
+    if args.controls is None:
+        if args.control_settings is not None:
+            parser.error("--control-settings needs --controls")
+        return ()
+    if args.tokenizer:
+        parser.error("--controls applies to frame shards, not to latent shards (--tokenizer)")
+    # only now: the extractors bring torch, which a plain run does without
+    from gvc_train.data.shard_controls import control_specs, parse_control_names
+
+    try:
+        names = parse_control_names(args.controls)
+        settings = None if args.control_settings is None else json.loads(args.control_settings)
+        return control_specs(names, settings)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--control-settings is not JSON: {exc}")
+    except ValueError as exc:
+        parser.error(f"--controls: {exc}")
+    raise AssertionError("unreachable")  # parser.error exits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no INPUT given (name files or directories, or --inputs-from FILE)")
     if args.crop is not None and not args.tokenizer:
         parser.error("--crop only applies to latent shards (--tokenizer DIR)")
+    controls = parse_controls(parser, args)
     options = ShardOptions(
         clip_frames=args.clip_frames,
         overlap=args.overlap,
@@ -147,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         png_fps=args.png_fps,
         level=args.level,
         overwrite=args.overwrite,
+        controls=controls,
     )
     raise_on_sigterm()  # SIGTERM cleans up like Ctrl-C: the shard being written is removed
     try:

@@ -3,6 +3,8 @@
 :func:`shard_source` runs in a worker process (:mod:`gvc_train.data.shard_workers`) for each
 input of :func:`~gvc_train.data.shard_writer.write_shards`; it never raises for bad input, it
 reports it. :class:`ShardOptions` are the options of a whole run, read here and by the writer.
+With ``ShardOptions.controls`` each clip's controls are extracted and coded here too
+(:mod:`gvc_train.data.shard_controls`, loaded only then: it brings torch).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from gvc_train.data import clip_codec
-from gvc_train.data.sample_format import CAPTION_KEY, FRAMES_PREFIX, META_KEY, ClipMeta, sample_key
+from gvc_train.data.sample_format import (
+    CAPTION_KEY, CONTROLS_META_KEY, FRAMES_PREFIX, META_KEY, ClipMeta, ControlSpec, sample_key,
+)  # fmt: skip
 from gvc_train.data.shard_sources import Source
 from gvc_train.data.video_io import DEFAULT_PNG_FPS, VideoReader, VideoReadError
 
@@ -35,6 +39,8 @@ class ShardOptions:
     png_fps: float = DEFAULT_PNG_FPS
     level: int = clip_codec.DEFAULT_LEVEL
     overwrite: bool = False
+    # controls stored beside the frames (gvc_train.data.shard_controls.control_specs makes them)
+    controls: tuple[ControlSpec, ...] = ()
 
     def check(self) -> None:
         if self.clip_frames < 1:
@@ -51,6 +57,11 @@ class ShardOptions:
             raise ValueError(f"max_frames_per_video must be >= 1, got {self.max_frames_per_video}")
         if not _PREFIX_RE.match(self.prefix):
             raise ValueError(f"prefix must match [A-Za-z0-9_-]+, got {self.prefix!r}")
+        if not all(isinstance(c, ControlSpec) for c in self.controls):
+            raise ValueError("controls must be ControlSpecs (gvc_train.data.shard_controls.control_specs)")
+        names = [c.name for c in self.controls]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a control is named twice in {names}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +71,16 @@ class EncodedClip:
     payload: bytes
     meta: ClipMeta
     caption: str | None
+    controls: dict[str, bytes] = dataclasses.field(default_factory=dict)  # tar member -> coded control
+    control_entries: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # for the json
 
     def sample(self) -> dict[str, Any]:
+        extra = {CONTROLS_META_KEY: self.control_entries} if self.control_entries else None
         sample: dict[str, Any] = {
             "__key__": self.key,
             FRAMES_PREFIX + self.fmt: self.payload,
-            META_KEY: self.meta.to_json(),
+            META_KEY: self.meta.to_json(extra),
+            **self.controls,
         }
         if self.caption:
             sample[CAPTION_KEY] = self.caption.encode("utf-8")
@@ -92,6 +107,8 @@ def shard_source(source: Source, opts: ShardOptions) -> Iterator[EncodedClip | S
     info = None
     error: str | None = None
     try:
+        if opts.controls:
+            from gvc_train.data.shard_controls import encode_controls
         # FFmpeg picks the decoder thread count, in workers as inline: with other counts a
         # truncated stream can end with a different error, and reports must not depend on it.
         with VideoReader(source.path, opts.resize_short, opts.png_fps) as reader:
@@ -103,9 +120,18 @@ def shard_source(source: Source, opts: ShardOptions) -> Iterator[EncodedClip | S
                 frames_read += 1
                 if len(window) < n:
                     continue
-                fmt, payload = clip_codec.encode_clip(np.stack(window), opts.level)
+                clip = np.stack(window)
+                fmt, payload = clip_codec.encode_clip(clip, opts.level)
                 meta = ClipMeta(source.name, first, n, info.fps, info.width, info.height)
-                yield EncodedClip(sample_key(source.stem, first), fmt, payload, meta, source.caption)
+                members: dict[str, bytes] = {}
+                entries: dict[str, dict[str, Any]] = {}
+                if opts.controls:
+                    try:
+                        members, entries = encode_controls(clip, source.caption, opts.controls)
+                    except Exception as exc:  # a clip without its controls is of no use: stop here
+                        error = f"controls of frames {first}..{first + n - 1}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+                        break
+                yield EncodedClip(sample_key(source.stem, first), fmt, payload, meta, source.caption, members, entries)
                 clips += 1
                 window = window[stride:]  # keep the `overlap` frames the next clip shares
                 first += stride

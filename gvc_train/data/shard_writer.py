@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from gvc_train import strict_json
 from gvc_train.data import clip_codec, shard_workers
-from gvc_train.data.sample_format import INDEX_FILE, ShardIndex, ShardInfo
+from gvc_train.data.sample_format import CONTROLS_META_KEY, INDEX_FILE, ShardIndex, ShardInfo
 
 # the pieces of a run, importable from here as before the split
 from gvc_train.data.shard_encode import EncodedClip, ShardOptions, SourceReport, lost_report, shard_source
@@ -80,7 +80,9 @@ def write_shards(
 ) -> ShardIndex:
     """Shard ``inputs`` into ``out_dir``; returns the index also written as ``out_dir/index.json``.
 
-    ``options`` fields can also be given as keywords (``clip_frames=9, workers=2``).
+    ``options`` fields can also be given as keywords (``clip_frames=9, workers=2``). With
+    ``controls`` (:func:`gvc_train.data.shard_controls.control_specs`) each clip's controls are
+    stored beside its frames and index.json lists their settings under ``controls``.
     ``progress``: a tqdm bar (None: only on a terminal). ``log`` receives one line per input
     skipped or damaged (default: stderr). Raises ValueError for bad options, FileExistsError
     for an occupied ``out_dir`` without ``overwrite``, and NothingWrittenError (its ``index``
@@ -88,7 +90,14 @@ def write_shards(
     """
     opts = dataclasses.replace(options or ShardOptions(), **overrides)
     opts.check()
-    return write_samples(inputs, out_dir, opts, shard_source, progress=progress, log=log)
+    index_extra = None
+    if opts.controls:
+        from gvc_train.data.shard_controls import check_captions
+
+        inputs = list(inputs)
+        check_captions(opts.controls, collect_sources(inputs, opts.relative)[0])  # before any work
+        index_extra = {CONTROLS_META_KEY: {c.name: {"extractor": c.extractor, "coder": c.coder} for c in opts.controls}}
+    return write_samples(inputs, out_dir, opts, shard_source, progress=progress, log=log, index_extra=index_extra)
 
 
 def write_samples(

@@ -30,7 +30,9 @@ REASONS = (
     "decode_error",  # ClipDecodeError: the frames payload is damaged or of an unknown format
     "too_short",  # fewer frames than clip_frames at frame_stride need
     "too_small",  # frames smaller than the crop
-    "size_mismatch",  # full-frame batches (crop_size=None) whose clips differ in size
+    "size_mismatch",  # full-frame batches (crop_size=None) whose clips (or controls) differ in size
+    "missing_control",  # a requested control with no ctrl.<name> member or no entry in the json
+    "control_error",  # a requested control that does not decode (BitstreamError) or disagrees with the clip
     "other",  # any other exception while decoding one sample (logged with its traceback)
 )
 # The sample formats' own errors, by reason; anything not here (nor a SkipSample) is "other".
