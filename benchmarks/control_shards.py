@@ -36,6 +36,17 @@ CAPTIONS = {"carphone": "a man talking on a mobile phone in a moving car", "bike
 ORDER = ("luma", "edges", "flow", "segmentation", "pose", "caption")
 
 
+def captioned_video(folder: str, label: str) -> str:
+    """A link to sample video ``label`` (a key of VIDEOS) in ``folder``/``label``, with its caption
+    in a ``.txt`` beside it (what the caption extractor keeps); returns the link's path."""
+    os.makedirs(os.path.join(folder, label))
+    video = os.path.join(folder, label, VIDEOS[label])
+    os.symlink(sample_video(VIDEOS[label]), video)
+    with open(os.path.splitext(video)[0] + ".txt", "w") as f:
+        f.write(CAPTIONS[label])
+    return video
+
+
 def stored_bytes(out: str) -> tuple[dict[str, int], int]:
     """Bytes per control summed over every sample json of the shards, and the frames stored."""
     totals: dict[str, int] = defaultdict(int)
@@ -79,13 +90,8 @@ def main() -> None:
     specs = control_specs(names)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, file in VIDEOS.items():
-            folder = os.path.join(tmp, label)
-            os.makedirs(folder)
-            video = os.path.join(folder, file)
-            os.symlink(sample_video(file), video)
-            with open(os.path.splitext(video)[0] + ".txt", "w") as f:
-                f.write(CAPTIONS[label])
+        for label in VIDEOS:
+            video = captioned_video(tmp, label)
             out = os.path.join(tmp, label + "-out")
             timed_shard(video, out, args.clip_frames, args.clip_frames, specs)  # warm-up: imports, mediapipe
             plain = timed_shard(video, out, args.clip_frames, args.max_frames, ())

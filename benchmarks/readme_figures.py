@@ -159,6 +159,7 @@ def bench_summary(bench: dict[str, Any]) -> str:
     source = [r["ratio"] for name, r in pipeline.items() if "source pixels" in name]
     default_growth = [1 + mem[f"{k}_default_malloc_growth"] for k in ("encode", "decode")]
     growth = [1 + mem[f"{k}_growth"] for k in ("encode", "decode")]
+    controls = _controls_summary(bench["controls"]) if "controls" in bench else ""  # runs before issue 14 lack it
     return (
         f"\n- **Data.** The sample shards come out of the pipeline at {_span(sample, '.2f')}x the speed of a PyAV "
         f"decode of the same clips per worker; at source pixels (bikes 640x272, bigbuckbunny 1280x720) at "
@@ -175,7 +176,24 @@ def bench_summary(bench: dict[str, Any]) -> str:
         f"fixed mmap threshold; with glibc's default one the peak moves by {_span(default_growth, '.3f')}x). On a CPU "
         f"the tiny codec is far slower than x265 (encode {_span(enc, '.3f')}x, decode {_span(dec, '.3f')}x of one "
         f"x265 thread): its tokenizer decoder's 3D convolutions dominate. It is meant for GPUs; the rows are here to "
-        f"catch regressions.\n"
+        f"catch regressions.\n" + controls
+    )
+
+
+def _controls_summary(c: dict[str, Any]) -> str:
+    videos = list(c["videos"].values())
+    if not videos or "set" not in videos[0]["shard_clips_per_s"]:
+        return ""
+    names = videos[0]["training_set"]
+    extract = [v["extract_fps"][n] / v["pyav_1thread_fps"] for v in videos for n in names]
+    coded = [v["extract_encode_fps"][n] / v["pyav_1thread_fps"] for v in videos for n in names]
+    return (
+        f"- **Controls.** Extracting {', '.join(names)} runs at {_span(extract, '.2f')}x the speed of a 1-thread PyAV "
+        f"decode of the same frames ({_span(coded, '.2f')}x with each control's coding). Decoding them all from shards "
+        f"is {_span([v['shard_over_on_the_fly']['set'] for v in videos], '.1f')}x faster than making them on the fly, "
+        f"but at {_span([v['shard_clips_per_s']['set'] for v in videos], '.2f')} clips/s per worker it is "
+        f"{_span([v['frames_decode_clips_per_s'] / v['shard_clips_per_s']['set'] for v in videos], '.0f')}x slower than "
+        f"decoding the same clips' frames (one process, 17-frame clips of carphone and bikes).\n"
     )
 
 

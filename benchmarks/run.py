@@ -121,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"progressive codec: {results['progressive_codec']['skipped']}", flush=True)
     rows += progressive_rows(results["progressive_codec"])
     sections["progressive_codec"] = time.perf_counter() - started - sum(sections.values())
+    print("controls: extraction, and decoding from shards vs on the fly ...", flush=True)
+    from benchmarks.bench_controls import bench_controls, table_rows as control_rows
+
+    results["controls"] = bench_controls(quick=args.quick)
+    rows += control_rows(results["controls"])
+    sections["controls"] = time.perf_counter() - started - sum(sections.values())
     results["section_seconds"] = {k: round(v, 1) for k, v in sections.items()}
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["table_rows"] = rows  # what `make readme-figures` puts in the README, as printed
