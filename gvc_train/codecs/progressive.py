@@ -50,13 +50,17 @@ from gvc_train.coding.categorical import CategoricalDecoder, CategoricalEncoder
 from gvc_train.coding.container import BitstreamError, Chunk, StreamHeader, iter_chunks
 from gvc_train.models.progressive import token_probs
 
-# How a cut stream's missing scales are predicted. Measured (issue 13) on carphone, 17 frames,
-# latent_tiny's tokenizer with a 7-scale codebook quantizer (V = 256) and a 2-block context model
-# trained a few minutes on bikes: the expected code vectors beat the most probable tokens at
-# every cut (+1.4, +1.9, +1.3, +0.8, +0.4, +0.1 dB PSNR with 1..6 of 7 scales kept); with a
-# bitwise quantizer, at the coarse cuts (+0.5, +0.3, +0.1 dB with 1..3 kept; within 0.06 dB
-# after). Argmax commits to a token the model is unsure of; the expectation shrinks towards the mean.
-DEFAULT_FILL = "expectation"
+# How the decoder fills in the scales a cut stream lacks. Measured (issue 13) with the reference
+# checkpoints/progressive_tiny, one 96-frame carphone stream cut after 1..6 of 7 scales
+# (CARD.md): left at zero, the finer scales decode best at every cut but the last (+1.0, +0.6,
+# +0.9, +0.2, +0.1 dB PSNR over the expected code vectors with 1..5 kept; -0.1 dB with 6), and the
+# expected code vectors beat the most probable tokens at every cut (+0.15 to +0.66 dB): the
+# quantizer was trained with scale dropout to reconstruct from a pyramid cut short, so "zero" is
+# what its refinements expect, and a context model this small is too unsure of a fine scale for
+# its prediction to add more than it blurs. (An earlier, smaller measurement without the zero
+# fill had picked the expectation.) Reconsider with a stronger context model: gvc eval's
+# truncation points set all three side by side.
+DEFAULT_FILL = "zero"
 
 
 class ProgressiveCodec(TokenizerCodec):
@@ -72,12 +76,12 @@ class ProgressiveCodec(TokenizerCodec):
     report_notes = (
         "progressive codecs have no intra refresh: they code each video as one GOP whatever --intra-period says",
         "in a progressive codec's truncation points the scales a cut lacks are predicted by the context model ('expectation': "
-        "the expected code vectors under its probabilities, the decoder's default; 'argmax': its most probable tokens) or left "
-        "at zero ('zero': the finer scales add nothing)",
+        "the expected code vectors under its probabilities; 'argmax': its most probable tokens) or left "
+        "at zero ('zero': the finer scales add nothing; the decoder's default)",
     )
     # gvc eval's truncation curve decodes every cut with each: the default, the finer scales
     # left at zero (what the prediction is worth), and the most probable tokens
-    cut_fills = tuple(dict.fromkeys((DEFAULT_FILL, "zero", "argmax")))
+    cut_fills = tuple(dict.fromkeys((DEFAULT_FILL, "expectation", "zero", "argmax")))
     run_name = "group"
     max_latents_per_run = MAX_LATENTS_PER_GROUP
 
