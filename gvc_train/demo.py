@@ -8,7 +8,11 @@
    at full size, chunk by chunk, and print PSNR and MS-SSIM;
 5. code 96 frames of the held-out video into real bitstream files and back with the reference
    latent codec in ``checkpoints/latent_tiny`` at each quality, and print bpp (from the file
-   sizes), PSNR and MS-SSIM.
+   sizes), PSNR and MS-SSIM;
+6. code the same frames once with the reference progressive codec in
+   ``checkpoints/progressive_tiny`` at its top quality, cut that one stream at two scales with
+   ``gvc truncate`` (no model, no re-encoding), decode the cuts (the missing scales predicted)
+   and the whole stream, and print the same figures.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ EXPORT_DIR = Path("exports/tokenizer_tiny")
 HELD_OUT_FRAMES = 97  # 1 + 4k: the tokenizer's causal latent covers them exactly
 REFERENCE_CODEC = Path("checkpoints/latent_tiny")
 CODEC_FRAMES = 96  # the card's protocol; not 1 + 4k, so the codec's padding is exercised too
+PROGRESSIVE_CODEC = Path("checkpoints/progressive_tiny")
+PROGRESSIVE_CUTS = (3, 5)  # scales kept by the two cuts (of 7)
 
 
 def held_out_video() -> Path:
@@ -63,6 +69,37 @@ def reconstruct_held_out(export_dir: Path, frames: int = HELD_OUT_FRAMES, chunk_
     }
 
 
+def progressive_cuts(codec_dir: Path, video: Path, frames: int, cuts: tuple[int, ...] = PROGRESSIVE_CUTS) -> list[dict]:
+    """One stream of ``frames`` frames at the codec's top quality, cut after each of ``cuts``
+    scales (``gvc truncate``), and every cut and the whole stream decoded: bytes, bpp, PSNR,
+    MS-SSIM and decode frames/s, fewest scales first."""
+    import tempfile
+
+    import numpy as np
+
+    from gvc_train.codecs.base import open_codec
+    from gvc_train.data.video_io import read_frames
+    from gvc_train.eval.codec_rd import distortion
+
+    codec = open_codec(codec_dir)
+    source = read_frames(video, count=frames)
+    points = []
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = Path(tmp) / "whole.gvc"
+        enc = codec.encode(video, whole, codec.num_rate_points - 1, max_frames=frames)
+        for scales in (*cuts, codec.num_rate_points):
+            path = whole if scales == codec.num_rate_points else Path(tmp) / f"cut{scales}.gvc"
+            if path != whole:
+                codec.truncate(whole, path, scales=scales)
+            decoded: list = []
+            dec = codec.decode(path, decoded.append)
+            size = path.stat().st_size
+            points.append({"scales": scales, "of_scales": codec.num_rate_points, "bytes": size, "bpp": size * 8 / source[..., 0].size,
+                           "decode_fps": dec.frames / dec.seconds, **distortion(np.stack(decoded), source)})  # fmt: skip
+    points[-1]["encode_fps"] = enc.frames / enc.seconds
+    return points
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The figures the demo prints, from its summary (also what the README quotes: make readme-figures)."""
     held, codec = summary["held_out"], summary["reference_codec"]
@@ -79,6 +116,15 @@ def summary_lines(summary: dict) -> list[str]:
             f"             quality {p['quality']}: {p['bpp']:.4f} bpp ({p['bytes']} bytes)   PSNR {p['psnr']:.2f} dB   "
             f"MS-SSIM {p['ms_ssim']:.4f}   encode {p['encode_fps']:.1f} / decode {p['decode_fps']:.1f} frames/s"
         )
+    progressive = summary.get("progressive_codec")
+    if progressive:
+        lines.append(f"progressive  {progressive['codec']}: one stream of {progressive['frames']} frames, cut with gvc truncate:")
+        for p in progressive["points"]:
+            what = "whole stream" if p["scales"] == p["of_scales"] else "cut"
+            lines.append(
+                f"             {p['scales']} of {p['of_scales']} scales ({what}): {p['bpp']:.4f} bpp ({p['bytes']} bytes)   "
+                f"PSNR {p['psnr']:.2f} dB   MS-SSIM {p['ms_ssim']:.4f}   decode {p['decode_fps']:.1f} frames/s"
+            )
     return lines
 
 
@@ -95,12 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         if not (SHARDS_DIR / split / "index.json").is_file():
             print(f"gvc_train.demo: no sample shards in {SHARDS_DIR / split}; run `make samples` first", file=sys.stderr)
             return 2
-    if not (REFERENCE_CODEC / "codec.json").is_file():
-        print(f"gvc_train.demo: the reference codec {REFERENCE_CODEC} is missing (it ships in the repository)", file=sys.stderr)
-        return 2
-    print(f"== 1/5 sample shards in {SHARDS_DIR}/{{train,val}}", flush=True)
+    for reference in (REFERENCE_CODEC, PROGRESSIVE_CODEC):
+        if not (reference / "codec.json").is_file():
+            print(f"gvc_train.demo: the reference codec {reference} is missing (it ships in the repository)", file=sys.stderr)
+            return 2
+    print(f"== 1/6 sample shards in {SHARDS_DIR}/{{train,val}}", flush=True)
 
-    print(f"== 2/5 training {RECIPE} (a fresh run in {RUN_DIR})", flush=True)
+    print(f"== 2/6 training {RECIPE} (a fresh run in {RUN_DIR})", flush=True)
     if RUN_DIR.exists():  # an earlier run (perhaps trained further by hand) is kept, under a new name
         kept = free_name(RUN_DIR.with_name(RUN_DIR.name + "-earlier"))
         RUN_DIR.rename(kept)
@@ -114,17 +161,20 @@ def main(argv: list[str] | None = None) -> int:
     steps = cli.trainer.global_step
     val = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
 
-    print(f"== 3/5 export to {EXPORT_DIR}", flush=True)
+    print(f"== 3/6 export to {EXPORT_DIR}", flush=True)
     last = RUN_DIR / "checkpoints" / "last.ckpt"
     written = export_checkpoint(last, EXPORT_DIR)
 
-    print("== 4/5 held-out reconstruction (exported component, no Lightning)", flush=True)
+    print("== 4/6 held-out reconstruction (exported component, no Lightning)", flush=True)
     held_out = reconstruct_held_out(EXPORT_DIR)
 
-    print(f"== 5/5 reference codec {REFERENCE_CODEC}: {CODEC_FRAMES} held-out frames to bitstream files and back", flush=True)
+    print(f"== 5/6 reference codec {REFERENCE_CODEC}: {CODEC_FRAMES} held-out frames to bitstream files and back", flush=True)
     from gvc_train.eval.codec_rd import codec_points
 
     codec = codec_points(REFERENCE_CODEC, held_out_video(), CODEC_FRAMES)
+
+    print(f"== 6/6 progressive codec {PROGRESSIVE_CODEC}: one stream of {CODEC_FRAMES} held-out frames, cut at {PROGRESSIVE_CUTS} scales", flush=True)
+    progressive = progressive_cuts(PROGRESSIVE_CODEC, held_out_video(), CODEC_FRAMES)
 
     summary = {
         "recipe": RECIPE,
@@ -136,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(last),
         "export": {name: str(path) for name, path in written.items()},
         "reference_codec": {"codec": str(REFERENCE_CODEC), "frames": CODEC_FRAMES, "points": codec},
+        "progressive_codec": {"codec": str(PROGRESSIVE_CODEC), "frames": CODEC_FRAMES, "points": progressive},
     }
     write_json(RUN_DIR / "demo_summary.json", summary, indent=2)
     print()
