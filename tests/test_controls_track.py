@@ -209,7 +209,7 @@ def _forged_tables(s: Stream) -> list[tuple[str, bytes]]:
         cases.append((f"version {version}", _table(good, version=version)))
     for count in (0, 2, 4, 33, 2**40):
         cases.append((f"count {count}", _table(good, count=count)))
-    for name in (b"segmentation", b"lumaa", b"Luma", b"lu-ma", b"", b"x" * 33, b"\xff", b"luma\n", b"__class__", b"a" * 32):
+    for name in (b"depth", b"lumaa", b"Luma", b"lu-ma", b"", b"x" * 33, b"\xff", b"luma\n", b"__class__", b"a" * 32):
         cases.append((f"name {name[:12]!r} ({len(name)} bytes)", _table([(name, b"{}"), edges, pose])))
     cases.append(("luma twice", _table([luma, luma, pose])))
     cases.append(("a fourth entry (flow)", _table([*good, (b"flow", canonical_settings({"factor": 10**18, "step": 0.125}).encode())])))

@@ -12,13 +12,13 @@ Built-in extractors are imported only when their name is first asked for
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import torch
+
+from gvc_train.named_classes import KeepsSettings, NamedClasses
 
 # The layout of every control, by name: what an extractor returns and a coder takes and gives back.
 LAYOUTS = {
@@ -33,6 +33,8 @@ LAYOUTS = {
     "caption": "str: one caption for the whole clip (UTF-8)",
 }  # fmt: skip
 
+_T = TypeVar("_T", bound=type)
+
 # Name -> "module:Class" of the built-in extractors (imported on first use).
 BUILTIN_EXTRACTORS: dict[str, str] = {
     "caption": "gvc_train.controls.caption:CaptionExtractor",
@@ -43,22 +45,18 @@ BUILTIN_EXTRACTORS: dict[str, str] = {
     "segmentation": "gvc_train.controls.segmentation:SegmentationExtractor",
 }
 
-_REGISTRY: dict[str, type[ControlExtractor]] = {}
-_T = TypeVar("_T", bound=type)
+_EXTRACTORS = NamedClasses(
+    "control extractor", BUILTIN_EXTRACTORS, unknown="unknown control {name!r}; known: {known}", bad_setting="control {name!r}: {error}"
+)
 
 
-class ControlExtractor(ABC):
+class ControlExtractor(KeepsSettings, ABC):
     """One kind of control. A subclass is registered under its name (:func:`register_extractor`,
     a key of :data:`LAYOUTS`), takes its settings as keyword arguments with defaults, keeps each
-    in the attribute of the same name, and implements :meth:`extract`."""
+    in the attribute of the same name (:meth:`settings` reads them back), and implements
+    :meth:`extract`."""
 
     name: ClassVar[str]
-
-    def settings(self) -> dict[str, Any]:
-        """The constructor's arguments (plain JSON): a subclass keeps each one in the attribute
-        of the same name, so this reads them back."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
 
     @abstractmethod
     def extract(self, clip_CThw: torch.Tensor, caption: str | None = None) -> Any:
@@ -70,35 +68,18 @@ def register_extractor(name: str) -> Callable[[_T], _T]:
     """Class decorator: make an extractor buildable as ``name`` (a key of :data:`LAYOUTS`)."""
     if name not in LAYOUTS:
         raise ValueError(f"no control layout named {name!r}: add it to LAYOUTS first ({', '.join(LAYOUTS)})")
-
-    def decorate(cls: _T) -> _T:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"control extractor {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
+    return _EXTRACTORS.register(name)
 
 
 def extractor_class(name: str) -> type[ControlExtractor]:
     """The extractor registered as ``name`` (importing its built-in module); ValueError otherwise."""
-    if name not in _REGISTRY and name in BUILTIN_EXTRACTORS:
-        module, _, cls = BUILTIN_EXTRACTORS[name].partition(":")
-        importlib.import_module(module)
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown control {name!r}; known: {', '.join(sorted(set(_REGISTRY) | set(BUILTIN_EXTRACTORS)))}")
-    return _REGISTRY[name]
+    return _EXTRACTORS.get(name)
 
 
 def build_extractor(name: str, **settings: Any) -> ControlExtractor:
     """A configured extractor; a wrong setting is a ValueError naming it."""
-    cls = extractor_class(name)
-    try:
-        return cls(**settings)
-    except TypeError as e:
-        raise ValueError(f"control {name!r}: {e}") from None
+    return _EXTRACTORS.build(name, **settings)
 
 
 def known_controls() -> list[str]:
-    return sorted(set(_REGISTRY) | set(BUILTIN_EXTRACTORS))
+    return _EXTRACTORS.names()

@@ -10,11 +10,11 @@ Built-in coders are imported only when their name is first asked for (:data:`BUI
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
+
+from gvc_train.named_classes import KeepsSettings, NamedClasses
 
 # Name -> "module:Class" of the built-in coders (imported on first use).
 BUILTIN_CODERS: dict[str, str] = {
@@ -26,23 +26,20 @@ BUILTIN_CODERS: dict[str, str] = {
     "segmentation": "gvc_train.coding.controls.segmentation:SegmentationCoder",
 }
 
-_REGISTRY: dict[str, type[ControlCoder]] = {}
+_CODERS = NamedClasses(
+    "control coder", BUILTIN_CODERS, unknown="no coder for control {name!r}; known: {known}", bad_setting="coder of control {name!r}: {error}"
+)
 _T = TypeVar("_T", bound=type)
 
 
-class ControlCoder(ABC):
-    """Codes one kind of control (layout: ``gvc_train.controls.registry.LAYOUTS[name]``).
+class ControlCoder(KeepsSettings, ABC):
+    """Codes one kind of control (layout: ``gvc_train.controls.registry.LAYOUTS[name]``); keeps
+    each constructor argument in the attribute of the same name (:meth:`settings` reads them back).
     ``lossless``: whether ``decode(encode(c))`` gives ``c`` exactly (else the coder's docstring
     states the error bound)."""
 
     name: ClassVar[str]
     lossless: ClassVar[bool] = True
-
-    def settings(self) -> dict[str, Any]:
-        """The constructor's arguments (plain JSON): a subclass keeps each one in the attribute
-        of the same name, so this reads them back."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
 
     @abstractmethod
     def encode(self, control: Any) -> bytes:
@@ -55,28 +52,12 @@ class ControlCoder(ABC):
 
 def register_coder(name: str) -> Callable[[_T], _T]:
     """Class decorator: make a coder buildable as ``name`` (a control name)."""
-
-    def decorate(cls: _T) -> _T:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"control coder {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
+    return _CODERS.register(name)
 
 
 def coder_class(name: str) -> type[ControlCoder]:
-    if name not in _REGISTRY and name in BUILTIN_CODERS:
-        importlib.import_module(BUILTIN_CODERS[name].partition(":")[0])
-    if name not in _REGISTRY:
-        raise ValueError(f"no coder for control {name!r}; known: {', '.join(sorted(set(_REGISTRY) | set(BUILTIN_CODERS)))}")
-    return _REGISTRY[name]
+    return _CODERS.get(name)
 
 
 def build_coder(name: str, **settings: Any) -> ControlCoder:
-    cls = coder_class(name)
-    try:
-        return cls(**settings)
-    except TypeError as e:
-        raise ValueError(f"coder of control {name!r}: {e}") from None
+    return _CODERS.build(name, **settings)
