@@ -70,6 +70,19 @@ def test_euler_on_a_straight_line_flow_recovers_x0(num_steps: int, shift: float)
         torch.testing.assert_close(denoise(velocity, noise, num_steps=num_steps, shift=shift), x0, rtol=0, atol=1e-5)
 
 
+def test_state_stays_float32_under_a_bf16_model() -> None:
+    x0, noise = torch.randn(SHAPE), torch.randn(SHAPE)
+    v_bf16 = (noise - x0).bfloat16()
+
+    def velocity(x: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == torch.float32
+        return v_bf16
+
+    out = denoise(velocity, noise, num_steps=8)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, noise - v_bf16.float(), rtol=0, atol=1e-5)
+
+
 def _conditioned(x: torch.Tensor, t_B: torch.Tensor, *, bias: torch.Tensor, dropped: dict[str, torch.Tensor]) -> torch.Tensor:
     keep = (~dropped["bias"]).float()[:, None, None, None, None]
     return 0.3 * x + keep * bias

@@ -85,15 +85,18 @@ def denoise(
     unconditional: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """Integrate from ``x_1 = noise`` (B x ..., e.g. B x C x T x h x w) to ``x_0`` in
-    ``num_steps`` Euler steps; returns ``x_0`` with ``noise``'s shape and dtype."""
+    ``num_steps`` Euler steps; returns ``x_0`` with ``noise``'s shape and dtype. The state between
+    steps is float32 (the model is called with it; a bf16 model casts or autocasts it)."""
     scheduler = make_scheduler(num_steps, shift)
-    x = noise
+    x = noise.float()
     batch = noise.shape[0]
     with torch.no_grad():
         for i, timestep in enumerate(scheduler.timesteps):
             t_B = scheduler.sigmas[i].to(device=noise.device, dtype=torch.float32).expand(batch)
             v = guided_velocity(velocity, x, t_B, conditions or {}, unconditional, guidance_scale)
-            x = scheduler.step(v, timestep, x, return_dict=False)[0]
+            # v in float32: diffusers casts the new state to the model output's dtype, and a
+            # bf16 state would round every step; the state stays float32 whatever the model runs in.
+            x = scheduler.step(v.float(), timestep, x, return_dict=False)[0]
     return x.to(noise.dtype)
 
 
