@@ -149,9 +149,54 @@ def _hidden_loss(module: nn.Module, inputs: dict[str, Any], out: Any) -> torch.T
     return hidden_BLC[mask_BL].square().mean()
 
 
+
+# A tiny ControlledVideoTransformer: 4-channel latent of 2 frames, two 1-channel controls at twice
+# the latent's size over 1 + (2 - 1) * 4 = 5 frames, 8-wide text.
+TINY_CONTROLLED_TRANSFORMER = dict(
+    latent_channels=4, patch_size=[1, 2, 2], width=16, depth=2, heads=2, mlp_ratio=2.0, text_dim=8,
+    controls={"luma": 1, "flow": 2}, control_depth=1, control_hidden=4, control_frames_per_latent=4,
+    control_scale=2, max_latent_frames=4,
+)  # fmt: skip
+
+
+def _controlled_transformer() -> nn.Module:
+    from gvc_train.models import ControlledVideoTransformer
+
+    return ControlledVideoTransformer(**TINY_CONTROLLED_TRANSFORMER)
+
+
+def _noisy_latent_and_conditions() -> dict[str, Any]:
+    key_mask = torch.zeros(2, 1, 2, 4, 4)
+    key_mask[:, :, 0] = 1
+    return {
+        "x_BCThw": torch.randn(2, 4, 2, 4, 4), "t_B": torch.rand(2),
+        "key_BCThw": torch.randn(2, 4, 2, 4, 4) * key_mask, "key_mask_B1Thw": key_mask,
+        "key_roles_BT": torch.tensor([[1, 0], [3, 0]]),
+        "controls": {"luma": torch.rand(2, 1, 5, 8, 8), "flow": torch.randn(2, 2, 5, 8, 8)},
+        "text_BLE": torch.randn(2, 3, 8), "text_mask_BL": torch.tensor([[True, True, True], [True, False, False]]),
+        "dropped": {"flow": torch.tensor([False, True])},
+    }  # fmt: skip
+
+
+def _velocity_loss(module: nn.Module, inputs: dict[str, Any], v: Any) -> torch.Tensor:
+    return (v - inputs["x_BCThw"]).square().mean()
+
+
+def _as_if_trained(module: nn.Module) -> None:
+    # A fresh model predicts exactly zero (adaLN-Zero, zero final layer, zero control hints):
+    # small random values there make the export round trip compare non-trivial outputs.
+    with torch.no_grad():
+        for param in module.parameters():
+            if not param.any():
+                param.copy_(0.1 * torch.randn_like(param))
+
 CASES = [
     ComponentCase("CausalVAE", make=_causal_vae, inputs=_video, loss=_tokenizer_loss),
     ComponentCase("DiffusersVAE", make=_diffusers_vae, inputs=_video, loss=_tokenizer_loss),
+    ComponentCase(
+        "ControlledVideoTransformer", make=_controlled_transformer, inputs=_noisy_latent_and_conditions,
+        loss=_velocity_loss, ready_for_export=_as_if_trained,
+    ),  # fmt: skip
     ComponentCase(
         "LatentVideoCodec", make=_latent_codec, inputs=_latents, loss=_rate_distortion_loss,
         ready_for_export=lambda codec: codec.update(force=True),  # the entropy tables travel with it

@@ -2,7 +2,8 @@
 
     tokenizer/   causal video VAE, diffusers VAE wrapper, the latent distribution
     latent/      the latent codec (GLVC-style) and its parts
-    controlled/  the controlled-generation family: the caption's text encoder
+    controlled/  the controlled-generation family: the caption's text encoder, the rectified-flow
+                 video transformer
     losses/      discriminator, GAN losses, LPIPS
     registry.py  the component registry (imports nothing from gvc_train)
     fixed_point.py, sample_noise.py   shared by families
@@ -21,6 +22,7 @@ from typing import Any
 # Exported name -> module that defines it. Components (registered under these names) first.
 BUILTIN_COMPONENTS = {
     "CausalVAE": "gvc_train.models.tokenizer.causal_vae",
+    "ControlledVideoTransformer": "gvc_train.models.controlled.transformer",
     "DiffusersVAE": "gvc_train.models.tokenizer.diffusers_vae",
     "LatentVideoCodec": "gvc_train.models.latent.latent_codec",
     "MultiScaleQuantizer": "gvc_train.models.progressive.quantizer",

@@ -1,2 +1,4 @@
 """The controlled-generation family's model side: what conditions the control-conditioned video
-diffusion model (the caption's text encoder so far)."""
+diffusion model (the caption's text encoder) and the model itself: the rectified-flow video
+transformer (transformer.py; its blocks, embeddings and control encoder beside it). The
+flow-matching convention, modality dropout and sampling it is used with live in models/flow/."""

@@ -1,0 +1,290 @@
+"""ControlledVideoTransformer: the rectified-flow velocity model of the controlled family.
+
+``forward(x_BCThw, t_B, ...) -> v_BCThw``: the velocity ``noise - x0`` at ``x_t = (1 - t) x0 + t
+noise`` (the convention of ``gvc_train.models.flow.matching``: t = 0 is data, t = 1 pure noise;
+the model takes ``t`` itself, not ``1000 t``), ``x`` a ``B x C x t x h x w`` tokenizer latent
+(``C = latent_channels``), ``t_B`` float in [0, 1]. Conditions, every one optional:
+
+* **keyframes**: ``key_BCThw`` (latents of the known frames at their latent-frame positions, zero
+  elsewhere), ``key_mask_B1Thw`` (1 = known, 0 = to generate; float or bool) and ``key_roles_BT``
+  (int64 index into :data:`KEY_ROLES` per latent frame: none / first / last / adaptive);
+* **controls**: ``{name: map_BCThw}``, one float map per modality the model was built with
+  (``controls`` in the config: name -> channels), on the grid ``control_encoder.py`` describes
+  (video frames and size for the defaults ``control_frames_per_latent=4, control_scale=8``);
+* **text**: ``text_BLE`` (``B x L x text_dim`` hidden states of ``TextEncoder``) and ``text_mask_BL``
+  (bool, True on real tokens);
+* **dropped**: ``{name: bool B}`` decided by the caller (``models/flow/modality_dropout.py`` in
+  training, a fixed subset for classifier-free guidance at sampling): a dropped control is
+  replaced by its learned null embedding, dropped text leaves only the null text token, dropped
+  ``"keyframes"`` clears the keyframe input. A modality absent from ``controls`` (or text
+  absent) counts as dropped for every sample, so any subset can be given at sampling.
+
+**Architecture.** ``[x, key, key_mask]`` (``2C + 1`` channels) are 3D-patchified (``patch_size``
+over t, h, w) into ``N`` tokens of ``width``; :class:`DiTBlock` s (space-time self-attention with 3D
+RoPE, text cross-attention, MLP, adaLN-Zero on the timestep) map them; a final adaLN layer
+(zero-initialised: a fresh model predicts zero) unpatchifies the velocity. The control pathway:
+each modality's :class:`ControlEncoder` puts its map on the token grid; their sum is the context of
+``control_depth`` :class:`ContextBlock` s whose zero-initialised hints are added to the main stream
+before evenly spaced main blocks (VACE / ControlNet): an untrained pathway changes nothing.
+
+**Role-aware embeddings.** Every conditioning input carries a learned embedding of what it is
+and where it belongs: keyframe frames their role's embedding (:data:`KEY_ROLES`) plus a learned
+embedding of their latent-frame index; each control modality its own role embedding plus a
+learned embedding of the token frame; text a text-role embedding (text is clip-level: no frame).
+So the same values under two roles condition differently.
+
+**Precision and memory.** Works under ``torch.autocast(dtype=torch.bfloat16)`` (RoPE and the
+timestep sinusoids stay float32; q/k are RMS-normalised); ``gradient_checkpointing`` (config or
+attribute) recomputes each block in the backward pass, same outputs and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from gvc_train.models.controlled.blocks import ContextBlock, DiTBlock, modulate
+from gvc_train.models.controlled.control_encoder import ControlEncoder
+from gvc_train.models.controlled.embeddings import KEY_ROLE_NONE, KEY_ROLES, TimestepEmbedding, rope_3d
+from gvc_train.models.registry import register_component
+
+MAX_PARAMETERS = 1 << 32
+# Names of conditions that are not control modalities (keys of ``dropped`` too).
+TEXT, KEYFRAMES = "text", "keyframes"
+
+
+def estimated_parameters(width: int, depth: int, control_depth: int, mlp_ratio: float) -> float:
+    """About the parameter count: per block self- and cross-attention (8 D^2), adaLN (6 D^2) and
+    the MLP (2 mlp_ratio D^2); a context block adds its hint (D^2)."""
+    per_block = width * width * (14 + 2 * mlp_ratio)
+    return (depth + control_depth) * per_block + control_depth * width * width
+
+
+@register_component("ControlledVideoTransformer")
+class ControlledVideoTransformer(nn.Module):
+    """Rectified-flow velocity model over tokenizer latents with keyframe, control and text
+    conditioning (module docstring).
+
+    ``latent_channels``: C of the tokenizer's latent. ``patch_size``: (t, h, w) of a token.
+    ``width``, ``depth``, ``heads``, ``mlp_ratio``: the main transformer. ``text_dim``: the text
+    encoder's hidden size. ``controls``: modality name -> channels of its map (empty: no control
+    pathway). ``control_depth``: context blocks. ``control_hidden``: channels of the light
+    control encoders. ``control_frames_per_latent``, ``control_scale``: the control maps' frame
+    grouping and spatial factor over the latent grid. ``max_latent_frames``: size of the learned
+    frame-position tables. A CPU test size: ``width=32, depth=2, heads=2, control_depth=1``.
+    """
+
+    config_bounds = {
+        "latent_channels": (1, 256), "patch_size": (1, 8), "len(patch_size)": (3, 3), "width": (8, 8192),
+        "depth": (1, 64), "heads": (1, 128), "mlp_ratio": (0.25, 8.0), "text_dim": (1, 16384),
+        "control_depth": (0, 64), "control_hidden": (1, 1024), "control_frames_per_latent": (1, 16),
+        "control_scale": {1, 2, 4, 8, 16}, "max_latent_frames": (1, 4096), "rope_theta": (1.0, 1e7),
+        "gradient_checkpointing": {True, False},
+    }  # fmt: skip
+
+    def __init__(
+        self,
+        latent_channels: int = 16,
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        width: int = 384,
+        depth: int = 8,
+        heads: int = 6,
+        mlp_ratio: float = 4.0,
+        text_dim: int = 512,
+        controls: dict[str, int] | None = None,
+        control_depth: int = 4,
+        control_hidden: int = 64,
+        control_frames_per_latent: int = 4,
+        control_scale: int = 8,
+        max_latent_frames: int = 64,
+        rope_theta: float = 10000.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        controls = dict(controls or {})
+        for name, channels in controls.items():
+            if not (isinstance(name, str) and name.isidentifier() and len(name) <= 64) or name in (TEXT, KEYFRAMES):
+                raise ValueError(f"control modality name {name!r}: a short identifier other than {TEXT!r} and {KEYFRAMES!r}")
+            if not 1 <= int(channels) <= 1024:
+                raise ValueError(f"control {name!r}: channels must be in [1, 1024], got {channels}")
+        if width % heads:
+            raise ValueError(f"width {width} is not a multiple of heads {heads}")
+        if control_depth > depth:
+            raise ValueError(f"control_depth {control_depth} exceeds depth {depth} (one context block per main block at most)")
+        estimate = estimated_parameters(width, depth, control_depth if controls else 0, mlp_ratio)
+        if estimate > MAX_PARAMETERS:
+            raise ValueError(f"about {estimate:.3g} parameters is more than {MAX_PARAMETERS}")
+        self.latent_channels = latent_channels
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.heads, self.rope_theta, self.max_latent_frames = heads, rope_theta, max_latent_frames
+        self.control_names = sorted(controls)  # sorted: the sum's order must not follow the JSON's
+        self.gradient_checkpointing = gradient_checkpointing
+
+        self.patch_embed = nn.Conv3d(2 * latent_channels + 1, width, kernel_size=self.patch_size, stride=self.patch_size)
+        self.time_embed = TimestepEmbedding(width)
+        # Role-aware embeddings (module docstring); small random, so roles differ from the start.
+        self.key_role_embed = nn.Parameter(0.02 * torch.randn(len(KEY_ROLES), width))
+        self.key_frame_embed = nn.Parameter(0.02 * torch.randn(max_latent_frames, width))
+        self.text_proj = nn.Linear(text_dim, width)
+        self.text_role = nn.Parameter(0.02 * torch.randn(width))
+        self.text_null = nn.Parameter(0.02 * torch.randn(width))  # always attended: dropped text leaves it alone
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, width) for _ in range(depth))
+
+        self.control_encoders = nn.ModuleDict(
+            {
+                name: ControlEncoder(int(channels), width, control_hidden, self.patch_size, control_frames_per_latent, control_scale)
+                for name, channels in controls.items()
+            }
+        )
+        self.control_role = nn.ParameterDict({name: nn.Parameter(0.02 * torch.randn(width)) for name in controls})
+        self.control_null = nn.ParameterDict({name: nn.Parameter(0.02 * torch.randn(width)) for name in controls})
+        self.control_frame_embed = nn.Parameter(0.02 * torch.randn(max_latent_frames, width)) if controls else None
+        n_context = control_depth if controls else 0
+        self.context_blocks = nn.ModuleList(ContextBlock(width, heads, mlp_ratio, width) for _ in range(n_context))
+        # Context block j hints main block inject_at[j]: evenly spaced from the first.
+        self.inject_at = [j * depth // n_context for j in range(n_context)] if n_context else []
+
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Linear(width, 2 * width)
+        self.final_out = nn.Linear(width, math.prod(self.patch_size) * latent_channels)
+        for zero in (self.final_ada, self.final_out):
+            nn.init.zeros_(zero.weight)
+            nn.init.zeros_(zero.bias)
+
+    # ---- conditioning -------------------------------------------------------------------------
+
+    def _token_grid(self, x_BCThw: torch.Tensor) -> tuple[int, int, int]:
+        grid = []
+        for size, patch, axis in zip(x_BCThw.shape[2:], self.patch_size, "thw"):
+            if size % patch:
+                raise ValueError(f"latent {axis} = {size} is not a multiple of the patch size {patch} (patch_size {self.patch_size})")
+            grid.append(size // patch)
+        if x_BCThw.shape[2] > self.max_latent_frames:
+            raise ValueError(f"{x_BCThw.shape[2]} latent frames exceed max_latent_frames {self.max_latent_frames}")
+        return grid[0], grid[1], grid[2]
+
+    def _keyframe_input(
+        self, x_BCThw: torch.Tensor, key_BCThw: torch.Tensor | None, key_mask_B1Thw: torch.Tensor | None,
+        key_roles_BT: torch.Tensor | None, dropped_B: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """``([x, key, key_mask] B x (2C + 1) x T x h x w, roles_BT)``, absent or dropped keyframes cleared."""
+        B, C, T = x_BCThw.shape[:3]
+        key = torch.zeros_like(x_BCThw) if key_BCThw is None else key_BCThw.to(x_BCThw.dtype)
+        mask = torch.zeros_like(x_BCThw[:, :1]) if key_mask_B1Thw is None else key_mask_B1Thw.to(x_BCThw.dtype)
+        roles = torch.full((B, T), KEY_ROLE_NONE, dtype=torch.long, device=x_BCThw.device) if key_roles_BT is None else key_roles_BT.long()
+        if key.shape != x_BCThw.shape or mask.shape != (B, 1, *x_BCThw.shape[2:]) or roles.shape != (B, T):
+            raise ValueError(
+                f"keyframes {tuple(key.shape)}, mask {tuple(mask.shape)}, roles {tuple(roles.shape)} do not fit the latent {tuple(x_BCThw.shape)}"
+            )
+        if roles.numel() and (roles.min() < 0 or roles.max() >= len(KEY_ROLES)):
+            raise ValueError(f"keyframe roles must index {KEY_ROLES}")
+        if dropped_B is not None:
+            keep = ~dropped_B
+            key, mask = key * keep.view(B, 1, 1, 1, 1), mask * keep.view(B, 1, 1, 1, 1)
+            roles = torch.where(keep[:, None], roles, KEY_ROLE_NONE)
+        return torch.cat([x_BCThw, key, mask], dim=1), roles
+
+    def _keyframe_embedding(self, roles_BT: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``B x N x D``: each latent frame's role embedding, plus its frame's embedding where a
+        keyframe is, averaged over a token's frames and spread over its frame's tokens."""
+        B, T = roles_BT.shape
+        known_BT1 = (roles_BT != KEY_ROLE_NONE).unsqueeze(-1).to(self.key_frame_embed.dtype)
+        per_frame_BTD = self.key_role_embed[roles_BT] + known_BT1 * self.key_frame_embed[:T]
+        per_token_frame_BtD = per_frame_BTD.view(B, grid[0], self.patch_size[0], -1).mean(dim=2)
+        return per_token_frame_BtD.repeat_interleave(grid[1] * grid[2], dim=1)
+
+    def _text(
+        self, text_BLE: torch.Tensor | None, text_mask_BL: torch.Tensor | None, dropped_B: torch.Tensor | None, B: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens_B(1+L)D, mask_B(1+L))``: the null token, then the projected text with its role."""
+        null_B1D = self.text_null.view(1, 1, -1).expand(B, 1, -1)
+        if text_BLE is None:
+            return null_B1D, torch.ones(B, 1, dtype=torch.bool, device=device)
+        mask_BL = torch.ones(text_BLE.shape[:2], dtype=torch.bool, device=device) if text_mask_BL is None else text_mask_BL.bool()
+        if dropped_B is not None:
+            mask_BL = mask_BL & ~dropped_B[:, None]
+        tokens_BLD = self.text_proj(text_BLE.to(self.text_proj.weight.dtype)) + self.text_role
+        tokens = torch.cat([null_B1D.to(tokens_BLD.dtype), tokens_BLD], dim=1)
+        return tokens, torch.cat([torch.ones(B, 1, dtype=torch.bool, device=device), mask_BL], dim=1)
+
+    def _control_context(
+        self, controls: Mapping[str, torch.Tensor], dropped: Mapping[str, torch.Tensor], latent_thw: tuple[int, int, int],
+        grid: tuple[int, int, int], B: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """``B x N x D``: the sum over modalities of (encoded map + role) or the null embedding."""
+        N = math.prod(grid)
+        frame_BND = self.control_frame_embed[: grid[0]].repeat_interleave(grid[1] * grid[2], dim=0).expand(B, N, -1)
+        context_BND = frame_BND
+        for name in self.control_names:  # sorted: a fixed order of summation
+            null_BND = self.control_null[name].view(1, 1, -1).expand(B, N, -1)
+            if name not in controls:
+                context_BND = context_BND + null_BND
+                continue
+            encoded_BND = self.control_encoders[name](controls[name], latent_thw) + self.control_role[name]
+            dropped_B = dropped.get(name)
+            if dropped_B is not None:
+                encoded_BND = torch.where(dropped_B.view(B, 1, 1), null_BND.to(encoded_BND.dtype), encoded_BND)
+            context_BND = context_BND + encoded_BND
+        return context_BND
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def _run(self, block: nn.Module, *args: Any) -> Any:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def forward(
+        self,
+        x_BCThw: torch.Tensor,
+        t_B: torch.Tensor,
+        key_BCThw: torch.Tensor | None = None,
+        key_mask_B1Thw: torch.Tensor | None = None,
+        key_roles_BT: torch.Tensor | None = None,
+        controls: Mapping[str, torch.Tensor] | None = None,
+        text_BLE: torch.Tensor | None = None,
+        text_mask_BL: torch.Tensor | None = None,
+        dropped: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The velocity ``v_BCThw`` (shape and dtype of ``x_BCThw``) at ``(x_t, t)`` (module docstring)."""
+        controls, dropped = dict(controls or {}), {k: v.bool() for k, v in (dropped or {}).items()}
+        unknown = sorted(set(controls) - set(self.control_names)) + sorted(set(dropped) - {*self.control_names, TEXT, KEYFRAMES})
+        if unknown:
+            raise ValueError(f"unknown condition(s) {unknown}; this model knows controls {self.control_names}, {TEXT!r}, {KEYFRAMES!r}")
+        B, C, T, H, W = x_BCThw.shape
+        if C != self.latent_channels:
+            raise ValueError(f"the latent has {C} channels, the model {self.latent_channels}")
+        grid = self._token_grid(x_BCThw)
+        t_B = t_B.expand(B) if t_B.ndim == 0 else t_B
+
+        inputs_BCThw, roles_BT = self._keyframe_input(x_BCThw, key_BCThw, key_mask_B1Thw, key_roles_BT, dropped.get(KEYFRAMES))
+        tokens_BND = self.patch_embed(inputs_BCThw.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
+        tokens_BND = tokens_BND + self._keyframe_embedding(roles_BT, grid).to(tokens_BND.dtype)
+        c_BD = self.time_embed(t_B)
+        text_BLD, text_mask_BL = self._text(text_BLE, text_mask_BL, dropped.get(TEXT), B, x_BCThw.device)
+        rope = rope_3d(grid, tokens_BND.shape[-1] // self.heads, self.rope_theta, x_BCThw.device)
+
+        context_BND = self._control_context(controls, dropped, (T, H, W), grid, B) if self.context_blocks else None
+        hint_for = dict(zip(self.inject_at, self.context_blocks))
+        for i, block in enumerate(self.blocks):
+            if i in hint_for:
+                context_BND, hint_BND = self._run(hint_for[i], context_BND, tokens_BND, c_BD, rope, text_BLD, text_mask_BL)
+                tokens_BND = tokens_BND + hint_BND
+            tokens_BND = self._run(block, tokens_BND, c_BD, rope, text_BLD, text_mask_BL)
+
+        shift_BD, scale_BD = self.final_ada(F.silu(c_BD)).chunk(2, dim=-1)
+        patches_BNP = self.final_out(modulate(self.final_norm(tokens_BND), shift_BD, scale_BD))
+        return self._unpatchify(patches_BNP, grid).to(x_BCThw.dtype)
+
+    def _unpatchify(self, patches_BNP: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        B = patches_BNP.shape[0]
+        (t, h, w), (pt, ph, pw), C = grid, self.patch_size, self.latent_channels
+        x = patches_BNP.view(B, t, h, w, C, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return x.reshape(B, C, t * pt, h * ph, w * pw)
+
