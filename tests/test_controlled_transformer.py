@@ -169,3 +169,23 @@ def test_bad_input_and_bounds_are_clear_errors() -> None:
         ControlledVideoTransformer(width=8192, depth=64, heads=64)
     with pytest.raises(ValueError, match="modality name"):
         ControlledVideoTransformer(**{**TINY, "controls": {"text": 1}})
+
+
+def test_control_maps_from_their_layouts() -> None:
+    from gvc_train.models.controlled.control_maps import control_map, map_channels
+
+    T, size = 5, (8, 8)
+    luma = control_map("luma", torch.full((T, 16, 16), 255, dtype=torch.uint8), size)
+    assert luma.shape == (1, T, 8, 8) and torch.allclose(luma, torch.ones_like(luma))
+    labels = torch.randint(0, 3, (T, 8, 8), dtype=torch.uint8)
+    segmentation = control_map("segmentation", labels, size, classes=3)
+    assert segmentation.shape == (3, T, 8, 8) and torch.equal(segmentation.argmax(0), labels.long())
+    flow = control_map("flow", torch.ones(T - 1, 2, 4, 4), size)
+    assert flow.shape == (2, T, 8, 8) and not flow[:, 0].any() and torch.allclose(flow[:, 1:], torch.full_like(flow[:, 1:], 2.0))
+    people = [torch.tensor([[[4.5 / 8, 2.5 / 8, 1.0], [0.0, 0.0, 0.0]]])] + [torch.zeros(0, 2, 3)] * (T - 1)
+    pose = control_map("pose", people, size, joints=2)
+    assert pose.shape == (2, T, 8, 8) and pose[0, 0].max() > 0.5 and not pose[1].any() and not pose[:, 1:].any()
+    assert pose[0, 0].argmax() == 2 * 8 + 4 and pose[0, 0].max() == 1.0  # the centre of row 2, column 4
+    assert map_channels("pose", joints=17) == 17
+    with pytest.raises(ValueError, match="no map"):
+        map_channels("caption")

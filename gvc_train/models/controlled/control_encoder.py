@@ -5,9 +5,10 @@
 the video's frame grid: ``T = 1 + (t - 1) * frames_per_latent`` frames of ``H x W = (h * scale) x
 (w * scale)`` pixels for a ``t x h x w`` latent, i.e. the tokenizer's own frame count and the
 video's size for ``frames_per_latent=4, scale=8`` (the latent grid itself for ``1, 1``). Values
-are the caller's to normalise (luma / 255, an edge map 0/1, a segmentation one-hot over its
-classes, flow in grid pixels with a zero first frame, pose as one heatmap per joint: the pose
-layout is a list of people per frame, so the caller renders it; nothing here reads people).
+are the caller's to normalise: ``control_maps.control_map`` makes them from each layout (luma /
+255, an edge map 0/1, a segmentation one-hot over its classes, flow in grid pixels with a zero
+first frame, pose rendered as one heatmap per joint by ``control_maps.pose_heatmaps``, the hook to
+replace for another rendering; nothing here reads people).
 
 **Encoder.** Frames are folded into channels the way the causal tokenizer groups them (the first
 frame alone, repeated to fill its group; then groups of ``frames_per_latent``), then stride-2
