@@ -56,3 +56,28 @@ def fuzz(decode: Callable[[bytes], Any], data: bytes, body_start: int, seed: int
         else:
             outcomes["decoded"] += 1
     return outcomes
+
+
+def assert_lossless_and_smaller(coders: list[Any], control: torch.Tensor, baselines: dict[str, float], ratio: float) -> bytes:
+    """Each coder round-trips ``control`` exactly, writes the same bytes twice (integer arithmetic
+    only) and fewer than ``ratio`` times every baseline's bits; the first coder's bytes."""
+    first = None
+    for coder in coders:
+        data = coder.encode(control)
+        assert torch.equal(coder.decode(data), control), coder.settings()
+        assert coder.encode(control) == data, "coding twice gives other bytes"
+        for name, bits in baselines.items():
+            assert 8 * len(data) < ratio * bits, (coder.settings(), name, 8 * len(data), bits)
+        first = data if first is None else first
+    return first
+
+
+def assert_refuses_damage(coder: Any, control: Any, tag: bytes, name: str) -> bytes:
+    """Truncations and flips of ``coder``'s payload of ``control`` are refused at least as often as
+    they decode, each in one BitstreamError (``fuzz``); the payload."""
+    from gvc_train.coding.controls.payload import PayloadReader
+
+    data = coder.encode(control)
+    outcomes = fuzz(coder.decode, data, len(data) - len(PayloadReader(data, tag, name).body()))
+    assert outcomes["refused"] >= outcomes["decoded"], outcomes
+    return data

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from control_coding_cases import VIDEOS, clip, fuzz
+from control_coding_cases import VIDEOS, assert_refuses_damage, clip
 from gvc_train.coding.container import BitstreamError
-from gvc_train.coding.controls.payload import PayloadReader, seal
+from gvc_train.coding.controls.payload import seal
 from gvc_train.coding.controls.registry import build_coder
 from gvc_train.controls.registry import build_extractor
 
@@ -85,9 +85,7 @@ def test_luma_coder_odd_sizes_extremes_and_no_frames() -> None:
 def test_luma_coder_refuses_damage_and_foreign_payloads() -> None:
     luma = build_extractor("luma").extract(clip("bikes.mp4"))[:2]
     coder = build_coder("luma")
-    data = coder.encode(luma)
-    outcomes = fuzz(coder.decode, data, len(data) - len(PayloadReader(data, b"L1", "luma").body()))
-    assert outcomes["refused"] >= outcomes["decoded"]
+    data = assert_refuses_damage(coder, luma, b"L1", "luma")
     with pytest.raises(BitstreamError, match="max_error"):
         build_coder("luma", max_error=1).decode(data)
     with pytest.raises(BitstreamError, match="not a luma payload"):
