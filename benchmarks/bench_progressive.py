@@ -268,7 +268,7 @@ def codec_rows(r: dict[str, Any]) -> list[str]:
             label = f"all {top} scales ({b['codec']['bpp']:.3f} bpp)"
         else:
             c = r["cut"]
-            label = f"cut after {c['scales']} of {c['of_scales']} scales ({r['cut_bpp']:.3f} bpp; the rest predicted)"
+            label = f"cut after {c['scales']} of {c['of_scales']} scales ({r['cut_bpp']:.3f} bpp; the rest filled as gvc decode does)"
         ours, base, alone = fps[name], fps["latent_decode"], fps[f"{name}_latents_only"]
         rows.append(
             f"| {family} codec decode, {what}, {label} | {ours:.2f} frames/s (latents only, no pixels: {alone:.1f}) "

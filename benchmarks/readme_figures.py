@@ -150,6 +150,7 @@ def bench_table(bench: dict[str, Any]) -> str:
 def bench_summary(bench: dict[str, Any]) -> str:
     pipeline = bench["pipeline"]
     train = [bench[k]["lightning_over_plain"] for k in ("tokenizer_training", "latent_codec_training")]
+    train += [stage["lightning_over_plain"] for stage in bench.get("progressive_training", {}).values()]
     e, lat, ddp = bench["entropy"], bench["latents"], bench["ddp_scaling"]
     mem = bench["codec"]["memory"]
     speed = list(bench["codec"]["speed"].values())
@@ -160,6 +161,7 @@ def bench_summary(bench: dict[str, Any]) -> str:
     default_growth = [1 + mem[f"{k}_default_malloc_growth"] for k in ("encode", "decode")]
     growth = [1 + mem[f"{k}_growth"] for k in ("encode", "decode")]
     controls = _controls_summary(bench["controls"]) if "controls" in bench else ""  # runs before issue 14 lack it
+    progressive = _progressive_summary(bench["progressive_codec"]) if "fps" in bench.get("progressive_codec", {}) else ""
     return (
         f"\n- **Data.** The sample shards come out of the pipeline at {_span(sample, '.2f')}x the speed of a PyAV "
         f"decode of the same clips per worker; at source pixels (bikes 640x272, bigbuckbunny 1280x720) at "
@@ -176,7 +178,19 @@ def bench_summary(bench: dict[str, Any]) -> str:
         f"fixed mmap threshold; with glibc's default one the peak moves by {_span(default_growth, '.3f')}x). On a CPU "
         f"the tiny codec is far slower than x265 (encode {_span(enc, '.3f')}x, decode {_span(dec, '.3f')}x of one "
         f"x265 thread): its tokenizer decoder's 3D convolutions dominate. It is meant for GPUs; the rows are here to "
-        f"catch regressions.\n" + controls
+        f"catch regressions.\n" + progressive + controls
+    )
+
+
+def _progressive_summary(p: dict[str, Any]) -> str:
+    fps, bits = p["fps"], p["bits"]["codec"]
+    return (
+        f"- **Progressive codec.** Decoding with pixels runs at {fps['decode'] / fps['latent_decode']:.2f}x the latent "
+        f"codec's speed (the shared tokenizer decoder dominates); tokens to latents alone at "
+        f"{fps['decode_latents_only'] / fps['latent_decode_latents_only']:.2f}x (the context transformer's cost, one "
+        f"pass per scale), and a stream cut after {p['cut']['scales']} of {p['cut']['of_scales']} scales decodes its "
+        f"latents {fps['cut_decode_latents_only'] / fps['decode_latents_only']:.1f}x faster. Its ANS strings are "
+        f"{bits['written_over_model']:.4f}x the model's bits on {p['frames']} frames (one flush a group).\n"
     )
 
 
