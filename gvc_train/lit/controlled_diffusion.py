@@ -1,0 +1,283 @@
+"""The controlled family's training stage: a rectified flow over a frozen tokenizer's latents,
+conditioned on keyframes, control maps and (optionally) text.
+
+Each batch's clip latent ``x0`` (latent shards, or ``video`` encoded on the fly:
+:func:`~gvc_train.lit.tokenizer_latents.clip_latent`, times ``latent_scale``) is the data of the
+flow (``gvc_train.models.flow.matching``: ``x_t = (1 - t) x0 + t noise``, velocity ``noise - x0``).
+The :class:`~gvc_train.models.controlled.transformer.ControlledVideoTransformer` sees:
+
+- **keyframes**: the clean latent at the policy's latent frames (``keyframes``: ``"first"`` is
+  latent frame 0 with role first, ``"last"`` the last with role last, an int ``i`` frame ``i``
+  (negative from the end) with role adaptive; default first and last, as cvg);
+- **controls**: ``batch["controls"][name]`` in its layout (``gvc_train/data/control_batch.py``)
+  turned into the model's float maps by :func:`~gvc_train.models.controlled.control_maps.control_map`
+  on the grid the model expects (latent size times ``control_scale``);
+- **text**: the captions (``batch["controls"]["caption"]`` or ``batch["caption"]``) through a
+  frozen ``text_encoder``, when one is given.
+
+**Modality dropout** (:class:`~gvc_train.models.flow.modality_dropout.ModalityDropout`): every
+modality has its drop probability (``dropout``, name -> p; unnamed ones ``default_dropout``) and
+all of them drop at once with ``dropout_all_p`` (classifier-free guidance's unconditional samples).
+
+**Loss**: the flow-matching MSE per sample, averaged over the latent positions the model must
+generate: where keyframes are kept their own frames are given and do not count. Times and noise
+are drawn through keyed noise (``step_noise``), so a DDP split draws what one process draws.
+Logged per modality: ``train/dropped_{m}`` (share of the batch without it) and the loss on the
+samples that kept it (``train/loss_kept_{m}``) and that dropped it (``train/loss_dropped_{m}``),
+each only when the batch has such samples.
+
+**EMA**: ``ema_transformer`` follows the trained weights (decay ``min(ema_decay, (1 + n) / (10 +
+n))`` at optimizer step n: early steps follow faster); it is in checkpoints and it is what
+``gvc-export`` writes as ``transformer`` (its state prefix is ``ema_transformer.``: no export-side
+change). Validation runs the EMA model (``loss``) and the raw one (``loss_raw``) at fixed times
+(``val_times``) with noise seeded by ``val_seed``: every validation sees the same draws.
+
+Exports ``{"tokenizer", "transformer"}``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from gvc_train.lit.optim import clip_grad_norm
+from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
+from gvc_train.lit.step_guard import step_noise
+from gvc_train.lit.tokenizer_latents import clip_latent
+from gvc_train.models import sample_noise
+from gvc_train.models.controlled.control_maps import control_map
+from gvc_train.models.controlled.embeddings import KEY_ROLES
+from gvc_train.models.controlled.transformer import KEYFRAMES, TEXT, ControlledVideoTransformer
+from gvc_train.models.flow.matching import TimeSampling, interpolate, target_velocity
+from gvc_train.models.flow.modality_dropout import ModalityDropout, drop_masks
+from gvc_train.models.flow.sampler import sample as flow_sample
+
+
+class ControlledDiffusionModule(StageModule):
+    """Train a ``ControlledVideoTransformer`` on a frozen tokenizer's latents (module docstring).
+
+    Args:
+        transformer: the velocity model; its ``latent_channels`` must be the tokenizer's.
+        tokenizer_path, tokenizer: the frozen tokenizer, a ``gvc-export`` folder or a module.
+        text_encoder: a frozen ``TextEncoder`` for the captions (None: no text).
+        keyframes: the training keyframe policy ("first", "last", or latent-frame ints).
+        dropout, default_dropout, dropout_all_p: modality dropout (names: the transformer's
+            controls, ``"keyframes"``, ``"text"``).
+        time_kind, time_mean, time_std, time_shift: :class:`TimeSampling` of training times.
+        latent_scale: the latent is multiplied by it before the flow (about unit variance).
+        ema_decay: decay of the exported EMA weights.
+        val_times, val_seed: validation's fixed times and noise seed.
+        lr, betas, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up.
+    """
+
+    stage_name = "the controlled diffusion stage"
+    exported_components = {"tokenizer": "tokenizer", "transformer": "ema_transformer"}
+    frozen_components = ("tokenizer", "ema_transformer", "text_encoder")
+    progress_bar_metrics = ("loss",)
+
+    def __init__(
+        self,
+        transformer: ControlledVideoTransformer,
+        tokenizer_path: str | None = None,
+        tokenizer: nn.Module | None = None,
+        text_encoder: nn.Module | None = None,
+        keyframes: Sequence[int | str] = ("first", "last"),
+        dropout: Mapping[str, float] | None = None,
+        default_dropout: float = 0.1,
+        dropout_all_p: float = 0.1,
+        time_kind: str = "logit_normal",
+        time_mean: float = 0.0,
+        time_std: float = 1.0,
+        time_shift: float = 1.0,
+        latent_scale: float = 1.0,
+        ema_decay: float = 0.999,
+        val_times: Sequence[float] = (0.25, 0.5, 0.75),
+        val_seed: int = 0,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.01,
+        warmup_steps: int = 0,
+        grad_clip: float | None = 1.0,
+        max_consecutive_nonfinite: int = 100,
+    ) -> None:
+        super().__init__(max_consecutive_nonfinite)
+        tokenizer = load_streaming_tokenizer(tokenizer_path, tokenizer, self.stage_name)
+        channels = getattr(tokenizer, "latent_channels", transformer.latent_channels)
+        if channels != transformer.latent_channels:
+            raise ValueError(f"the transformer takes {transformer.latent_channels} latent channels, the tokenizer gives {channels}")
+        for key in keyframes:
+            if not (isinstance(key, int) or key in ("first", "last")):
+                raise ValueError(f"keyframe {key!r}: 'first', 'last' or a latent-frame index")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.save_hyperparameters(ignore=["transformer", "tokenizer", "text_encoder"])
+        self.transformer = transformer
+        self.ema_transformer = copy.deepcopy(transformer)  # frozen_components: eval, no gradients
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.times = TimeSampling(time_kind, time_mean, time_std, time_shift)  # type: ignore[arg-type]
+        # The dropout's columns in a fixed order: controls (sorted), keyframes, text.
+        names = [*transformer.control_names, *([KEYFRAMES] if keyframes else []), *([TEXT] if text_encoder is not None else [])]
+        dropout = dict(dropout or {})
+        unknown = sorted(set(dropout) - set(names))
+        if unknown:
+            raise ValueError(f"dropout for {unknown}: this stage's modalities are {names}")
+        self.dropout = ModalityDropout({n: dropout.get(n, default_dropout) for n in names}, dropout_all_p)
+
+    # ---- conditions ---------------------------------------------------------------------
+    def keyframe_conditions(self, x0_BCThw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``key_BCThw`` (the clean latent at the policy's frames), ``key_mask_B1Thw``, ``key_roles_BT``."""
+        B, _, T = x0_BCThw.shape[:3]
+        roles_T = torch.zeros(T, dtype=torch.long, device=x0_BCThw.device)
+        for key in self.hparams.keyframes:
+            frame = 0 if key == "first" else T - 1 if key == "last" else int(key) % T
+            roles_T[frame] = KEY_ROLES.index(key if key in ("first", "last") else "adaptive")
+        mask_B1Thw = (roles_T != 0).view(1, 1, T, 1, 1).to(x0_BCThw.dtype).expand(B, 1, T, *x0_BCThw.shape[3:])
+        return {"key_BCThw": x0_BCThw * mask_B1Thw, "key_mask_B1Thw": mask_B1Thw, "key_roles_BT": roles_T.expand(B, T)}
+
+    def control_maps(self, batch: dict[str, Any], x0_BCThw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch's controls the transformer knows, as ``B x C x T x H x W`` float maps."""
+        controls = batch.get("controls") or {}
+        model = self.transformer
+        missing = [n for n in model.control_names if n not in controls]
+        if missing:
+            raise ValueError(f"{self.stage_name}: the batch has no control {missing} (VideoDataModule(controls=[...]))")
+        maps = {}
+        for name in model.control_names:
+            _, *size_hw = model.control_encoders[name].expected_shape(tuple(x0_BCThw.shape[2:]))
+            channels = int(model.config["controls"][name])  # segmentation's classes, pose's joints
+            clips = [control_map(name, clip, tuple(size_hw), classes=channels, joints=channels) for clip in controls[name]]
+            maps[name] = torch.stack(clips).to(x0_BCThw.device)
+        return maps
+
+    def text_conditions(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self.text_encoder is None:
+            return {}
+        captions = (batch.get("controls") or {}).get("caption", batch.get("caption"))
+        if captions is None:
+            return {}
+        with torch.no_grad():
+            text_BLE, mask_BL = self.text_encoder(list(captions))
+        return {"text_BLE": text_BLE, "text_mask_BL": mask_BL}
+
+    def conditions(self, batch: dict[str, Any], x0_BCThw: torch.Tensor) -> dict[str, Any]:
+        conditions: dict[str, Any] = self.keyframe_conditions(x0_BCThw) if self.hparams.keyframes else {}
+        conditions["controls"] = self.control_maps(batch, x0_BCThw)
+        return {**conditions, **self.text_conditions(batch)}
+
+    def latent(self, batch: dict[str, Any]) -> torch.Tensor:
+        latent, _ = clip_latent(self.tokenizer, batch, self.stage_name)
+        return latent * self.hparams.latent_scale
+
+    # ---- the loss -----------------------------------------------------------------------
+    def loss_B(
+        self, model: nn.Module, x0: torch.Tensor, conditions: dict[str, Any], dropped: dict[str, torch.Tensor], t_B: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-sample flow-matching MSE over the positions to generate (keyframes' excluded where
+        kept). Draws the noise (one keyed-noise site)."""
+        noise = sample_noise.normal(x0.shape, x0.device, x0.dtype)
+        v = model(interpolate(x0, noise, t_B), t_B, **conditions, dropped=dropped)
+        err = (v.float() - target_velocity(x0, noise).float()).square()
+        weight = torch.ones_like(err[:, :1])
+        if "key_mask_B1Thw" in conditions:
+            kept_B = ~dropped.get(KEYFRAMES, torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device))
+            weight = 1 - conditions["key_mask_B1Thw"].float() * kept_B.view(-1, 1, 1, 1, 1)
+        weight = weight.expand_as(err)
+        return (err * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1)
+
+    # ---- training -----------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        opt = self.optimizers()
+        x0 = self.latent(batch)
+        batch_size = x0.shape[0]
+        conditions = self.conditions(batch, x0)
+        with step_noise(self, batch_size):  # the same draws whatever the world size
+            dropped = self.dropout(batch_size, x0.device)
+            t_B = self.times.draw(batch_size, x0.device)
+            loss_B = self.loss_B(self.transformer, x0, conditions, dropped, t_B)
+        loss = loss_B.mean()
+        if not self.nonfinite.ok(self, loss, batch_size):
+            return None
+
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        clip_grad_norm(self, opt, self.hparams.grad_clip)
+        opt.step()
+        self.step_schedulers()
+        self.update_ema()
+
+        with torch.no_grad():
+            metrics = {"train/loss": loss.detach(), "train/nonfinite_skipped": float(self.nonfinite.skipped)}
+            for name, dropped_B in dropped.items():
+                metrics[f"train/dropped_{name}"] = dropped_B.float().mean()
+                for part, mask in (("kept", ~dropped_B), ("dropped", dropped_B)):
+                    if mask.any():
+                        metrics[f"train/loss_{part}_{name}"] = loss_B.detach()[mask].mean()
+        self.log_dict(metrics, batch_size=batch_size)
+        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, batch_size=batch_size)
+        return metrics["train/loss"]
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        n = self.global_step if self._trainer is not None else 0
+        decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
+        for ema, param in zip(self.ema_transformer.parameters(), self.transformer.parameters()):
+            ema.lerp_(param.detach().to(ema.dtype), 1 - decay)
+        for ema, buffer in zip(self.ema_transformer.buffers(), self.transformer.buffers()):
+            ema.copy_(buffer)
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def evaluate(self, batch: dict[str, Any]) -> EvalResult:
+        """Loss of the EMA (``loss``) and raw (``loss_raw``) models at each fixed time, every
+        condition kept, with noise seeded by ``val_seed``."""
+        x0 = self.latent(batch)
+        B = x0.shape[0]
+        conditions = self.conditions(batch, x0)
+        kept = drop_masks(self.dropout.names, B, device=x0.device)
+        metrics: dict[str, torch.Tensor] = {}
+        for label, model in (("", self.ema_transformer), ("_raw", self.transformer)):
+            losses = []
+            with sample_noise.keyed_noise(self.hparams.val_seed, 0, 0):  # the same noise for both models
+                for t in self.hparams.val_times:
+                    t_B = torch.full((B,), float(t), device=x0.device)
+                    loss = self.loss_B(model, x0, conditions, kept, t_B).mean()
+                    metrics[f"loss{label}_t{round(100 * float(t)):03d}"] = loss
+                    losses.append(loss)
+            metrics[f"loss{label}"] = torch.stack(losses).mean()
+        return EvalResult(metrics, batch_size=B)
+
+    @torch.no_grad()
+    def sample(
+        self, batch: dict[str, Any], num_steps: int = 20, guidance_scale: float = 1.0, seed: int = 0, shift: float | None = None
+    ) -> torch.Tensor:
+        """Videos (``B x 3 x T x H x W``) the EMA model generates for the batch's conditions:
+        keyframes from its latent, its controls and captions; classifier-free guidance against
+        every modality dropped."""
+        x0 = self.latent(batch)
+        B = x0.shape[0]
+        conditions = self.conditions(batch, x0)
+        names = self.dropout.names
+        cond = {**conditions, "dropped": drop_masks(names, B, device=x0.device)}
+        uncond = {**conditions, "dropped": drop_masks(names, B, dropped=names, device=x0.device)}
+        generator = torch.Generator(device=x0.device).manual_seed(seed)
+        latent = flow_sample(
+            self.ema_transformer, x0.shape, cond, generator=generator, num_steps=num_steps,
+            shift=self.hparams.time_shift if shift is None else shift, guidance_scale=guidance_scale,
+            unconditional=uncond if guidance_scale != 1.0 else None, device=x0.device,
+        )  # fmt: skip
+        return self.tokenizer.decode(latent / self.hparams.latent_scale)
+
+    # ---- optimizers ---------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.transformer.named_parameters():
+            # matrices and convolutions decay; biases, norms and the embedding vectors do not
+            (decay if p.dim() >= 2 and name.endswith(".weight") else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        return self.with_warmup([opt], hp.warmup_steps)
