@@ -237,8 +237,7 @@ class _GroupCoder:
 
     def code(self, latent_BChw: torch.Tensor) -> torch.Tensor:
         tokens = self.quantizer.encode_tokens(latent_BChw)
-        latent, _ = self.pyramid.frame(self.kept, lambda k, logits, freqs: self._code(k, logits, freqs, tokens[k]))
-        return latent
+        return self.pyramid.frame(self.kept, lambda k, logits, freqs: self._code(k, logits, freqs, tokens[k]))
 
     def _code(self, k: int, logits: torch.Tensor, freqs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         symbols = token_probs.flat_tokens(tokens, self.pyramid.kind)

@@ -50,12 +50,11 @@ ScaleCode = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class _FrameState:
-    """One frame of a group being decoded scale-major: its cached steps, maps, reconstructions
-    after each scale (the next frames' past: a list that grows) and next-scale input."""
+    """One frame of a group being coded scale-major: its cached steps, reconstructions after each
+    scale (the next frames' past: a list that grows) and next-scale input."""
 
     def __init__(self, steps: object, first_input: torch.Tensor) -> None:
         self.steps, self.inp = steps, first_input
-        self.maps: list[torch.Tensor] = []
         self.partials: list[torch.Tensor] = []
 
 
@@ -88,38 +87,22 @@ class ScalePyramid:
             p = token_probs.bit_distributions(p)
         return token_probs.quantize_probs(p, PRECISION_BITS)
 
-    def frame(self, kept: int, code: ScaleCode) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def frame(self, kept: int, code: ScaleCode) -> torch.Tensor:
         """Code (or decode) scales ``1..kept`` of the next latent frame through ``code``, fill in
-        the rest; returns the latent ``1 x C x h x w`` and the code maps of all K scales."""
-        if not 1 <= kept <= self.num_scales:
-            raise ValueError(f"kept scales must be in 1..{self.num_scales}, got {kept}")
-        past = list(self.past) if self.cm.past_frames and self.past else None
-        steps = self.cm.start_frame(past, 1)
-        maps: list[torch.Tensor] = []
-        partials: list[torch.Tensor] = []  # the reconstruction after each scale in maps
-        inp = torch.zeros(1, self.cm.code_dim, *self.shapes[0])
-        for k in range(kept):
-            logits = steps.step(k, inp)
-            tokens = code(k, logits, self.frequencies(logits))
-            self._add(maps, partials, self.q.code_map(k, tokens))
-            if k + 1 < self.num_scales:
-                inp = self._next_input(partials)
-        if kept < self.num_scales and self.fill != "zero":
-            self._fill_in(steps, inp, maps, partials)
-        partials += [partials[-1]] * (self.num_scales - len(partials))  # "zero": the finer scales add nothing
-        self.past.appendleft(partials)
-        return self.q.project_out(partials[-1]), maps
+        the rest; returns its latent ``1 x C x h x w`` (a group of one frame)."""
+        return self.group(1, kept, code, lambda k: None)[0]
 
     def group(self, frames: int, kept: int, code: ScaleCode, end_scale: Callable[[int], None]) -> list[torch.Tensor]:
         """Decode scales ``1..kept`` of the next ``frames`` latent frames scale-major (``code``
         for each frame's scale k in turn, then ``end_scale(k)``), fill in the rest frame by
-        frame; returns the latents ``1 x C x h x w``, the same as :meth:`frame` of each in turn."""
+        frame; returns the latents ``1 x C x h x w``, the same as :meth:`frame` of each in turn
+        (each frame runs through its own cached steps; module docstring)."""
         if not 1 <= kept <= self.num_scales:
             raise ValueError(f"kept scales must be in 1..{self.num_scales}, got {kept}")
         history = list(self.past)[::-1]  # oldest first; this group's frames join it, still growing
         states = []
         for _ in range(frames):
-            recent = history[::-1][: self.past.maxlen]  # what frame() takes from the deque
+            recent = history[::-1][: self.past.maxlen]  # the most recent past frames, newest first
             past = recent if self.cm.past_frames and recent else None
             state = _FrameState(self.cm.start_frame(past, 1), torch.zeros(1, self.cm.code_dim, *self.shapes[0]))
             states.append(state)
@@ -127,37 +110,33 @@ class ScalePyramid:
         for k in range(kept):
             for state in states:
                 logits = state.steps.step(k, state.inp)
-                self._add(state.maps, state.partials, self.q.code_map(k, code(k, logits, self.frequencies(logits))))
+                self.q.extend_partials(state.partials, self.q.code_map(k, code(k, logits, self.frequencies(logits))), self.latent_hw)
                 if k + 1 < self.num_scales:
                     state.inp = self._next_input(state.partials)
             end_scale(k)
         latents = []
         for state in states:  # in order: a frame's fill-in reads its predecessor's
             if kept < self.num_scales and self.fill != "zero":
-                self._fill_in(state.steps, state.inp, state.maps, state.partials)
+                self._fill_in(state.steps, state.inp, state.partials)
             state.partials += [state.partials[-1]] * (self.num_scales - len(state.partials))
             self.past.appendleft(state.partials)
             latents.append(self.q.project_out(state.partials[-1]))
         return latents
 
-    def _add(self, maps: list[torch.Tensor], partials: list[torch.Tensor], code_map: torch.Tensor) -> None:
-        """Append the next scale's code map, and the reconstruction after it."""
-        maps.append(code_map)
-        self.q.extend_partials(partials, code_map, self.latent_hw)
-
     def _next_input(self, partials: list[torch.Tensor]) -> torch.Tensor:
         """The next-scale input of scale ``len(partials)``: the reconstruction so far, at its size."""
         return area_down(partials[-1], self.shapes[len(partials)])
 
-    def _fill_in(self, steps: object, first_input: torch.Tensor, maps: list[torch.Tensor], partials: list[torch.Tensor]) -> None:
+    def _fill_in(self, steps: object, first_input: torch.Tensor, partials: list[torch.Tensor]) -> None:
+        """Extend ``partials`` with the predicted scales (``fill``: argmax or expectation)."""
         expectation = self.fill == "expectation"
 
         def code_map(k: int, prediction: torch.Tensor) -> torch.Tensor:
             return self.q.expected_code_map(k, prediction) if expectation else self.q.code_map(k, prediction)
 
         def next_input(k: int, prediction: torch.Tensor) -> torch.Tensor:
-            self._add(maps, partials, code_map(k, prediction))
+            self.q.extend_partials(partials, code_map(k, prediction), self.latent_hw)
             return self._next_input(partials)
 
         predictions = steps.complete(first_input, next_input, "probabilities" if expectation else "argmax")
-        self._add(maps, partials, code_map(self.num_scales - 1, predictions[-1]))
+        self.q.extend_partials(partials, code_map(self.num_scales - 1, predictions[-1]), self.latent_hw)

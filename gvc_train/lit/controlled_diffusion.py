@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gvc_train.lit.optim import clip_grad_norm
+from gvc_train.lit.optim import clip_grad_norm, weight_decay_groups
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
 from gvc_train.lit.step_guard import step_noise
 from gvc_train.lit.tokenizer_latents import clip_latent
@@ -274,10 +274,6 @@ class ControlledDiffusionModule(StageModule):
     # ---- optimizers ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.transformer.named_parameters():
-            # matrices and convolutions decay; biases, norms and the embedding vectors do not
-            (decay if p.dim() >= 2 and name.endswith(".weight") else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = weight_decay_groups(self.transformer, hp.weight_decay)  # no decay on biases, norms, embedding tables
         opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         return self.with_warmup([opt], hp.warmup_steps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 
 
 def step_uncounted(module: L.LightningModule, optimizer: Any) -> None:
@@ -37,3 +38,12 @@ def clip_grad_norm(module: L.LightningModule, optimizer: Any, max_norm: float | 
         strategy.model.clip_grad_norm_(max_norm)
         return
     module.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+
+
+def weight_decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: matrices and convolution kernels (``*.weight`` of 2 or more
+    dimensions) decay; biases, norms and learned embedding tables do not."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        (decay if p.dim() >= 2 and name.endswith(".weight") else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from gvc_train.components import load_component
-from gvc_train.lit.optim import clip_grad_norm
+from gvc_train.lit.optim import clip_grad_norm, weight_decay_groups
 from gvc_train.lit.progressive_quantizer import SUPPORTED_PRECISIONS, finite_on_every_rank
 from gvc_train.lit.tokenizer_latents import clip_latent, video_pixels
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
@@ -272,12 +272,7 @@ class ProgressiveContextModule(StageModule):
     # ---- optimizers ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.context_model.named_parameters():
-            # matrices decay; biases, norms and the embedding tables (start, levels, positions,
-            # the past's positions and no-past tokens) do not
-            (decay if p.dim() == 2 and name.endswith(".weight") else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = weight_decay_groups(self.context_model, hp.weight_decay)  # no decay on biases, norms, embedding tables
         opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         return self.with_warmup([opt], hp.warmup_steps)
 
