@@ -79,14 +79,16 @@ def export_checkpoint(
             module.update(force=True)  # compressai life cycle: tables before coding
         written[name] = save_component(module, out_dir, name, provenance=provenance)
         modules[name] = module
-    for entry in FAMILIES.values():  # the components make a whole codec of this family
-        if set(entry.components) <= set(written):
-            family = entry.codec_class()
-            try:
-                family.check_components(modules, str(ckpt_path))
-            except ValueError as e:
-                raise ExportError(str(e)) from None
-            written["codec"] = write_codec_json(out_dir, entry.name, family.export_extras(modules), provenance)
+    # The components make a whole codec of a family: the most specific one (a controlled_text
+    # export also holds a whole controlled codec's components, and a latent codec's).
+    whole = [entry for entry in FAMILIES.values() if set(entry.components) <= set(written)]
+    for entry in sorted(whole, key=lambda e: len(e.components))[-1:]:
+        family = entry.codec_class()
+        try:
+            family.check_components(modules, str(ckpt_path))
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+        written["codec"] = write_codec_json(out_dir, entry.name, family.export_extras(modules), provenance)
     return written
 
 

@@ -89,18 +89,29 @@ def test_dropped_modalities_are_logged_per_modality() -> None:
         _module(dropout={"pose": 0.1})
 
 
-def test_kept_keyframes_are_not_in_the_loss() -> None:
+def test_only_an_exact_keyframe_is_left_out_of_the_loss() -> None:
+    """Frame 0's keyframe latent is the clip's latent frame 0 (the tokenizer's intra latent);
+    a later keyframe's latent frame also stands for frames the model generates, so it counts."""
     module = _module()
     batch = _batch()
-    conditions = module.conditions(batch, module.latent(batch))
+    x0 = module.latent(batch)
+    conditions = module.conditions(batch, x0)
     key_mask = conditions["key_mask_B1Thw"]
     assert conditions["key_roles_BT"][0].tolist() == [1, 0, 2]  # first, none, last
     assert key_mask[:, 0, :, 0, 0].tolist() == [[1, 0, 1]] * 2
+    key = conditions["key_BCThw"]
+    assert torch.allclose(key[:, :, 0], x0[:, :, 0], atol=1e-5)  # frame 0 alone = the clip's frame 0
+    assert not torch.allclose(key[:, :, 2], x0[:, :, 2], atol=1e-3)  # the last frame alone is not its group's latent
 
-    def right_but_at_keyframes(x, t_B, **kw):  # x0 = 0, t = 1: x_t = noise = the target velocity
-        return x * (1 - key_mask) + 5.0 * key_mask
+    first_mask = torch.zeros_like(key_mask)
+    first_mask[:, :, 0] = 1
+
+    def wrong_at(mask):  # x0 = 0, t = 1: x_t = noise = the target velocity
+        return lambda x, t_B, **kw: x * (1 - mask) + 5.0 * mask
 
     zero = torch.zeros(2, 4, 3, 4, 5)
     t_B = torch.ones(2)
-    kept = module.loss_B(right_but_at_keyframes, zero, conditions, {"keyframes": torch.tensor([False, True])}, t_B)
+    kept = module.loss_B(wrong_at(first_mask), zero, conditions, {"keyframes": torch.tensor([False, True])}, t_B)
     assert kept[0] == 0 and kept[1] > 0  # dropped keyframes are frames to generate like any other
+    last_mask = key_mask - first_mask
+    assert (module.loss_B(wrong_at(last_mask), zero, conditions, {"keyframes": torch.tensor([False, False])}, t_B) > 0).all()

@@ -63,8 +63,12 @@ def _resolve(target: str) -> Any:
 
 
 # fmt: off
-# name, stream id, components, inference class, stream layout. Stream ids 2-4 are kept for the
-# families DESIGN.md plans next, in its order.
+# name, stream id, components, inference class, stream layout. Stream id 4 is kept for the
+# zero-shot family DESIGN.md plans next.
 register_family(FamilyEntry("latent", 1, ("tokenizer", "latent_codec"), "gvc_train.codecs.latent:LatentCodec", "gvc_train.codecs.latent_stream:describe_chunks"))
 register_family(FamilyEntry("progressive", 2, ("tokenizer", "quantizer", "context_model"), "gvc_train.codecs.progressive:ProgressiveCodec", "gvc_train.codecs.progressive_stream:describe_chunks"))
+# The controlled-generation family: one model (tokenizer + keyframe latent codec + controlled
+# transformer + coding settings), with a text encoder when it was trained with captions.
+register_family(FamilyEntry("controlled", 3, ("tokenizer", "latent_codec", "transformer", "coding"), "gvc_train.codecs.controlled:ControlledCodec", "gvc_train.codecs.controlled_stream:describe_chunks"))
+register_family(FamilyEntry("controlled_text", 5, ("tokenizer", "latent_codec", "transformer", "coding", "text_encoder"), "gvc_train.codecs.controlled:ControlledTextCodec", "gvc_train.codecs.controlled_stream:describe_chunks"))
 # fmt: on

@@ -50,7 +50,7 @@ from gvc_train.lit.step_guard import step_noise
 from gvc_train.lit.tokenizer_latents import clip_latent
 from gvc_train.models import sample_noise
 from gvc_train.models.controlled.control_maps import control_map
-from gvc_train.models.controlled.embeddings import KEY_ROLES
+from gvc_train.models.controlled.keyframe_latents import keyframe_conditions, keyframe_latents, pixel_frame_of
 from gvc_train.models.controlled.transformer import KEYFRAMES, TEXT, ControlledVideoTransformer
 from gvc_train.models.flow.matching import TimeSampling, interpolate, target_velocity
 from gvc_train.models.flow.modality_dropout import ModalityDropout, drop_masks
@@ -129,15 +129,26 @@ class ControlledDiffusionModule(StageModule):
         self.dropout = ModalityDropout({n: dropout.get(n, default_dropout) for n in names}, dropout_all_p)
 
     # ---- conditions ---------------------------------------------------------------------
-    def keyframe_conditions(self, x0_BCThw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``key_BCThw`` (the clean latent at the policy's frames), ``key_mask_B1Thw``, ``key_roles_BT``."""
-        B, _, T = x0_BCThw.shape[:3]
-        roles_T = torch.zeros(T, dtype=torch.long, device=x0_BCThw.device)
+    def keyframe_conditions(self, batch: dict[str, Any], x0_BCThw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``key_BCThw``, ``key_mask_B1Thw``, ``key_roles_BT`` of the policy's keyframes: each one
+        the tokenizer's latent of its frame alone (``keyframe_latents.py``: what a decoder can
+        compute from a decoded keyframe), at its latent frame."""
+        T = x0_BCThw.shape[2]
+        video = batch.get("video")
+        roles: dict[int, str] = {}
         for key in self.hparams.keyframes:
             frame = 0 if key == "first" else T - 1 if key == "last" else int(key) % T
-            roles_T[frame] = KEY_ROLES.index(key if key in ("first", "last") else "adaptive")
-        mask_B1Thw = (roles_T != 0).view(1, 1, T, 1, 1).to(x0_BCThw.dtype).expand(B, 1, T, *x0_BCThw.shape[3:])
-        return {"key_BCThw": x0_BCThw * mask_B1Thw, "key_mask_B1Thw": mask_B1Thw, "key_roles_BT": roles_T.expand(B, T)}
+            roles[frame] = key if key in ("first", "last") else "adaptive"
+        if video is None:
+            if set(roles) - {0}:
+                raise ValueError(f"{self.stage_name}: keyframes after the first need the batch's video (latent shards hold no frames)")
+            return keyframe_conditions({0: (roles[0], x0_BCThw[:, :, 0])}, tuple(x0_BCThw.shape), x0_BCThw.device) if roles else {}
+        stride = self.tokenizer.temporal_stride
+        frames = sorted(roles)
+        pixels = torch.tensor([pixel_frame_of(k, stride) for k in frames], device=video.device)
+        latents_BCKhw = keyframe_latents(self.tokenizer, video.index_select(2, pixels), self.hparams.latent_scale)
+        keys = {k: (roles[k], latents_BCKhw[:, :, i]) for i, k in enumerate(frames)}
+        return keyframe_conditions(keys, tuple(x0_BCThw.shape), x0_BCThw.device)
 
     def control_maps(self, batch: dict[str, Any], x0_BCThw: torch.Tensor) -> dict[str, torch.Tensor]:
         """The batch's controls the transformer knows, as ``B x C x T x H x W`` float maps."""
@@ -165,7 +176,7 @@ class ControlledDiffusionModule(StageModule):
         return {"text_BLE": text_BLE, "text_mask_BL": mask_BL}
 
     def conditions(self, batch: dict[str, Any], x0_BCThw: torch.Tensor) -> dict[str, Any]:
-        conditions: dict[str, Any] = self.keyframe_conditions(x0_BCThw) if self.hparams.keyframes else {}
+        conditions: dict[str, Any] = self.keyframe_conditions(batch, x0_BCThw) if self.hparams.keyframes else {}
         conditions["controls"] = self.control_maps(batch, x0_BCThw)
         return {**conditions, **self.text_conditions(batch)}
 
@@ -185,7 +196,12 @@ class ControlledDiffusionModule(StageModule):
         weight = torch.ones_like(err[:, :1])
         if "key_mask_B1Thw" in conditions:
             kept_B = ~dropped.get(KEYFRAMES, torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device))
-            weight = 1 - conditions["key_mask_B1Thw"].float() * kept_B.view(-1, 1, 1, 1, 1)
+            # Only latent frame 0 is given exactly (its keyframe's intra latent *is* the clip's
+            # frame 0); a later keyframe's latent frame also stands for the frames before it in
+            # its group, which the model must generate: it stays in the loss.
+            exact_B1Thw = torch.zeros_like(conditions["key_mask_B1Thw"].float())
+            exact_B1Thw[:, :, :1] = conditions["key_mask_B1Thw"][:, :, :1].float()
+            weight = 1 - exact_B1Thw * kept_B.view(-1, 1, 1, 1, 1)
         weight = weight.expand_as(err)
         return (err * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1)
 

@@ -22,6 +22,7 @@ from typing import Any
 # Exported name -> module that defines it. Components (registered under these names) first.
 BUILTIN_COMPONENTS = {
     "CausalVAE": "gvc_train.models.tokenizer.causal_vae",
+    "ControlledCodingSettings": "gvc_train.models.controlled.coding_settings",
     "ControlledVideoTransformer": "gvc_train.models.controlled.transformer",
     "DiffusersVAE": "gvc_train.models.tokenizer.diffusers_vae",
     "LatentVideoCodec": "gvc_train.models.latent.latent_codec",
