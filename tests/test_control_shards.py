@@ -257,3 +257,34 @@ def test_data_module_refuses_what_it_cannot_serve_exactly() -> None:
     with pytest.raises(ValueError, match="unknown control 'depth'"):
         VideoDataModule(controls=["depth"], crop_size=None, flip=False, **common)
     assert VideoDataModule(crop_size=64, **common).controls == ()  # no controls: crops and flips as before
+
+
+# ---- gvc-shard --crop: frames and controls of one size -------------------------------------
+
+
+def test_cropped_frame_shards_have_the_crop_size_in_frames_controls_and_meta(tmp_path: Path) -> None:
+    video = captioned_carphone(tmp_path / "in")  # 176x144
+    specs = control_specs(["luma", "edges", "caption"], {"luma": {"extractor": {"factor": 8}}})
+    out = str(tmp_path / "out")
+    write_shards([video], out, clip_frames=CLIP, max_frames_per_video=CLIP, crop=(64, 96), controls=specs, log=lambda _: None)
+    assert json.loads(Path(out, "index.json").read_text())["crop"] == [64, 96]
+    dm, [batch] = loader(out, ["luma", "edges", "caption"])
+    assert batch["video"].shape == (1, 3, CLIP, 64, 96)
+    assert batch["controls"]["luma"].shape == (1, CLIP, 64 // 8, 96 // 8)
+    assert batch["controls"]["edges"].shape == (1, CLIP, 64, 96)
+    meta = batch["meta"][0]
+    assert (meta["width"], meta["height"], list(meta["shard_crop"])) == (96, 64, [40, 40, 64, 96])  # centred in 144x176
+    centre = read_frames(CARPHONE, count=CLIP)[:, 40:104, 40:136]
+    assert torch.equal(batch["video"][0], frames_to_tensor(centre)[0])  # the frames are the centre crop ...
+    for spec in specs:  # ... and the controls were extracted from it
+        assert_same(batch["controls"][spec.name][0], round_trip(spec.name, spec, centre, CAPTION))
+
+
+def test_a_crop_bigger_than_the_frames_skips_that_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "out")  # carphone is 176x144, bikes 640x272: only bikes fits 200x200
+    code, _ = run_cli(capsys, CARPHONE, BIKES, "--out", out, "--crop", "200", "--clip-frames", "2",
+                      "--max-frames-per-video", "2", "--controls", "luma", "--workers", "1", "--no-progress")  # fmt: skip
+    assert code == 0
+    index = ShardIndex.load(out)
+    assert [s["source"] for s in index.sources] == [BIKES] and index.total_clips == 1
+    assert index.skipped == [{"source": CARPHONE, "reason": "frames of 144x176 are smaller than the crop 200x200"}]

@@ -145,9 +145,6 @@ def test_bad_options_are_refused_clearly(tmp_path, tok: tuple[str, CausalVAE], c
     assert "smaller than the crop 256x256" in excinfo.value.index.skipped[0]["reason"]
     assert main([CARPHONE, "--out", out, "--tokenizer", folder, "--clip-frames", "8", "--no-progress"]) == 2
     assert "must be 1 + 4k" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([CARPHONE, "--out", out, "--crop", "64"])  # --crop without --tokenizer
-    assert "--crop only applies to latent shards" in capsys.readouterr().err
 
 
 # ---- reading -------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from gvc_train.data.latent_format import (
 )
 from gvc_train.data.sample_format import CAPTION_KEY, INDEX_FILE, META_KEY, ShardIndex, sample_key
 from gvc_train.data.shard_writer import ShardOptions, Source, SourceReport, write_samples
+from gvc_train.data.transforms import crop_box
 from gvc_train.data.video_io import VideoReader, VideoReadError
 
 TOKENIZER_NAME = "tokenizer"  # the component name gvc-export gives the tokenizer
@@ -52,15 +53,13 @@ TOKENIZER_NAME = "tokenizer"  # the component name gvc-export gives the tokenize
 @dataclasses.dataclass(frozen=True)
 class LatentShardOptions(ShardOptions):
     tokenizer: str = ""  # a folder with tokenizer.json + tokenizer.safetensors (gvc-export)
-    crop: tuple[int, int] | None = None  # centre crop (h, w) in pixels after resize_short
+    # crop (ShardOptions): None here means the largest multiple of the stride, not the whole frame
     tokenizer_fingerprint: str = ""  # set by write_latent_shards; workers check the weights they load
 
     def check(self) -> None:
         super().check()
         if not self.tokenizer:
             raise ValueError("latent shards need a tokenizer folder (--tokenizer DIR)")
-        if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
-            raise ValueError(f"crop must be (height, width), both positive, got {self.crop!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,16 +140,6 @@ def encode_clip_latent(tokenizer: torch.nn.Module, frames_THWC: np.ndarray) -> n
         return tokenizer.encode(x.float().div_(255.0)).mode()[0].float().numpy()
 
 
-def crop_box(height: int, width: int, crop: tuple[int, int] | None, stride: int) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of the centre crop: ``crop``, or the largest multiple of ``stride``."""
-    ch, cw = crop if crop is not None else (height // stride * stride, width // stride * stride)
-    if ch < stride or cw < stride:
-        raise ValueError(f"frames of {height}x{width} are smaller than the tokenizer's stride {stride}")
-    if ch > height or cw > width:
-        raise ValueError(f"frames of {height}x{width} are smaller than the crop {ch}x{cw}")
-    return (height - ch) // 2, (width - cw) // 2, ch, cw
-
-
 # ---- one source -> latent clips (runs in a worker) --------------------------------------------
 
 
@@ -219,9 +208,7 @@ def write_latent_shards(
     written by ``gvc-export``) and ``crop``. Raises ValueError for bad options, among them a
     ``clip_frames`` that is not ``1 + 4k`` or a crop that is not a multiple of the stride.
     """
-    opts = dataclasses.replace(options or LatentShardOptions(), **overrides)
-    if opts.crop is not None and isinstance(opts.crop, int):
-        opts = dataclasses.replace(opts, crop=(opts.crop, opts.crop))
+    opts = dataclasses.replace(options or LatentShardOptions(), **overrides).with_crop_pair()
     opts.check()
     latent = tokenizer_info(os.fspath(opts.tokenizer))
     ts, s = latent["temporal_stride"], latent["spatial_stride"]

@@ -5,7 +5,8 @@ One WebDataset sample is one clip:
 - ``__key__``: ``{source_stem}-{first_frame:06d}``, with no dots (WebDataset splits on them);
 - ``frames.<fmt>``: the clip's frames, coded losslessly by :mod:`gvc_train.data.clip_codec`;
   ``<fmt>`` names the frame format so that a reader can refuse a format it does not know;
-- ``json``: :class:`ClipMeta` as JSON;
+- ``json``: :class:`ClipMeta` as JSON (``width``/``height``: the stored frames, after any
+  shard-time crop; ``shard_crop``, only with ``gvc-shard --crop``: where they were cut from);
 - ``txt`` (optional): a caption, UTF-8;
 - ``ctrl.<name>`` (optional, one per control written by ``gvc-shard --controls``): the clip's
   control ``<name>`` (``gvc_train.controls.registry.LAYOUTS``) as its coder wrote it
@@ -37,21 +38,30 @@ class ClipMeta:
     first_frame: int  # index of the clip's first frame in the source
     num_frames: int
     fps: float
-    width: int
+    width: int  # of the stored frames (after --resize-short and --crop)
     height: int
+    # gvc-shard --crop: (top, left, height, width) of the stored region in the resized frame;
+    # None (and absent from the JSON, so uncropped shards are as before): the whole frame
+    shard_crop: tuple[int, int, int, int] | None = None
 
     def to_json(self, extra: dict[str, Any] | None = None) -> bytes:
         """The fields as JSON, with ``extra`` entries beside them (e.g. ``controls``)."""
-        return json.dumps({**dataclasses.asdict(self), **(extra or {})}, sort_keys=True).encode()
+        fields = dataclasses.asdict(self)
+        if self.shard_crop is None:
+            del fields["shard_crop"]
+        return json.dumps({**fields, **(extra or {})}, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str | dict[str, Any]) -> "ClipMeta":
         raw = data if isinstance(data, dict) else json.loads(data)
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = fields - set(raw)
+        missing = fields - set(raw) - {"shard_crop"}
         if missing:
             raise ValueError(f"clip metadata lacks {sorted(missing)}")
-        return cls(**{k: raw[k] for k in fields})
+        values = {k: raw[k] for k in fields if k in raw}
+        if values.get("shard_crop") is not None:
+            values["shard_crop"] = tuple(values["shard_crop"])
+        return cls(**values)
 
 
 def safe_stem(source_stem: str) -> str:
@@ -110,8 +120,10 @@ class ShardIndex:
     """``index.json`` beside the shards: what ``gvc-shard`` wrote and what it skipped.
 
     ``sources`` has one entry per input that gave clips (``source``, ``clips``, ``frames``,
-    ``frames_read``, ``width``, ``height``, ``fps``, ``caption``, ``error``: why reading stopped
-    early, or None); ``skipped`` one per input that gave none (``source``, ``reason``).
+    ``frames_read``, ``width``, ``height`` (after ``--resize-short``, before any crop), ``fps``,
+    ``caption``, ``error``: why reading stopped early, or None); ``skipped`` one per input that
+    gave none (``source``, ``reason``). A run with ``--crop`` adds a top-level ``crop``:
+    ``[height, width]``, the size of every stored frame (``ShardIndex.load`` ignores it).
     ``total_frames`` counts stored frames (a frame shared by two overlapping clips twice).
     """
 

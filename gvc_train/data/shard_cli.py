@@ -3,15 +3,21 @@
     gvc-shard INPUT... --out DIR [--clip-frames 17] [--overlap 0] [--maxcount N] [--maxsize 1G]
               [--workers W] [--resize-short S] [--max-frames-per-video N] [--prefix NAME]
               [--inputs-from FILE] [--relative] [--overwrite] [--level 6] [--png-fps 30]
-              [--tokenizer DIR [--crop N|HxW]] [--controls NAMES [--control-settings JSON]]
+              [--crop N|HxW] [--tokenizer DIR] [--controls NAMES [--control-settings JSON]]
 
 INPUTs are video files (mp4, mkv, webm, y4m, ...), folders of PNG frames (one video each), or
 directories walked for both. A ``.txt`` beside a video (same stem) or beside a PNG folder
 (``folder.txt``) is carried as the caption of each of its clips. Unreadable inputs are
 reported and skipped; the exit status is non-zero only if nothing was written.
 
+``--crop N|HxW`` centre-crops every frame after ``--resize-short`` (before any control is
+extracted), so all clips have one size: what whole-frame batches (controls) need. The sample
+json records the crop (``shard_crop``), index.json the size (``crop``); an input whose frames
+are smaller than the crop is reported and skipped.
+
 With ``--tokenizer DIR`` (a ``gvc-export`` folder) each clip is stored as the tokenizer's latent
-instead of its frames (:mod:`gvc_train.data.latent_shards`), centre-cropped to ``--crop``.
+instead of its frames (:mod:`gvc_train.data.latent_shards`), centre-cropped to ``--crop`` (a
+multiple of the tokenizer's stride 8; default: the largest one that fits).
 
 With ``--controls luma,edges,flow,pose,segmentation,caption`` each clip's controls are extracted
 in the workers and stored beside its frames in their coded form, one member ``<key>.ctrl.<name>``
@@ -117,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store each clip as this tokenizer's latent (a gvc-export folder with tokenizer.json "
                         "+ tokenizer.safetensors) instead of its frames; --clip-frames must be 1 + 4k")
     p.add_argument("--crop", type=parse_crop, default=None, metavar="N|HxW",
-                   help="with --tokenizer: centre crop (pixels, after --resize-short, multiples of 8) that is "
-                        "encoded; default: the largest multiple of 8 that fits")
+                   help="centre crop (pixels, after --resize-short, before controls) of every frame stored; "
+                        "inputs smaller than it are skipped. Default: the whole frame, or with --tokenizer "
+                        "the largest multiple of 8 that fits (a given crop must be multiples of 8 then)")
     p.add_argument("--controls", metavar="NAMES", default=None,
                    help="store these controls beside the frames, coded: a comma list of luma, edges, flow, pose, "
                         "segmentation, caption")
@@ -168,8 +175,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--inputs-from {args.inputs_from}: {getattr(exc, 'strerror', None) or exc}")
     if not inputs:
         parser.error("no INPUT given (name files or directories, or --inputs-from FILE)")
-    if args.crop is not None and not args.tokenizer:
-        parser.error("--crop only applies to latent shards (--tokenizer DIR)")
     controls = parse_controls(parser, args)
     options = ShardOptions(
         clip_frames=args.clip_frames,
@@ -178,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         maxsize=args.maxsize,
         workers=args.workers,
         resize_short=args.resize_short,
+        crop=args.crop,
         max_frames_per_video=args.max_frames_per_video,
         prefix=args.prefix,
         relative=args.relative,
@@ -193,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tokenizer:
             from gvc_train.data.latent_shards import LatentShardOptions, write_latent_shards
 
-            latent_options = LatentShardOptions(
-                **dataclasses.asdict(options), tokenizer=args.tokenizer, crop=args.crop
-            )
+            latent_options = LatentShardOptions(**dataclasses.asdict(options), tokenizer=args.tokenizer)
             index = write_latent_shards(inputs, args.out, latent_options, progress=False if args.no_progress else None)
         else:
             index = write_shards(inputs, args.out, options, progress=False if args.no_progress else None)

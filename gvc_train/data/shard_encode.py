@@ -4,7 +4,11 @@
 input of :func:`~gvc_train.data.shard_writer.write_shards`; it never raises for bad input, it
 reports it. :class:`ShardOptions` are the options of a whole run, read here and by the writer.
 With ``ShardOptions.controls`` each clip's controls are extracted and coded here too
-(:mod:`gvc_train.data.shard_controls`, loaded only then: it brings torch).
+(:mod:`gvc_train.data.shard_controls`, loaded only then: it brings torch). With
+``ShardOptions.crop`` the frames are centre-cropped right after ``resize_short``, before the
+controls are extracted, so the stored frames and controls cover the same pixels; the sample's
+``ClipMeta`` then has the cropped size and ``shard_crop``. A source whose frames are smaller
+than the crop gives no clip (its report says why).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from gvc_train.data.sample_format import (
     CAPTION_KEY, CONTROLS_META_KEY, FRAMES_PREFIX, META_KEY, ClipMeta, ControlSpec, sample_key,
 )  # fmt: skip
 from gvc_train.data.shard_sources import Source
+from gvc_train.data.transforms import ClipTooSmall, crop_box
 from gvc_train.data.video_io import DEFAULT_PNG_FPS, VideoReader, VideoReadError
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -33,6 +38,7 @@ class ShardOptions:
     maxsize: int = 1 << 30  # bytes per shard (a lone sample bigger than this still gets a shard)
     workers: int = 1
     resize_short: int | None = None  # area-downscale so the short side is this; never upscales
+    crop: tuple[int, int] | None = None  # centre crop (height, width) after resize_short; None: whole frame
     max_frames_per_video: int | None = None
     prefix: str = "shard"
     relative: bool = False  # ClipMeta.source relative to its input (a file input: its basename)
@@ -41,6 +47,10 @@ class ShardOptions:
     overwrite: bool = False
     # controls stored beside the frames (gvc_train.data.shard_controls.control_specs makes them)
     controls: tuple[ControlSpec, ...] = ()
+
+    def with_crop_pair(self) -> "ShardOptions":
+        """These options with an int ``crop`` (a square) as ``(crop, crop)``."""
+        return dataclasses.replace(self, crop=(self.crop, self.crop)) if isinstance(self.crop, int) else self
 
     def check(self) -> None:
         if self.clip_frames < 1:
@@ -53,6 +63,8 @@ class ShardOptions:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.resize_short is not None and self.resize_short < 2:
             raise ValueError(f"resize_short must be >= 2, got {self.resize_short}")
+        if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
+            raise ValueError(f"crop must be (height, width), both positive, got {self.crop!r}")
         if self.max_frames_per_video is not None and self.max_frames_per_video < 1:
             raise ValueError(f"max_frames_per_video must be >= 1, got {self.max_frames_per_video}")
         if not _PREFIX_RE.match(self.prefix):
@@ -113,16 +125,18 @@ def shard_source(source: Source, opts: ShardOptions) -> Iterator[EncodedClip | S
         # truncated stream can end with a different error, and reports must not depend on it.
         with VideoReader(source.path, opts.resize_short, opts.png_fps) as reader:
             info = reader.info
+            top, left, ch, cw = (0, 0, info.height, info.width) if opts.crop is None else crop_box(info.height, info.width, opts.crop)
+            shard_crop = None if opts.crop is None else (top, left, ch, cw)
             window: list[np.ndarray] = []
             first = 0
             for frame in reader.frames(opts.max_frames_per_video):
-                window.append(frame)
+                window.append(frame if shard_crop is None else frame[top : top + ch, left : left + cw])
                 frames_read += 1
                 if len(window) < n:
                     continue
-                clip = np.stack(window)
+                clip = np.stack(window)  # one contiguous copy: of the cropped pixels only
                 fmt, payload = clip_codec.encode_clip(clip, opts.level)
-                meta = ClipMeta(source.name, first, n, info.fps, info.width, info.height)
+                meta = ClipMeta(source.name, first, n, info.fps, cw, ch, shard_crop)
                 members: dict[str, bytes] = {}
                 entries: dict[str, dict[str, Any]] = {}
                 if opts.controls:
@@ -137,6 +151,8 @@ def shard_source(source: Source, opts: ShardOptions) -> Iterator[EncodedClip | S
                 first += stride
     except VideoReadError as exc:
         error = exc.reason
+    except ClipTooSmall as exc:  # --crop bigger than this source's (resized) frames
+        error = str(exc)
     except Exception as exc:  # a bug or an odd library failure: report it, keep the run going
         error = f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}"
     if clips == 0 and error is None:

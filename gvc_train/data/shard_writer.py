@@ -82,22 +82,24 @@ def write_shards(
 
     ``options`` fields can also be given as keywords (``clip_frames=9, workers=2``). With
     ``controls`` (:func:`gvc_train.data.shard_controls.control_specs`) each clip's controls are
-    stored beside its frames and index.json lists their settings under ``controls``.
+    stored beside its frames and index.json lists their settings under ``controls``. With
+    ``crop`` (``(h, w)`` or an int) every frame is centre-cropped to it after ``resize_short``
+    (before any control is extracted) and index.json records it as ``crop: [h, w]``.
     ``progress``: a tqdm bar (None: only on a terminal). ``log`` receives one line per input
     skipped or damaged (default: stderr). Raises ValueError for bad options, FileExistsError
     for an occupied ``out_dir`` without ``overwrite``, and NothingWrittenError (its ``index``
     holds the reasons) when no input gave a clip; in that case no index.json is written.
     """
-    opts = dataclasses.replace(options or ShardOptions(), **overrides)
+    opts = dataclasses.replace(options or ShardOptions(), **overrides).with_crop_pair()
     opts.check()
-    index_extra = None
+    index_extra: dict[str, Any] = {"crop": list(opts.crop)} if opts.crop else {}
     if opts.controls:
         from gvc_train.data.shard_controls import check_captions
 
         inputs = list(inputs)
         check_captions(opts.controls, collect_sources(inputs, opts.relative)[0])  # before any work
-        index_extra = {CONTROLS_META_KEY: {c.name: {"extractor": c.extractor, "coder": c.coder} for c in opts.controls}}
-    return write_samples(inputs, out_dir, opts, shard_source, progress=progress, log=log, index_extra=index_extra)
+        index_extra[CONTROLS_META_KEY] = {c.name: {"extractor": c.extractor, "coder": c.coder} for c in opts.controls}
+    return write_samples(inputs, out_dir, opts, shard_source, progress=progress, log=log, index_extra=index_extra or None)
 
 
 def write_samples(

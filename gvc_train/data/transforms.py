@@ -22,6 +22,18 @@ class ClipTooSmall(ValueError):
     """The clip's frames are smaller than the crop."""
 
 
+def crop_box(height: int, width: int, crop: tuple[int, int] | None, stride: int = 1) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of the centre crop of a ``height x width`` frame: ``crop``, or without
+    one the largest multiple of ``stride`` that fits. The shard-time crop of frame and latent
+    shards (``gvc-shard --crop``); a frame smaller than the crop is a ClipTooSmall."""
+    ch, cw = crop if crop is not None else (height // stride * stride, width // stride * stride)
+    if ch < stride or cw < stride:
+        raise ClipTooSmall(f"frames of {height}x{width} are smaller than the tokenizer's stride {stride}")
+    if ch > height or cw > width:
+        raise ClipTooSmall(f"frames of {height}x{width} are smaller than the crop {ch}x{cw}")
+    return (height - ch) // 2, (width - cw) // 2, ch, cw
+
+
 def window_span(clip_frames: int, frame_stride: int) -> int:
     """Source frames covered by ``clip_frames`` frames taken every ``frame_stride`` frames.
 
