@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.gvc-installed
 MP_VENV  ?= .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.gvc-installed
 
-.PHONY: setup demo test bench samples clean-runs lock-update readme-figures
+.PHONY: setup demo test bench samples control-samples clean-runs lock-update readme-figures
 
 setup: $(STAMP) $(MP_STAMP)
 
@@ -38,6 +38,10 @@ $(MP_STAMP): requirements-mediapipe.txt
 
 samples: setup
 	$(MAKE) -C data samples PY=$(abspath $(PY))
+
+# frame shards with controls for the controlled diffusion stage (data/Makefile control-samples)
+control-samples: setup
+	$(MAKE) -C data control-samples PY=$(abspath $(PY))
 
 demo: samples
 	$(PY) -m gvc_train.demo
