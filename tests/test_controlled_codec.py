@@ -1,0 +1,186 @@
+"""The controlled-generation codec (codecs/controlled.py): a tiny random folder built here, an
+11-frame 40x32 synthetic clip; mechanics, not quality.
+
+Keyframes every 4 frames (fixed clips of 5) give keyframes 0, 4, 8, 10: two whole clips and a
+3-frame one padded to 5; the longest clip is 1 + 4 (3 - 1) = 9 frames.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gvc_train.codecs.base import describe_stream, open_codec
+from gvc_train.codecs.codec_folder import write_codec_json
+from gvc_train.codecs.controlled_stream import bytes_by_part
+from gvc_train.coding.container import BitstreamError, ChunkType, chunk_bytes, iter_chunks, read_header
+from gvc_train.coding.controls.track import ControlWriter
+from gvc_train.components import save_component
+from gvc_train.models import CausalVAE, ControlledVideoTransformer, LatentVideoCodec
+from gvc_train.models.controlled.coding_settings import ControlledCodingSettings
+
+FRAMES, WIDTH, HEIGHT = 11, 40, 32
+TOKENIZER = dict(latent_channels=4, base_channels=8, channel_mults=[1, 2, 2, 2], num_res_blocks=1, mid_attention=False, norm_groups=8)
+LATENT_CODEC = dict(latent_channels=4, channels=8, y_channels=4, z_channels=4, memory_channels=4, num_res_blocks=1, num_qualities=3)
+TRANSFORMER = dict(
+    latent_channels=4, patch_size=[1, 1, 1], width=16, depth=2, heads=2, mlp_ratio=2.0, text_dim=8,
+    controls={"luma": 1, "flow": 2}, control_depth=1, control_hidden=4, control_frames_per_latent=4,
+    control_scale=2, max_latent_frames=4,
+)  # fmt: skip
+SETTINGS = dict(
+    latent_scale=1.0, clip_latent_frames=3, keyframes={"name": "fixed", "clip_frames": 5}, end_role="last",
+    controls=["luma", "flow"], control_settings={"flow": {"extractor": {"preset": "fast"}}}, keyframe_quality=1,
+    num_steps=2, shift=1.0, guidance_scale=1.5, seed=7,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def codec_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("controlled_codec")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        modules = {
+            "tokenizer": CausalVAE(**TOKENIZER),
+            "latent_codec": LatentVideoCodec(**LATENT_CODEC),
+            "transformer": ControlledVideoTransformer(**TRANSFORMER),
+            "coding": ControlledCodingSettings(**SETTINGS),
+        }
+        with torch.no_grad():  # a fresh transformer predicts zero: give its zero-initialised layers values
+            for param in modules["transformer"].parameters():
+                if not param.any():
+                    param.copy_(0.1 * torch.randn_like(param))
+    modules["latent_codec"].eval().update(force=True)
+    for name, module in modules.items():
+        save_component(module.eval(), folder, name)
+    write_codec_json(folder, "controlled", {"qualities": 3}, {"recipe": "tests/test_controlled_codec.py (random weights)"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A square moving over a gradient: frames that differ, so flow and luma carry something."""
+    folder = tmp_path_factory.mktemp("clip")
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
+    for t in range(FRAMES):
+        frame = np.stack([xs * 6, ys * 7, np.full_like(xs, 90)], axis=-1).astype(np.uint8)
+        frame[8:20, 2 + 2 * t : 14 + 2 * t] = (230, 40, 40)
+        Image.fromarray(frame).save(folder / f"frame_{t + 1:06d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def codec(codec_dir: Path):
+    return open_codec(codec_dir)
+
+
+@pytest.fixture(scope="module")
+def coded(codec, clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    """The clip coded with the settings' controls; the encoder's reconstruction."""
+    stream = tmp_path_factory.mktemp("coded") / "clip.gvc"
+    recon: list[np.ndarray] = []
+    codec.encode(clip_dir, stream, 1, on_recon=recon.append)
+    return stream, recon
+
+
+def decoded(codec, stream: Path) -> np.ndarray:
+    frames: list[np.ndarray] = []
+    codec.decode(stream, frames.append)
+    return np.stack(frames)
+
+
+def test_decode_gives_every_frame_the_same_twice_and_as_the_encoder_said(codec, coded) -> None:
+    stream, recon = coded
+    first, second = decoded(codec, stream), decoded(codec, stream)
+    assert first.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert np.array_equal(first, second)
+    assert np.array_equal(first, np.stack(recon))
+
+
+def test_info_lists_keyframes_and_controls_and_its_parts_sum_to_the_file(coded) -> None:
+    stream, _ = coded
+    info = describe_stream(stream)
+    rows = info["chunks"]
+    assert sum(row["bytes"] for row in rows) == stream.stat().st_size == info["bytes"]
+    assert [row["keyframe"] for row in rows if row["type"] == "FRAMES"] == [0, 4, 8, 10]
+    controls = [(row["control"], row["segment"]) for row in rows if row["type"] == "CONTROLS"]
+    assert controls == [(name, s) for s in range(3) for name in ("luma", "flow")]
+    parts = bytes_by_part(rows)
+    assert set(parts) == {"header", "config", "control_table", "keyframes", "control:luma", "control:flow", "end"}
+    assert sum(parts.values()) == stream.stat().st_size
+    config = next(row for row in rows if row["type"] == "CONFIG")
+    assert (config["num_steps"], config["guidance_scale"], config["seed"], config["clip_latent_frames"]) == (2, 1.5, 7, 3)
+
+
+def test_a_subset_of_controls_is_sent_and_decodes(codec, clip_dir: Path, tmp_path: Path) -> None:
+    stream = tmp_path / "luma.gvc"
+    recon: list[np.ndarray] = []
+    codec.encode(clip_dir, stream, 0, controls="luma", on_recon=recon.append)
+    sent = {row.get("control") for row in describe_stream(stream)["chunks"] if row["type"] == "CONTROLS"}
+    assert sent == {"luma"}
+    frames = decoded(codec, stream)  # flow absent from the stream: passed to the model as dropped
+    assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and np.array_equal(frames, np.stack(recon))
+    none = tmp_path / "none.gvc"
+    codec.encode(clip_dir, none, 0, controls=[], max_frames=5)
+    assert not any(row["type"] == "CONTROL_TABLE" for row in describe_stream(none)["chunks"])
+    assert decoded(codec, none).shape == (5, HEIGHT, WIDTH, 3)
+
+
+def test_a_control_the_model_does_not_know_is_refused_in_one_line(codec, clip_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"does not take control\(s\) \['edges'\]") as e:
+        codec.encode(clip_dir, tmp_path / "x.gvc", 0, controls="luma,edges")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "x.gvc").exists()
+
+
+def test_a_gap_longer_than_the_longest_clip_is_split(codec, clip_dir: Path, tmp_path: Path) -> None:
+    stream = tmp_path / "long.gvc"
+    codec.encode(clip_dir, stream, 0, keyframes=json.dumps({"name": "fixed", "clip_frames": 20}))
+    assert [row["keyframe"] for row in describe_stream(stream)["chunks"] if row["type"] == "FRAMES"] == [0, 8, 10]
+    assert decoded(codec, stream).shape[0] == FRAMES
+
+
+def _rewrite(stream: Path, out: Path, replace) -> Path:
+    """``stream`` with each chunk's payload passed through ``replace(chunk) -> payload`` (CRCs redone)."""
+    data = stream.read_bytes()
+    f = io.BytesIO(data)
+    read_header(f)
+    parts = [data[: f.tell()]]
+    for chunk in iter_chunks(f, offset=f.tell()):
+        parts.append(chunk_bytes(chunk.type, replace(chunk)))
+    out.write_bytes(b"".join(parts) + bytes([ChunkType.END]))
+    return out
+
+
+def test_a_stream_naming_a_modality_the_model_does_not_know_is_one_error(codec, coded, tmp_path: Path) -> None:
+    stream, _ = coded
+    table = ControlWriter.build({"luma": {}, "edges": {}}).payload
+    forged = _rewrite(stream, tmp_path / "edges.gvc", lambda c: table if c.type == ChunkType.CONTROL_TABLE else c.payload)
+    with pytest.raises(BitstreamError, match="'edges'.*does not know") as e:
+        codec.decode(forged, None)
+    assert "\n" not in str(e.value)
+
+
+def test_a_damaged_control_chunk_is_one_error(codec, coded, tmp_path: Path) -> None:
+    stream, _ = coded
+    data = bytearray(stream.read_bytes())
+    row = next(r for r in describe_stream(stream)["chunks"] if r["type"] == "CONTROLS")
+    data[row["offset"] + row["bytes"] - 6] ^= 0x10  # inside the payload: the CRC catches it
+    (tmp_path / "flipped.gvc").write_bytes(bytes(data))
+    with pytest.raises(BitstreamError, match="CRC") as e:
+        codec.decode(tmp_path / "flipped.gvc", None)
+    assert "\n" not in str(e.value)
+
+    def garble(chunk):  # a valid CRC over a coder payload that is not one
+        if chunk.type != ChunkType.CONTROLS:
+            return chunk.payload
+        return chunk.payload[:2] + bytes(b ^ 0x5A for b in chunk.payload[2:])
+
+    with pytest.raises(BitstreamError, match="CONTROLS chunk") as e:
+        codec.decode(_rewrite(stream, tmp_path / "garbled.gvc", garble), None)
+    assert "\n" not in str(e.value)
