@@ -4,6 +4,7 @@ and seeded sampling runs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -115,3 +116,124 @@ def test_only_an_exact_keyframe_is_left_out_of_the_loss() -> None:
     assert kept[0] == 0 and kept[1] > 0  # dropped keyframes are frames to generate like any other
     last_mask = key_mask - first_mask
     assert (module.loss_B(wrong_at(last_mask), zero, conditions, {"keyframes": torch.tensor([False, False])}, t_B) > 0).all()
+
+
+# ---- the exported codec folder -------------------------------------------------------------
+
+
+def _codec_module(folder: Path, **kwargs) -> ControlledDiffusionModule:
+    """A stage whose keyframe coder is ``folder``'s (tiny_codec_dir: made on the same seeded tokenizer)."""
+    coding = dict(clip_latent_frames=3, keyframes={"name": "fixed", "clip_frames": 9}, controls=["luma"], num_steps=4)
+    return _module(latent_codec_path=str(folder), coding=coding, latent_scale=0.5, **kwargs)
+
+
+def test_the_export_is_a_controlled_codec_folder_with_its_coding_settings(tmp_path: Path, tiny_codec_dir: Path) -> None:
+    module = _codec_module(tiny_codec_dir)
+    trainer = _fit(module, _batch(), 1)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    written = export_checkpoint(tmp_path / "last.ckpt", tmp_path / "export")
+    assert set(written) == {"tokenizer", "latent_codec", "transformer", "coding", "codec"}
+    assert json.loads((tmp_path / "export" / "codec.json").read_text())["family"] == "controlled"
+    coding = load_component(tmp_path / "export", "coding")
+    assert coding.config == module.coding.config
+    assert (coding.latent_scale, coding.clip_latent_frames, coding.controls, coding.num_steps) == (0.5, 3, ["luma"], 4)
+    assert coding.keyframes == {"name": "fixed", "clip_frames": 9}
+    exported = load_component(tmp_path / "export", "latent_codec").state_dict()
+    assert all(torch.equal(v, load_component(tiny_codec_dir, "latent_codec").state_dict()[k]) for k, v in exported.items())
+
+
+@pytest.fixture(scope="module")
+def tiny_text_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gvc_train.models.controlled.tiny_text_encoder import build
+
+    return build(tmp_path_factory.mktemp("text_encoder_tiny"))
+
+
+def test_a_text_model_exports_as_controlled_text(tmp_path: Path, tiny_codec_dir: Path, tiny_text_folder: Path) -> None:
+    from gvc_train.models.controlled.text_encoder import TextEncoder
+    from gvc_train.models.controlled.tiny_text_encoder import WIDTH
+
+    torch.manual_seed(0)
+    tokenizer = CausalVAE(**TOKENIZER)
+    module = ControlledDiffusionModule(
+        ControlledVideoTransformer(**{**TINY, "text_dim": WIDTH}), tokenizer=tokenizer, latent_codec_path=str(tiny_codec_dir),
+        text_encoder=TextEncoder(pretrained_path=str(tiny_text_folder), max_length=16), time_kind="uniform",
+    )  # fmt: skip
+    assert module.coding.controls == ["edges", "luma", "caption"]  # by default every modality it conditions on
+    batch = {**_batch(), "caption": ["a man talks on a phone", "a cyclist rides"]}
+    _fit(module, batch, 1).save_checkpoint(tmp_path / "last.ckpt")
+    written = export_checkpoint(tmp_path / "last.ckpt", tmp_path / "export")
+    assert "text_encoder" in written
+    assert json.loads((tmp_path / "export" / "codec.json").read_text())["family"] == "controlled_text"
+    with pytest.raises(ValueError, match="text encoder gives 32 channels"):
+        ControlledDiffusionModule(ControlledVideoTransformer(**TINY), tokenizer=tokenizer, text_encoder=module.text_encoder)
+
+
+def test_a_latent_codec_of_another_tokenizer_is_refused_in_one_line(tmp_path: Path, tiny_codec_dir: Path) -> None:
+    from gvc_train.components import save_component
+
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    save_component(CausalVAE(**TOKENIZER).eval(), other, "tokenizer")  # same shape, other weights
+    save_component(load_component(tiny_codec_dir, "latent_codec"), other, "latent_codec")
+    with pytest.raises(ValueError, match="trained on another tokenizer") as error:
+        _codec_module(other)
+    assert "\n" not in str(error.value)
+    # the usual case: the tokenizer and the keyframe coder from one latent export folder
+    module = ControlledDiffusionModule(ControlledVideoTransformer(**TINY), tokenizer_path=str(tiny_codec_dir), latent_codec_path=str(tiny_codec_dir))
+    assert set(module.exported_components) == {"tokenizer", "latent_codec", "transformer", "coding"}
+
+
+@pytest.mark.parametrize(
+    ("coding", "message"),
+    [
+        ({"controls": ["luma", "pose"]}, r"names \['pose'\]: this stage conditions on \['edges', 'luma'\]"),
+        ({"controls": ["caption"]}, r"names \['caption'\]"),  # no text encoder
+        ({"clip_latent_frames": 9}, "exceeds the transformer's max_latent_frames 8"),
+        ({"latent_scale": 2.0}, "the stage's latent_scale"),
+    ],
+)
+def test_coding_settings_must_fit_the_stage(coding: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _module(coding=coding)
+
+
+# ---- random clip lengths ---------------------------------------------------------------------
+
+
+def test_random_clip_lengths_cut_video_and_controls_alike_and_follow_the_step() -> None:
+    from gvc_train.lit.clip_lengths import cut_batch, draw_latent_frames
+
+    draws = [draw_latent_frames(step, 2, 5) for step in range(40)]
+    assert draws == [draw_latent_frames(step, 2, 5) for step in range(40)]  # a function of the step
+    assert set(draws) == {2, 3, 4, 5}
+
+    batch = _batch()  # 9 frames, temporal stride 4: 3 latent frames
+    pose = [[torch.full((1, 33, 3), float(t)) for t in range(FRAMES)] for _ in range(2)]
+    flow = torch.arange(2 * (FRAMES - 1), dtype=torch.float32).view(2, FRAMES - 1, 1, 1, 1).expand(-1, -1, 2, 4, 5)
+    batch["controls"].update(pose=pose, flow=flow, caption=["a", "b"])
+    cut = cut_batch(batch, 2, 4)  # 2 latent frames: 5 frames
+    assert torch.equal(cut["video"], batch["video"][:, :, :5])
+    assert torch.equal(cut["controls"]["luma"], batch["controls"]["luma"][:, :5])
+    assert torch.equal(cut["controls"]["edges"], batch["controls"]["edges"][:, :5])
+    assert torch.equal(cut["controls"]["flow"], flow[:, :4])  # pairs: frames - 1
+    assert [[p[0, 0, 0].item() for p in clip] for clip in cut["controls"]["pose"]] == [[0, 1, 2, 3, 4]] * 2
+    assert cut["controls"]["caption"] == ["a", "b"]
+    with pytest.raises(ValueError, match="needs 13 frames, the batch has 9"):
+        cut_batch(batch, 4, 4)
+
+    module = _module(latent_frames_range=[2, 3], keyframes=["first", -1])
+    trainer = _fit(module, batch, 1)  # the stage trains on the cut
+    assert trainer.global_step == 1
+    seen = {}
+    for step in range(6):
+        module.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total.completed = step  # global_step
+        n = draw_latent_frames(step, 2, 3)
+        clip = module.clip_of_step(batch)
+        assert clip["video"].shape[2] == 1 + 4 * (n - 1) and clip["controls"]["luma"].shape[1] == 1 + 4 * (n - 1)
+        roles = module.conditions(clip, module.latent(clip))["key_roles_BT"][0].tolist()
+        assert roles == [1, *[0] * (n - 2), 3]  # first, then the closing keyframe (adaptive) at n - 1
+        seen[n] = True
+    assert set(seen) == {2, 3}
+    with pytest.raises(ValueError, match="max_latent_frames 8"):
+        _module(latent_frames_range=[2, 9])

@@ -32,23 +32,36 @@ n))`` at optimizer step n: early steps follow faster); it is in checkpoints and 
 change). Validation runs the EMA model (``loss``) and the raw one (``loss_raw``) at fixed times
 (``val_times``) with noise seeded by ``val_seed``: every validation sees the same draws.
 
-Exports ``{"tokenizer", "transformer"}``.
+**Random clip lengths** (``latent_frames_range``: ``gvc_train/lit/clip_lengths.py``): each
+training batch keeps its first ``n`` latent frames (video and controls cut alike), ``n`` drawn
+from the global step, since the codec generates clips cut at keyframes, often shorter.
+
+**Export: a whole codec folder.** ``tokenizer``; ``latent_codec``, the keyframes' coder (frozen,
+from a latent-family export whose tokenizer must be the stage's: ``latent_codec_path``);
+``transformer`` (the EMA); ``coding``, a :class:`ControlledCodingSettings` of ``latent_scale`` and
+the recipe's ``coding`` defaults; ``text_encoder`` when one is given. With a latent codec that is
+the controlled family's folder (with the text encoder, controlled_text); without one (tests),
+the components alone.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from gvc_train.components import load_component, read_component_meta, save_component
+from gvc_train.lit.clip_lengths import check_range, cut_batch, draw_latent_frames
 from gvc_train.lit.optim import clip_grad_norm, weight_decay_groups
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
 from gvc_train.lit.step_guard import step_noise
 from gvc_train.lit.tokenizer_latents import clip_latent
 from gvc_train.models import sample_noise
+from gvc_train.models.controlled.coding_settings import ControlledCodingSettings
 from gvc_train.models.controlled.control_maps import control_map
 from gvc_train.models.controlled.keyframe_latents import keyframe_conditions, keyframe_latents, pixel_frame_of
 from gvc_train.models.controlled.transformer import KEYFRAMES, TEXT, ControlledVideoTransformer
@@ -63,7 +76,12 @@ class ControlledDiffusionModule(StageModule):
     Args:
         transformer: the velocity model; its ``latent_channels`` must be the tokenizer's.
         tokenizer_path, tokenizer: the frozen tokenizer, a ``gvc-export`` folder or a module.
-        text_encoder: a frozen ``TextEncoder`` for the captions (None: no text).
+        latent_codec_path, latent_codec: the frozen keyframe coder, a latent-family export folder
+            (its tokenizer must be the stage's) or a module (tests); None: none exported.
+        text_encoder: a frozen ``TextEncoder`` for the captions (None: no text); exported.
+        coding: :class:`ControlledCodingSettings` arguments but ``latent_scale`` (the codec's
+            defaults); ``controls`` defaults to every modality the stage conditions on.
+        latent_frames_range: ``[lo, hi]``: train on clips of a random length (module docstring).
         keyframes: the training keyframe policy ("first", "last", or latent-frame ints).
         dropout, default_dropout, dropout_all_p: modality dropout (names: the transformer's
             controls, ``"keyframes"``, ``"text"``).
@@ -75,8 +93,14 @@ class ControlledDiffusionModule(StageModule):
     """
 
     stage_name = "the controlled diffusion stage"
-    exported_components = {"tokenizer": "tokenizer", "transformer": "ema_transformer"}
-    frozen_components = ("tokenizer", "ema_transformer", "text_encoder")
+    # Every component it can export, in the family's order; an instance exports those it has
+    # (``self.exported_components``, set in __init__: latent_codec and text_encoder are optional).
+    all_components = {
+        "tokenizer": "tokenizer", "latent_codec": "latent_codec", "transformer": "ema_transformer",
+        "coding": "coding", "text_encoder": "text_encoder",
+    }  # fmt: skip
+    exported_components = {"tokenizer": "tokenizer", "transformer": "ema_transformer", "coding": "coding"}
+    frozen_components = ("tokenizer", "latent_codec", "ema_transformer", "text_encoder")
     progress_bar_metrics = ("loss",)
 
     def __init__(
@@ -84,7 +108,11 @@ class ControlledDiffusionModule(StageModule):
         transformer: ControlledVideoTransformer,
         tokenizer_path: str | None = None,
         tokenizer: nn.Module | None = None,
+        latent_codec_path: str | None = None,
+        latent_codec: nn.Module | None = None,
         text_encoder: nn.Module | None = None,
+        coding: Mapping[str, Any] | None = None,
+        latent_frames_range: Sequence[int] | None = None,
         keyframes: Sequence[int | str] = ("first", "last"),
         dropout: Mapping[str, float] | None = None,
         default_dropout: float = 0.1,
@@ -114,11 +142,18 @@ class ControlledDiffusionModule(StageModule):
                 raise ValueError(f"keyframe {key!r}: 'first', 'last' or a latent-frame index")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        self.save_hyperparameters(ignore=["transformer", "tokenizer", "text_encoder"])
+        latent_codec = _keyframe_coder(latent_codec_path, latent_codec, tokenizer_path, tokenizer, self.stage_name)
+        _check_text_width(text_encoder, transformer)
+        self.clip_range = check_range(latent_frames_range, transformer.max_latent_frames)
+        coding_settings = _coding_settings(coding, latent_scale, transformer, text_encoder is not None)
+        self.save_hyperparameters(ignore=["transformer", "tokenizer", "latent_codec", "text_encoder"])
         self.transformer = transformer
         self.ema_transformer = copy.deepcopy(transformer)  # frozen_components: eval, no gradients
         self.tokenizer = tokenizer
+        self.latent_codec = latent_codec
         self.text_encoder = text_encoder
+        self.coding = coding_settings
+        self.exported_components = {name: attr for name, attr in self.all_components.items() if getattr(self, attr) is not None}  # type: ignore[misc]
         self.times = TimeSampling(time_kind, time_mean, time_std, time_shift)  # type: ignore[arg-type]
         # The dropout's columns in a fixed order: controls (sorted), keyframes, text.
         names = [*transformer.control_names, *([KEYFRAMES] if keyframes else []), *([TEXT] if text_encoder is not None else [])]
@@ -180,6 +215,13 @@ class ControlledDiffusionModule(StageModule):
         conditions["controls"] = self.control_maps(batch, x0_BCThw)
         return {**conditions, **self.text_conditions(batch)}
 
+    def clip_of_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The training batch cut to this step's random clip length (all of it without a range)."""
+        if self.clip_range is None:
+            return batch
+        n = draw_latent_frames(self.global_step if self._trainer is not None else 0, *self.clip_range)
+        return cut_batch(batch, n, self.tokenizer.temporal_stride)
+
     def latent(self, batch: dict[str, Any]) -> torch.Tensor:
         latent, _ = clip_latent(self.tokenizer, batch, self.stage_name)
         return latent * self.hparams.latent_scale
@@ -208,6 +250,7 @@ class ControlledDiffusionModule(StageModule):
     # ---- training -----------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         opt = self.optimizers()
+        batch = self.clip_of_step(batch)
         x0 = self.latent(batch)
         batch_size = x0.shape[0]
         conditions = self.conditions(batch, x0)
@@ -293,3 +336,65 @@ class ControlledDiffusionModule(StageModule):
         groups = weight_decay_groups(self.transformer, hp.weight_decay)  # no decay on biases, norms, embedding tables
         opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         return self.with_warmup([opt], hp.warmup_steps)
+
+
+# ---- construction helpers ---------------------------------------------------------------------
+
+
+def _tokenizer_fingerprint(tokenizer_path: str | None, tokenizer: nn.Module) -> str:
+    """The component fingerprint of the stage's tokenizer: its export's, or (a module) the one
+    ``gvc-export`` would write for it."""
+    if tokenizer_path is not None:
+        return read_component_meta(tokenizer_path, "tokenizer")["fingerprint"]
+    with tempfile.TemporaryDirectory() as folder:
+        save_component(tokenizer, folder, "tokenizer")
+        return read_component_meta(folder, "tokenizer")["fingerprint"]
+
+
+def _keyframe_coder(
+    latent_codec_path: str | None, latent_codec: nn.Module | None, tokenizer_path: str | None, tokenizer: nn.Module, who: str
+) -> nn.Module | None:
+    """The frozen latent codec that codes the keyframes: from a latent-family export made on this
+    very tokenizer (fingerprints compared), or a module (tests), or None."""
+    if latent_codec_path is not None and latent_codec is not None:
+        raise ValueError("give at most one of latent_codec_path (a gvc-export folder) or latent_codec (a module)")
+    if latent_codec_path is not None:
+        theirs = read_component_meta(latent_codec_path, "tokenizer")["fingerprint"]
+        if theirs != _tokenizer_fingerprint(tokenizer_path, tokenizer):
+            raise ValueError(
+                f"{who}: the latent codec at {latent_codec_path} was trained on another tokenizer "
+                f"({theirs[:16]}...); its keyframes would not decode to this stage's latents"
+            )
+        latent_codec = load_component(latent_codec_path, "latent_codec")
+    if latent_codec is not None:
+        channels = getattr(latent_codec, "latent_channels", None)
+        if channels is not None and channels != tokenizer.latent_channels:
+            raise ValueError(f"{who}: the latent codec codes {channels} latent channels, the tokenizer makes {tokenizer.latent_channels}")
+    return latent_codec
+
+
+def _check_text_width(text_encoder: nn.Module | None, transformer: ControlledVideoTransformer) -> None:
+    config = getattr(getattr(text_encoder, "model", None), "config", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+    text_dim = transformer.config.get("text_dim") if isinstance(getattr(transformer, "config", None), dict) else None
+    if width is not None and text_dim is not None and int(width) != int(text_dim):
+        raise ValueError(f"the text encoder gives {width} channels, the transformer's text_dim is {text_dim}")
+
+
+def _coding_settings(coding: Mapping[str, Any] | None, latent_scale: float, transformer: ControlledVideoTransformer, has_text: bool) -> ControlledCodingSettings:
+    """The exported ``coding`` component, checked against what this stage conditions on."""
+    coding = dict(coding or {})
+    if "latent_scale" in coding:
+        raise ValueError("coding.latent_scale is the stage's latent_scale; do not give it in coding")
+    conditioned = [*transformer.control_names, *(["caption"] if has_text else [])]
+    coding.setdefault("controls", conditioned)
+    unknown = [c for c in coding["controls"] if c not in conditioned]
+    if unknown:
+        raise ValueError(f"coding.controls names {unknown}: this stage conditions on {conditioned}")
+    try:
+        settings = ControlledCodingSettings(latent_scale=latent_scale, **coding)
+    except TypeError as e:  # an unknown setting
+        raise ValueError(f"coding: {e}") from None
+    if settings.clip_latent_frames > transformer.max_latent_frames:
+        raise ValueError(f"coding.clip_latent_frames {settings.clip_latent_frames} exceeds the transformer's max_latent_frames {transformer.max_latent_frames}")
+    return settings
