@@ -45,7 +45,10 @@ class ReconstructionVideoLogger(L.Callback):
 
     The mp4 is written under the logger's directory (``reconstructions/step_N.mp4``) for every
     logger, and also sent to Weights & Biases when a WandbLogger is attached. The validation
-    step must return a dict with ``recon`` (the reconstruction of ``batch["video"]``).
+    step must return a dict with ``recon`` (the reconstruction of ``batch["video"]``), or the
+    stage has a ``validation_videos(batch, max_clips) -> (source, shown)`` method (a generative
+    stage: both ``B x 3 x T x H x W`` in [0, 1]); it is called on rank zero only, once per
+    validation, and its videos go to ``samples/step_N.mp4`` and ``val/samples``.
     """
 
     def __init__(self, max_clips: int = 2, fps: float = 8.0) -> None:
@@ -57,22 +60,25 @@ class ReconstructionVideoLogger(L.Callback):
     ) -> None:
         if batch_idx != 0 or trainer.sanity_checking:
             return
-        if not isinstance(outputs, dict) or "recon" not in outputs:
+        hook = getattr(pl_module, "validation_videos", None)
+        if hook is None and (not isinstance(outputs, dict) or "recon" not in outputs):
             return
         # Every rank asks: Trainer.log_dir broadcasts rank 0's folder under DDP, so a rank that
         # skipped it would leave rank 0 waiting there while it waits in the next collective.
         log_dir = trainer.log_dir or trainer.default_root_dir
         if not trainer.is_global_zero:
             return
-        x_BCThw, recon_BCThw = batch["video"], outputs["recon"]
+        if hook is not None:
+            x_BCThw, recon_BCThw = hook(batch, self.max_clips)
+            folder, key = "samples", "val/samples"
+        else:
+            x_BCThw, recon_BCThw = batch["video"], outputs["recon"]
+            folder, key = "reconstructions", "val/reconstruction"
         n = min(self.max_clips, x_BCThw.shape[0])
         frames = np.concatenate([side_by_side_uint8(x_BCThw[i], recon_BCThw[i]) for i in range(n)], axis=1)
-        out_dir = Path(log_dir) / "reconstructions"
-        path = write_mp4(frames, out_dir / f"step_{trainer.global_step:07d}.mp4", fps=self.fps)
+        path = write_mp4(frames, Path(log_dir) / folder / f"step_{trainer.global_step:07d}.mp4", fps=self.fps)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import wandb
 
-                logger.experiment.log(
-                    {"val/reconstruction": wandb.Video(str(path), format="mp4"), "trainer/global_step": trainer.global_step}
-                )
+                logger.experiment.log({key: wandb.Video(str(path), format="mp4"), "trainer/global_step": trainer.global_step})
