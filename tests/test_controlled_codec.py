@@ -184,3 +184,16 @@ def test_a_damaged_control_chunk_is_one_error(codec, coded, tmp_path: Path) -> N
     with pytest.raises(BitstreamError, match="CONTROLS chunk") as e:
         codec.decode(_rewrite(stream, tmp_path / "garbled.gvc", garble), None)
     assert "\n" not in str(e.value)
+
+
+def test_gvc_encode_controls_flag_and_info_split(codec_dir: Path, clip_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gvc_train.codecs.cli import main
+
+    stream = tmp_path / "cli.gvc"
+    assert main(["encode", str(clip_dir), str(stream), "--codec", str(codec_dir), "--frames", "5", "--controls", "luma"]) == 0
+    assert main(["info", str(stream)]) == 0
+    out = capsys.readouterr().out
+    assert "control luma" in out and "control flow" not in out and "keyframes" in out
+    assert main(["encode", str(clip_dir), str(tmp_path / "bad.gvc"), "--codec", str(codec_dir), "--controls", "luma,pose"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gvc: error:") and "'pose'" in err and "\n" not in err

@@ -86,7 +86,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if not 0 <= quality < codec.num_rate_points:
             raise UsageError(f"--quality {quality} is outside this codec's 0..{codec.num_rate_points - 1}")
         # a family's own flags reach it only when given: a family that has no such setting says so
-        options = {} if args.latents_per_chunk is None else {"latents_per_chunk": args.latents_per_chunk}
+        given = {"latents_per_chunk": args.latents_per_chunk, "controls": args.controls, "keyframes": args.keyframes}
+        options = {name: value for name, value in given.items() if value is not None}
         report = codec.encode(args.input, tmp, quality, max_frames=args.frames, **options)
     report = dataclasses.replace(report, path=str(args.output))
     print(
@@ -141,6 +142,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         bpf = f"{row['bits_per_frame']:.1f}" if "bits_per_frame" in row else ""
         scale = f" {row.get('scale', ''):>5}" if scaled else ""
         print(f"{i:5d} {row['type']:7s} {row['offset']:8d} {row['bytes']:8d} {frames:>11s} {bpf:>11s}{scale}")
+    parts: dict[str, int] = {}  # a family whose rows name keyframes and controls: bytes per part
+    for row in rows:
+        part = "keyframes" if "keyframe" in row else f"control {row['control']}" if "control" in row else None
+        if part is not None:
+            parts[part] = parts.get(part, 0) + row["bytes"]
+    for part, size in parts.items():
+        print(f"{part:18s} {size:8d} bytes {size * 8 / (summary['width'] * summary['height'] * summary['frames']):.6f} bpp")
     if scaled:
         per_scale: dict[int, int] = {}
         for row in rows:
@@ -193,6 +201,12 @@ def build_parser(extra_commands: Sequence[Callable[[Any], None]] = ()) -> argpar
         help="latent frames per stream chunk (4 video frames each, at most 64). Default: the largest up to 8 "
         "whose frames fit the decoder's chunk memory limit (8 up to 960x544, 4 at 1280x720, 2 at 1920x1080)",
     )  # fmt: skip
+    enc.add_argument(
+        "--controls", default=None,
+        help="controlled codecs: the controls to send, comma-separated (any subset of what the model was trained with; "
+        "'' for none). Default: the codec's coding settings",
+    )  # fmt: skip
+    enc.add_argument("--keyframes", default=None, help='controlled codecs: the keyframe policy as JSON, e.g. \'{"name": "adaptive", "threshold": 8}\'')
     enc.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     enc.add_argument("--nondeterministic", action="store_true", help="use all torch threads (exact only at equal thread counts)")
     enc.set_defaults(func=cmd_encode)
