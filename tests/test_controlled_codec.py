@@ -197,3 +197,36 @@ def test_gvc_encode_controls_flag_and_info_split(codec_dir: Path, clip_dir: Path
     assert main(["encode", str(clip_dir), str(tmp_path / "bad.gvc"), "--codec", str(codec_dir), "--controls", "luma,pose"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gvc: error:") and "'pose'" in err and "\n" not in err
+
+
+def test_the_text_variant_sends_a_caption_through_the_text_pathway(clip_dir: Path, tmp_path: Path) -> None:
+    from component_cases import _text_encoder
+
+    folder = tmp_path / "text_codec"
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        modules = {
+            "tokenizer": CausalVAE(**TOKENIZER), "latent_codec": LatentVideoCodec(**LATENT_CODEC),
+            "transformer": ControlledVideoTransformer(**{**TRANSFORMER, "text_dim": 16}),
+            "coding": ControlledCodingSettings(**{**SETTINGS, "controls": ["luma", "caption"], "guidance_scale": 1.0}),
+            "text_encoder": _text_encoder(),
+        }  # fmt: skip
+        with torch.no_grad():
+            for param in modules["transformer"].parameters():
+                if not param.any():
+                    param.copy_(0.1 * torch.randn_like(param))
+    modules["latent_codec"].eval().update(force=True)
+    for name, module in modules.items():
+        save_component(module.eval(), folder, name)
+    write_codec_json(folder, "controlled_text", {"qualities": 3}, {"recipe": "tests/test_controlled_codec.py (random weights)"})
+    codec = open_codec(folder)
+    with_caption, without = tmp_path / "caption.gvc", tmp_path / "luma.gvc"
+    recon: list[np.ndarray] = []
+    codec.encode(clip_dir, with_caption, 0, max_frames=5, caption="a man in car", on_recon=recon.append)
+    codec.encode(clip_dir, without, 0, max_frames=5, controls="luma")
+    assert {r.get("control") for r in describe_stream(with_caption)["chunks"] if r["type"] == "CONTROLS"} == {"luma", "caption"}
+    frames = decoded(codec, with_caption)
+    assert np.array_equal(frames, np.stack(recon))
+    assert not np.array_equal(frames[1:-1], decoded(codec, without)[1:-1])  # the caption conditions the generated frames
+    with pytest.raises(ValueError, match="caption"):  # no caption given and no captioner: one line
+        codec.encode(clip_dir, tmp_path / "x.gvc", 0, max_frames=5)

@@ -42,7 +42,6 @@ from gvc_train.models.controlled.keyframe_latents import keyframe_conditions, ke
 from gvc_train.models.controlled.transformer import KEYFRAMES, TEXT
 from gvc_train.models.fixed_point import ModelCheck
 from gvc_train.models.flow.modality_dropout import drop_masks
-from gvc_train.models.flow.sampler import sample as flow_sample
 
 CAPTION = "caption"  # the control that goes through the text pathway, not a map
 
@@ -187,6 +186,10 @@ class ClipGenerator:
         sent = {*conditions["controls"], KEYFRAMES, *([TEXT] if "text_BLE" in conditions else [])}
         cond = {**conditions, "dropped": drop_masks(self.names, 1, dropped=[m for m in self.names if m not in sent])}
         uncond = {**conditions, "dropped": drop_masks(self.names, 1, dropped=self.names)}
+        # Imported here: diffusers (the scheduler) probes for training packages at import, and
+        # importing codecs/ must not touch them (tests/test_house_rules.py).
+        from gvc_train.models.flow.sampler import sample as flow_sample
+
         s = self.sampling
         generator = torch.Generator().manual_seed(clip_seed(s.seed, clip))
         latent = flow_sample(
