@@ -230,3 +230,17 @@ def test_the_text_variant_sends_a_caption_through_the_text_pathway(clip_dir: Pat
     assert not np.array_equal(frames[1:-1], decoded(codec, without)[1:-1])  # the caption conditions the generated frames
     with pytest.raises(ValueError, match="caption"):  # no caption given and no captioner: one line
         codec.encode(clip_dir, tmp_path / "x.gvc", 0, max_frames=5)
+
+
+def test_a_damaged_keyframe_or_a_cut_stream_is_one_error(codec, coded, tmp_path: Path) -> None:
+    stream, _ = coded
+
+    def garble(chunk):  # valid CRC, keyframe index kept, model check and rANS bytes changed
+        return chunk.payload[:1] + bytes(b ^ 0x33 for b in chunk.payload[1:]) if chunk.type == ChunkType.FRAMES else chunk.payload
+
+    for bad in (_rewrite(stream, tmp_path / "key.gvc", garble), tmp_path / "cut.gvc"):
+        if bad.name == "cut.gvc":
+            bad.write_bytes(stream.read_bytes()[: stream.stat().st_size // 2])
+        with pytest.raises(BitstreamError) as e:
+            codec.decode(bad, None)
+        assert "\n" not in str(e.value)
