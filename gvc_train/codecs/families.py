@@ -70,5 +70,5 @@ register_family(FamilyEntry("progressive", 2, ("tokenizer", "quantizer", "contex
 # The controlled-generation family: one model (tokenizer + keyframe latent codec + controlled
 # transformer + coding settings), with a text encoder when it was trained with captions.
 register_family(FamilyEntry("controlled", 3, ("tokenizer", "latent_codec", "transformer", "coding"), "gvc_train.codecs.controlled:ControlledCodec", "gvc_train.codecs.controlled_stream:describe_chunks"))
-register_family(FamilyEntry("controlled_text", 5, ("tokenizer", "latent_codec", "transformer", "coding", "text_encoder"), "gvc_train.codecs.controlled:ControlledTextCodec", "gvc_train.codecs.controlled_stream:describe_chunks"))
+register_family(FamilyEntry("controlled_text", 5, ("tokenizer", "latent_codec", "transformer", "coding", "text_encoder"), "gvc_train.codecs.controlled_text:ControlledTextCodec", "gvc_train.codecs.controlled_stream:describe_chunks"))
 # fmt: on
