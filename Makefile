@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.gvc-installed
 MP_VENV  ?= .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.gvc-installed
 
-.PHONY: setup demo test bench samples control-samples clean-runs lock-update readme-figures
+.PHONY: setup demo test bench samples control-samples text-encoder-tiny clean-runs lock-update readme-figures
 
 setup: $(STAMP) $(MP_STAMP)
 
@@ -42,6 +42,13 @@ samples: setup
 # frame shards with controls for the controlled diffusion stage (data/Makefile control-samples)
 control-samples: setup
 	$(MAKE) -C data control-samples PY=$(abspath $(PY))
+
+# the random frozen tiny text encoder recipes/tiny/controlled_cvg.yaml reads: a stand-in until a
+# real one is given by path (gvc_train/models/controlled/tiny_text_encoder.py); deterministic
+text-encoder-tiny: data/text_encoder_tiny/config.json
+
+data/text_encoder_tiny/config.json: gvc_train/models/controlled/tiny_text_encoder.py | setup
+	$(PY) -m gvc_train.models.controlled.tiny_text_encoder --out data/text_encoder_tiny
 
 demo: samples
 	$(PY) -m gvc_train.demo

@@ -237,3 +237,14 @@ def test_random_clip_lengths_cut_video_and_controls_alike_and_follow_the_step() 
     assert set(seen) == {2, 3}
     with pytest.raises(ValueError, match="max_latent_frames 8"):
         _module(latent_frames_range=[2, 9])
+
+
+def test_the_latent_cache_encodes_each_clip_and_keyframe_once() -> None:
+    module, batch = _module(latent_cache=16), _batch()
+    plain = _module()
+    first = module.conditions(batch, module.latent(batch))
+    assert (module.latent_cache.misses, module.latent_cache.hits) == (4, 0)  # 2 clips + 2 x (2 keyframes, one call)
+    again = module.conditions(batch, module.latent(batch))
+    assert module.latent_cache.hits == 4 and torch.equal(first["key_BCThw"], again["key_BCThw"])
+    assert torch.allclose(module.latent(batch), plain.latent(batch), atol=1e-5)
+    assert torch.allclose(first["key_BCThw"], plain.conditions(batch, plain.latent(batch))["key_BCThw"], atol=1e-5)

@@ -56,6 +56,7 @@ from torch import nn
 
 from gvc_train.components import load_component, read_component_meta, save_component
 from gvc_train.lit.clip_lengths import check_range, cut_batch, draw_latent_frames
+from gvc_train.lit.latent_cache import ContentCache
 from gvc_train.lit.optim import clip_grad_norm, weight_decay_groups
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
 from gvc_train.lit.step_guard import step_noise
@@ -82,6 +83,9 @@ class ControlledDiffusionModule(StageModule):
         coding: :class:`ControlledCodingSettings` arguments but ``latent_scale`` (the codec's
             defaults); ``controls`` defaults to every modality the stage conditions on.
         latent_frames_range: ``[lo, hi]``: train on clips of a random length (module docstring).
+        latent_cache: clips (and keyframes) whose tokenizer latents are kept by content
+            (:class:`~gvc_train.lit.latent_cache.ContentCache`): whole-frame clips repeat every
+            epoch, and encoding them is most of a CPU step; 0 encodes every step.
         keyframes: the training keyframe policy ("first", "last", or latent-frame ints).
         dropout, default_dropout, dropout_all_p: modality dropout (names: the transformer's
             controls, ``"keyframes"``, ``"text"``).
@@ -113,6 +117,7 @@ class ControlledDiffusionModule(StageModule):
         text_encoder: nn.Module | None = None,
         coding: Mapping[str, Any] | None = None,
         latent_frames_range: Sequence[int] | None = None,
+        latent_cache: int = 0,
         keyframes: Sequence[int | str] = ("first", "last"),
         dropout: Mapping[str, float] | None = None,
         default_dropout: float = 0.1,
@@ -153,6 +158,7 @@ class ControlledDiffusionModule(StageModule):
         self.latent_codec = latent_codec
         self.text_encoder = text_encoder
         self.coding = coding_settings
+        self.latent_cache = ContentCache(latent_cache)  # a miss is computed per clip: bit-identical to a hit
         self.exported_components = {name: attr for name, attr in self.all_components.items() if getattr(self, attr) is not None}  # type: ignore[misc]
         self.times = TimeSampling(time_kind, time_mean, time_std, time_shift)  # type: ignore[arg-type]
         # The dropout's columns in a fixed order: controls (sorted), keyframes, text.
@@ -181,7 +187,9 @@ class ControlledDiffusionModule(StageModule):
         stride = self.tokenizer.temporal_stride
         frames = sorted(roles)
         pixels = torch.tensor([pixel_frame_of(k, stride) for k in frames], device=video.device)
-        latents_BCKhw = keyframe_latents(self.tokenizer, video.index_select(2, pixels), self.hparams.latent_scale)
+        scale = self.hparams.latent_scale
+        encode = lambda frames: keyframe_latents(self.tokenizer, frames, scale)  # noqa: E731
+        latents_BCKhw = self.latent_cache(f"keyframes x{scale}", encode, video.index_select(2, pixels))
         keys = {k: (roles[k], latents_BCKhw[:, :, i]) for i, k in enumerate(frames)}
         return keyframe_conditions(keys, tuple(x0_BCThw.shape), x0_BCThw.device)
 
@@ -223,7 +231,11 @@ class ControlledDiffusionModule(StageModule):
         return cut_batch(batch, n, self.tokenizer.temporal_stride)
 
     def latent(self, batch: dict[str, Any]) -> torch.Tensor:
-        latent, _ = clip_latent(self.tokenizer, batch, self.stage_name)
+        if "latent" not in batch and batch.get("video") is not None and self.latent_cache.max_entries:
+            with torch.no_grad():
+                latent = self.latent_cache("clip", lambda video: self.tokenizer.encode(video).mode().float(), batch["video"])
+        else:
+            latent, _ = clip_latent(self.tokenizer, batch, self.stage_name)
         return latent * self.hparams.latent_scale
 
     # ---- the loss -----------------------------------------------------------------------
