@@ -1,5 +1,5 @@
-"""The controlled-generation codec (codecs/controlled.py): a tiny random folder built here, an
-11-frame 40x32 synthetic clip; mechanics, not quality.
+"""The controlled-generation codec (codecs/controlled.py): the tiny random folder and 11-frame
+40x32 synthetic clip of tests/controlled_codec_fixtures.py; mechanics, not quality.
 
 Keyframes every 4 frames (fixed clips of 5) give keyframes 0, 4, 8, 10: two whole clips and a
 3-frame one padded to 5; the longest clip is 1 + 4 (3 - 1) = 9 frames.
@@ -13,65 +13,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from gvc_train.codecs.base import describe_stream, open_codec
-from gvc_train.codecs.codec_folder import write_codec_json
 from gvc_train.codecs.controlled_stream import bytes_by_part
 from gvc_train.coding.container import BitstreamError, ChunkType, chunk_bytes, iter_chunks, read_header
 from gvc_train.coding.controls.track import ControlWriter
-from gvc_train.components import save_component
-from gvc_train.models import CausalVAE, ControlledVideoTransformer, LatentVideoCodec
-from gvc_train.models.controlled.coding_settings import ControlledCodingSettings
 
-FRAMES, WIDTH, HEIGHT = 11, 40, 32
-TOKENIZER = dict(latent_channels=4, base_channels=8, channel_mults=[1, 2, 2, 2], num_res_blocks=1, mid_attention=False, norm_groups=8)
-LATENT_CODEC = dict(latent_channels=4, channels=8, y_channels=4, z_channels=4, memory_channels=4, num_res_blocks=1, num_qualities=3)
-TRANSFORMER = dict(
-    latent_channels=4, patch_size=[1, 1, 1], width=16, depth=2, heads=2, mlp_ratio=2.0, text_dim=8,
-    controls={"luma": 1, "flow": 2}, control_depth=1, control_hidden=4, control_frames_per_latent=4,
-    control_scale=2, max_latent_frames=4,
-)  # fmt: skip
-SETTINGS = dict(
-    latent_scale=1.0, clip_latent_frames=3, keyframes={"name": "fixed", "clip_frames": 5}, end_role="last",
-    controls=["luma", "flow"], control_settings={"flow": {"extractor": {"preset": "fast"}}}, keyframe_quality=1,
-    num_steps=2, shift=1.0, guidance_scale=1.5, seed=7,
-)  # fmt: skip
+from controlled_codec_fixtures import FRAMES, HEIGHT, SETTINGS, TRANSFORMER, WIDTH, write_codec_folder, write_moving_square_clip
 
 
 @pytest.fixture(scope="module")
 def codec_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("controlled_codec")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        modules = {
-            "tokenizer": CausalVAE(**TOKENIZER),
-            "latent_codec": LatentVideoCodec(**LATENT_CODEC),
-            "transformer": ControlledVideoTransformer(**TRANSFORMER),
-            "coding": ControlledCodingSettings(**SETTINGS),
-        }
-        with torch.no_grad():  # a fresh transformer predicts zero: give its zero-initialised layers values
-            for param in modules["transformer"].parameters():
-                if not param.any():
-                    param.copy_(0.1 * torch.randn_like(param))
-    modules["latent_codec"].eval().update(force=True)
-    for name, module in modules.items():
-        save_component(module.eval(), folder, name)
-    write_codec_json(folder, "controlled", {"qualities": 3}, {"recipe": "tests/test_controlled_codec.py (random weights)"})
-    return folder
+    return write_codec_folder(tmp_path_factory.mktemp("controlled_codec"), "controlled")
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A square moving over a gradient: frames that differ, so flow and luma carry something."""
-    folder = tmp_path_factory.mktemp("clip")
-    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
-    for t in range(FRAMES):
-        frame = np.stack([xs * 6, ys * 7, np.full_like(xs, 90)], axis=-1).astype(np.uint8)
-        frame[8:20, 2 + 2 * t : 14 + 2 * t] = (230, 40, 40)
-        Image.fromarray(frame).save(folder / f"frame_{t + 1:06d}.png")
-    return folder
+    return write_moving_square_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
@@ -202,23 +160,10 @@ def test_gvc_encode_controls_flag_and_info_split(codec_dir: Path, clip_dir: Path
 def test_the_text_variant_sends_a_caption_through_the_text_pathway(clip_dir: Path, tmp_path: Path) -> None:
     from component_cases import _text_encoder
 
-    folder = tmp_path / "text_codec"
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        modules = {
-            "tokenizer": CausalVAE(**TOKENIZER), "latent_codec": LatentVideoCodec(**LATENT_CODEC),
-            "transformer": ControlledVideoTransformer(**{**TRANSFORMER, "text_dim": 16}),
-            "coding": ControlledCodingSettings(**{**SETTINGS, "controls": ["luma", "caption"], "guidance_scale": 1.0}),
-            "text_encoder": _text_encoder(),
-        }  # fmt: skip
-        with torch.no_grad():
-            for param in modules["transformer"].parameters():
-                if not param.any():
-                    param.copy_(0.1 * torch.randn_like(param))
-    modules["latent_codec"].eval().update(force=True)
-    for name, module in modules.items():
-        save_component(module.eval(), folder, name)
-    write_codec_json(folder, "controlled_text", {"qualities": 3}, {"recipe": "tests/test_controlled_codec.py (random weights)"})
+    folder = write_codec_folder(
+        tmp_path / "text_codec", "controlled_text", seed=1, transformer={**TRANSFORMER, "text_dim": 16},
+        settings={**SETTINGS, "controls": ["luma", "caption"], "guidance_scale": 1.0}, extra={"text_encoder": _text_encoder()},
+    )  # fmt: skip
     codec = open_codec(folder)
     with_caption, without = tmp_path / "caption.gvc", tmp_path / "luma.gvc"
     recon: list[np.ndarray] = []
