@@ -18,11 +18,13 @@ from conftest import REPO, tiny_fit_args
 
 # Stages whose recipes need more than shards run them in their own test file instead:
 # the latent codec needs a tokenizer export (tests/test_latent_codec_stage.py), the progressive
-# stages a tokenizer or a stage-1 export and latent shards (tests/test_progressive_stages.py).
+# stages a tokenizer or a stage-1 export and latent shards (tests/test_progressive_stages.py), the
+# controlled stage control shards and a latent export (tests/test_controlled_recipes.py).
 TESTED_ELSEWHERE = {
     "gvc_train.lit.latent_codec.LatentCodecModule",
     "gvc_train.lit.progressive_quantizer.ProgressiveQuantizerModule",
     "gvc_train.lit.progressive_context.ProgressiveContextModule",
+    "gvc_train.lit.controlled_diffusion.ControlledDiffusionModule",  # control shards: tests/test_controlled_recipes.py
 }
 STAGE_RECIPES = sorted(
     p.relative_to(REPO).as_posix()
