@@ -66,6 +66,7 @@ def test_report_has_every_point_output_and_plot(report_dir: Path) -> None:
     summary = (report_dir / "summary.md").read_text()
     assert "BD-rate" in summary and "## Not measured" in summary and "libx264" in summary
     assert report["truncation"] == [] and "Truncation" not in summary  # a latent codec's streams cannot be cut
+    assert report["ablation"] == [] and "Control ablation" not in summary  # nor does it send controls
     assert {r["anchor"] for r in report["bd"]} == {"x264 (low-delay)", "x264 (random-access)"}
     assert len(report["plots"]) == len(report["metrics"]) >= 4
     for png in report["plots"]:

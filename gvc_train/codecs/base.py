@@ -16,6 +16,9 @@ exported folder and use the interface:
   which ``gvc eval``'s truncation curve measures;
 * ``ceiling(frames)``: the reconstruction without any rate constraint (a tokenizer alone), where
   the family has one, for rate-distortion plots.
+* ``known_controls`` and ``default_controls``: the controls a family that sends them can send
+  (``encode(controls=...)`` takes any subset) and those it sends when not told; empty for the
+  others. ``gvc eval``'s ablation table codes a clip once per subset.
 
 The family-specific settings of ``gvc-export`` come from :meth:`Codec.export_extras` and
 :meth:`Codec.check_components`, so a folder that cannot code is refused when it is exported.
@@ -146,6 +149,17 @@ class Codec(abc.ABC):
     def can_cut(cls) -> bool:
         """Whether :meth:`truncate` cuts this family's streams (``cut_fills`` names how a cut decodes)."""
         return bool(cls.cut_fills)
+
+    @property
+    def known_controls(self) -> list[str]:
+        """The controls this codec's streams can carry, any subset of which ``encode(controls=...)``
+        takes. Empty (the default): the family sends none."""
+        return []
+
+    @property
+    def default_controls(self) -> list[str]:
+        """The controls :meth:`encode` sends when not given ``controls`` (within :attr:`known_controls`)."""
+        return []
 
     def decode_cut(self, stream: str | os.PathLike, on_frame: FrameCallback | None, fill: str) -> CodingReport:
         """Decode ``stream`` (whole or cut by :meth:`truncate`) as :meth:`decode` does, predicting

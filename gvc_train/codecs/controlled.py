@@ -137,6 +137,10 @@ class ControlledCodec(Codec):
         return self.controls_known(self.transformer, self.text_encoder is not None)
 
     @property
+    def default_controls(self) -> list[str]:
+        return list(self.settings.controls)
+
+    @property
     def num_rate_points(self) -> int:
         return self.latent_codec.num_qualities
 
@@ -154,7 +158,7 @@ class ControlledCodec(Codec):
         """The controls to send: ``None`` (the settings'), a list, or ``"luma,flow"``; ValueError in
         one line for one the model does not know."""
         if controls is None:
-            return list(self.settings.controls)
+            return self.default_controls
         names = [n.strip() for n in controls.split(",") if n.strip()] if isinstance(controls, str) else list(controls)
         unknown = [n for n in names if n not in self.known_controls]
         if unknown:

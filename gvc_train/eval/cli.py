@@ -1,6 +1,7 @@
 """``gvc eval``: codecs and anchors on the same frames, RD points, BD-rate, plots.
 
     gvc eval --codec DIR... --video FILE... --out REPORT_DIR [--anchors x264,x265,svtav1]
+             [--control-subsets 'luma;luma,flow;none']
 
 The command lives here, above ``codecs/``, and joins the ``gvc`` parser through
 ``gvc_train.gvc_cli``: ``codecs/`` (what a user who only decodes installs) never imports
@@ -30,6 +31,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for folder in args.codec:
         if not (Path(folder) / "codec.json").is_file():
             raise UsageError(f"{folder} is not an exported codec folder (no codec.json)")
+    control_subsets = None
+    if args.control_subsets is not None:
+        from gvc_train.eval.ablation import parse_control_subsets
+
+        try:
+            control_subsets = parse_control_subsets(args.control_subsets)
+        except ValueError as e:
+            raise UsageError(f"--control-subsets: {e}") from None
     inputs = [*args.video, *(p for c in args.codec for p in folder_files(c))]
     out = Path(args.out)
     owns = lambda p: p.name in EVAL_FILES  # noqa: E731
@@ -43,6 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             codecs=args.codec, videos=args.video, out=args.out, anchors=[a for a in args.anchors.split(",") if a],
             frames=args.frames, intra_period=args.intra_period, ladder_points=args.ladder_points,
             anchor_cache=args.anchor_cache, metric_options=metric_options, progress=not args.no_progress,
+            control_subsets=control_subsets,
         )  # fmt: skip
         # A rerun into the same report folder keeps its anchor cache (the anchors' encodes are
         # the slow part): moved into the new folder, and back if the run fails.
@@ -73,6 +83,11 @@ def add_eval_command(subparsers: Any) -> None:
     ev.add_argument("--lpips-backbone", default=None, help="local torchvision VGG16 state dict for LPIPS")
     ev.add_argument("--dists-backbone", default=None, help="local torchvision VGG16 state dict for DISTS")
     ev.add_argument("--i3d", default=None, help="local I3D TorchScript for FVD; a TorchScript file is code that runs on the videos: use a trusted file only")
+    ev.add_argument(
+        "--control-subsets", default=None, metavar="SETS",
+        help="codecs that send controls: the sets of controls of the ablation table, ';' between sets, ',' between names, "
+        "'none' for no controls, e.g. 'luma;luma,flow;none' (default: each such codec's default set and none)",
+    )  # fmt: skip
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("--out", required=True, help="report folder (new or empty; a previous report with --overwrite)")
     ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

@@ -10,8 +10,11 @@ random-access setting. Every reconstruction is measured against the source by th
 suite (``eval.metric_suite``); BD-rate and BD-metric of each codec against each anchor setting
 follow (``eval.bdrate``). A codec whose streams can be cut (``Codec.can_cut``) also gets its
 truncation curve (``eval.truncation``): its top rate point's stream cut after every scale, each
-cut decoded with each of the codec's fills. Written to ``--out``: ``report.json`` (every point
-with its per-frame metrics, commands, presets, the truncation curves, what was not available
+cut decoded with each of the codec's fills. A codec that sends controls
+(``Codec.known_controls``) also gets its control ablation (``eval.ablation``): the video coded
+once per set of controls (``--control-subsets``; by default its default set and none) at its
+default rate point. Written to ``--out``: ``report.json`` (every point with its per-frame
+metrics, commands, presets, the truncation curves, the ablation tables, what was not available
 and why), ``points.csv``, ``summary.md`` and ``plots/<video>_<metric>.png`` (the truncation
 curves beside the codecs' and anchors' curves).
 """
@@ -62,6 +65,9 @@ class EvalOptions:
     anchor_cache: str | None = None
     metric_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     progress: bool = True
+    # The sets of controls a codec that sends controls is coded with for its ablation table
+    # (eval.ablation); None: each such codec's default set and none.
+    control_subsets: Sequence[Sequence[str]] | None = None
     shown_out: str | None = None  # the name to print for ``out`` (gvc eval writes beside it, then moves it there)
 
 
@@ -77,18 +83,24 @@ class _Progress:
         self.bar.set_description(what[:60])
         self.bar.update(1)
 
+    def grow(self, steps: int) -> None:
+        """Steps learnt of once a codec is open (its control ablation)."""
+        self.bar.total += steps
+        self.bar.refresh()
+
     def close(self) -> None:
         self.bar.close()
 
 
 def _codec_points(
     options: EvalOptions, video: Path, source_THWC: np.ndarray, streams: Path, progress: _Progress
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every codec's points at each rate point, and the truncation curve of each that can be cut."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every codec's points at each rate point, the truncation curve of each that can be cut and
+    the control ablation of each that sends controls."""
     from gvc_train.codecs.base import open_codec
     from gvc_train.eval.metric_suite import compute_metrics
 
-    points, curves = [], []
+    points, curves, ablations = [], [], []
     for codec_dir in options.codecs:
         codec = open_codec(codec_dir)
         name = Path(codec_dir).name
@@ -109,7 +121,52 @@ def _codec_points(
             progress.step(f"{video.name} {name} q{q}")
         if codec.can_cut():  # the last stream coded above, at the top rate point
             curves.append(_truncation(codec, name, str(codec_dir), video, stream, source_THWC, progress))
-    return points, curves
+        if codec.known_controls:
+            ablations += _ablation(codec, name, str(codec_dir), options, video, source_THWC, streams, points[-codec.num_rate_points :], progress)
+    return points, curves, ablations
+
+
+def _ablation(
+    codec: Codec, name: str, codec_dir: str, options: EvalOptions, video: Path, source_THWC: np.ndarray, streams: Path,
+    own_points: list[dict[str, Any]], progress: _Progress,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The codec's control ablation on ``video`` (none when no subset is asked), its paths relative
+    to the report folder; the rate point's own point stands for the default controls' row."""
+    from gvc_train.eval.ablation import control_ablation, default_subsets
+    from gvc_train.eval.metric_suite import compute_metrics
+
+    subsets = default_subsets(codec) if options.control_subsets is None else [list(s) for s in options.control_subsets]
+    if not subsets:
+        return []
+    point = next(p for p in own_points if p["quality"] == codec.default_rate_point)
+    reused = (streams.parent / point["stream"], dict(point["metrics"]))
+    progress.grow(sum(list(s) != list(codec.default_controls) for s in subsets))
+    table = control_ablation(
+        codec, video, options.frames, source_THWC, subsets, lambda recon: compute_metrics(recon, source_THWC, options.metric_options)[1],
+        streams, reused=reused, on_row=lambda subset: progress.step(f"{video.name} {name} controls {','.join(subset) or 'none'}"),
+    )  # fmt: skip
+    for row in table["rows"]:
+        row["stream"] = str(Path(row["stream"]).relative_to(streams.parent))
+    with_derived_metrics(table["rows"])
+    return [{"video": video.name, "codec": name, "codec_dir": codec_dir, "family": codec.family, "frames": int(source_THWC.shape[0]), **table}]
+
+
+def _check_control_subsets(options: EvalOptions) -> None:
+    """Asked subsets fit every codec that sends controls, and one does at least: ValueError
+    (one line) before any work."""
+    from gvc_train.codecs.base import open_codec
+    from gvc_train.eval.ablation import check_subsets
+
+    if options.control_subsets is None:
+        return
+    senders = 0
+    for codec_dir in options.codecs:
+        codec = open_codec(codec_dir)
+        if codec.known_controls:
+            senders += 1
+            check_subsets(codec, options.control_subsets, str(codec_dir))
+    if not senders:
+        raise ValueError(f"--control-subsets: none of the codecs ({', '.join(map(str, options.codecs)) or 'none given'}) sends controls")
 
 
 def _truncation(
@@ -253,6 +310,7 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
     for video in options.videos:
         if not Path(video).exists():
             raise FileNotFoundError(f"no video at {video}")
+    _check_control_subsets(options)
     out = Path(options.out)
     streams = out / "streams"
     streams.mkdir(parents=True, exist_ok=True)
@@ -266,13 +324,15 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
     started = time.perf_counter()
     points: list[dict[str, Any]] = []
     truncation: list[dict[str, Any]] = []
+    ablation: list[dict[str, Any]] = []
     try:
         for video_path in options.videos:
             video = Path(video_path)
             source_THWC = read_frames(video, count=options.frames)
             fps = probe(video).fps or 30.0
-            codec_points, curves = _codec_points(options, video, source_THWC, streams, progress)
+            codec_points, curves, tables = _codec_points(options, video, source_THWC, streams, progress)
             truncation += curves
+            ablation += tables
             rates = [p["bpp"] for p in codec_points]
             bpp_range = (min(rates), max(rates)) if rates else None
             points += codec_points + _anchor_points(options, video, source_THWC, fps, bpp_range, progress)
@@ -306,6 +366,7 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         "points": points,
         "bd": bd,
         "truncation": truncation,
+        "ablation": ablation,
         "plots": plots,
     }
     write_json(out / "report.json", report, indent=1)

@@ -56,9 +56,26 @@ def _truncation_sections(curves: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _ablation_sections(tables: Sequence[dict[str, Any]]) -> list[str]:
+    """A table per control ablation: the video coded once per set of controls."""
+    from gvc_train.eval.ablation import ablation_markdown
+
+    lines: list[str] = []
+    for t in tables:
+        lines += ["", f"## Control ablation: {t['video']}, {t['codec']}", ""]
+        lines.append(
+            f"The same {t['frames']} frames coded once per set of controls, at quality {t['quality']} (the codec's default): "
+            "the keyframes, the seed and the sampling settings are the same in every row, so a row differs from another "
+            "only by the controls sent, what they cost and what they buy. Rate: the file's size; bytes by part from the "
+            "stream's chunks (`gvc info`), the rest being header, config, control table and end."
+        )
+        lines += ["", ablation_markdown(t)]
+    return lines
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     """Points per video (rate and the metrics), then the BD table, the truncation curves, the
-    anchors' commands, what was not measured and the plots."""
+    control ablations, the anchors' commands, what was not measured and the plots."""
     metrics = [m for m in report["metrics"] if m != "ms_ssim_db"]
     lines = ["# gvc eval", "", report["protocol"], ""]
     lines.append(f"Frames per video: {report['frames']}; anchors' intra period: {report['intra_period']} (-1: first frame only).")
@@ -85,6 +102,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(r.get('bd_metric'), 3)} | {_fmt(r.get('bd_metric_overlap'), 2)} | {r.get('bd_metric_warning') or error} |"
             )
     lines += _truncation_sections(report.get("truncation", []))
+    lines += _ablation_sections(report.get("ablation", []))
     commands = sorted({(p["codec"], p["setting"], p["preset"], p["command"]) for p in report["points"] if "command" in p})
     if commands:
         lines += ["", "## Anchor commands (one per setting; the CRF varies along the ladder)", ""]
