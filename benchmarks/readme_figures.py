@@ -151,6 +151,7 @@ def bench_summary(bench: dict[str, Any]) -> str:
     pipeline = bench["pipeline"]
     train = [bench[k]["lightning_over_plain"] for k in ("tokenizer_training", "latent_codec_training")]
     train += [stage["lightning_over_plain"] for stage in bench.get("progressive_training", {}).values()]
+    train += [bench["controlled"]["training"]["lightning_over_plain"]] if "controlled" in bench else []
     e, lat, ddp = bench["entropy"], bench["latents"], bench["ddp_scaling"]
     mem = bench["codec"]["memory"]
     speed = list(bench["codec"]["speed"].values())
@@ -162,6 +163,7 @@ def bench_summary(bench: dict[str, Any]) -> str:
     growth = [1 + mem[f"{k}_growth"] for k in ("encode", "decode")]
     controls = _controls_summary(bench["controls"]) if "controls" in bench else ""  # runs before issue 14 lack it
     progressive = _progressive_summary(bench["progressive_codec"]) if "fps" in bench.get("progressive_codec", {}) else ""
+    controlled = _controlled_summary(bench["controlled"]) if "controlled" in bench else ""  # runs before issue 15 lack it
     return (
         f"\n- **Data.** The sample shards come out of the pipeline at {_span(sample, '.2f')}x the speed of a PyAV "
         f"decode of the same clips per worker; at source pixels (bikes 640x272, bigbuckbunny 1280x720) at "
@@ -178,7 +180,7 @@ def bench_summary(bench: dict[str, Any]) -> str:
         f"fixed mmap threshold; with glibc's default one the peak moves by {_span(default_growth, '.3f')}x). On a CPU "
         f"the tiny codec is far slower than x265 (encode {_span(enc, '.3f')}x, decode {_span(dec, '.3f')}x of one "
         f"x265 thread): its tokenizer decoder's 3D convolutions dominate. It is meant for GPUs; the rows are here to "
-        f"catch regressions.\n" + progressive + controls
+        f"catch regressions.\n" + progressive + controls + controlled
     )
 
 
@@ -208,6 +210,17 @@ def _controls_summary(c: dict[str, Any]) -> str:
         f"but at {_span([v['shard_clips_per_s']['set'] for v in videos], '.2f')} clips/s per worker it is "
         f"{_span([v['frames_decode_clips_per_s'] / v['shard_clips_per_s']['set'] for v in videos], '.0f')}x slower than "
         f"decoding the same clips' frames (one process, 17-frame clips of carphone and bikes).\n"
+    )
+
+
+def _controlled_summary(c: dict[str, Any]) -> str:
+    s, d = c["sampling"], c["decode"]
+    return (
+        f"- **Controlled codec.** At the tiny CGVC recipe's size (random weights) a sampling step on a 17-frame 176x144 "
+        f"clip takes {1000 / s['unguided_steps_per_s']:.0f} ms ({s['unguided_steps_per_s'] / s['guided_steps_per_s']:.2f}x "
+        f"faster than with classifier-free guidance), and decoding {d['frames']} frames of carphone (keyframes coded, every "
+        f"other frame generated in {d['num_steps']} steps) runs at {d['decode_fps'] / d['latent_decode_fps']:.2f}x the "
+        f"latent codec's speed.\n"
     )
 
 

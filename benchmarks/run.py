@@ -127,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     results["controls"] = bench_controls(quick=args.quick)
     rows += control_rows(results["controls"])
     sections["controls"] = time.perf_counter() - started - sum(sections.values())
+    print("controlled family: sampling, decode, training ...", flush=True)
+    from benchmarks.bench_controlled import bench_controlled, table_rows as controlled_rows
+
+    results["controlled"] = bench_controlled(quick=args.quick)
+    rows += controlled_rows(results["controlled"])
+    sections["controlled"] = time.perf_counter() - started - sum(sections.values())
     results["section_seconds"] = {k: round(v, 1) for k, v in sections.items()}
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["table_rows"] = rows  # what `make readme-figures` puts in the README, as printed
