@@ -49,7 +49,7 @@ from gvc_train.codecs.controlled_stream import (
 )
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import read_config_chunk
-from gvc_train.codecs.tokenizer_io import assemble_stream
+from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, assemble_stream
 from gvc_train.coding.container import (
     MAX_CHUNK_BYTES,
     BitstreamError,
@@ -97,6 +97,9 @@ class ControlledCodec(Codec):
         self.transformer = modules["transformer"].eval()
         self.settings = modules["coding"]
         self.text_encoder = modules["text_encoder"].eval() if "text_encoder" in modules else None
+        # A clip is generated and decoded at once: its padded pixels bound memory (tokenizer_io's
+        # MAX_CHUNK_PIXELS); a stream over it is refused before anything is allocated.
+        self.max_clip_pixels = MAX_CHUNK_PIXELS
         try:
             self.tables = self.latent_codec.cdf_tables()
             self.net = self.latent_codec.fixed_point()
@@ -147,6 +150,11 @@ class ControlledCodec(Codec):
     @property
     def default_rate_point(self) -> int:
         return min(self.settings.keyframe_quality, self.num_rate_points - 1)
+
+    def clip_pixels(self, width: int, height: int, clip_latent_frames: int) -> int:
+        """Padded pixels of the longest clip of ``width x height`` frames (what a clip's decode allocates for)."""
+        s = self.tokenizer.spatial_stride
+        return clip_frames_of(clip_latent_frames, self.tokenizer.temporal_stride) * (-(-height // s) * s) * (-(-width // s) * s)
 
     @property
     def max_clip_frames(self) -> int:
@@ -215,6 +223,11 @@ class ControlledCodec(Codec):
         try:
             with VideoReader(source) as reader, open(body_path, "wb") as body, inference_mode(self.deterministic):
                 info = reader.info
+                if self.clip_pixels(info.width, info.height, s.clip_latent_frames) > self.max_clip_pixels:
+                    raise ValueError(
+                        f"{info.width}x{info.height} clips of {s.clip_latent_frames} latent frames are over this codec's "
+                        f"{self.max_clip_pixels}-pixel clip limit: scale the video down"
+                    )
                 run = _EncodeRun(self, rate_point, sampling, policy, extractors, writer, caption, info.width, info.height, body, on_recon)
                 for frame in reader.frames(max_frames):
                     run.add(frame)
@@ -265,6 +278,11 @@ class ControlledCodec(Codec):
             raise BitstreamError(f"clips of {config.clip_latent_frames} latent frames exceed this model's {self.transformer.max_latent_frames}")
         if config.keyframes > header.frames:
             raise BitstreamError(f"{config.keyframes} keyframes in a stream of {header.frames} frames")
+        if self.clip_pixels(header.width, header.height, config.clip_latent_frames) > self.max_clip_pixels:
+            raise BitstreamError(
+                f"{header.width}x{header.height} clips of {config.clip_latent_frames} latent frames are over this decoder's "
+                f"{self.max_clip_pixels}-pixel clip limit ({type(self).__name__}.max_clip_pixels)"
+            )
         keyframe_coder = KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, 0, header.width, header.height)
         clip = clip_frames_of(config.clip_latent_frames, self.tokenizer.temporal_stride)
         # Chunks are a keyframe (its symbols at < 8 bytes each) or one clip's control (< 64 bytes a pixel and frame).
