@@ -288,3 +288,28 @@ def test_a_crop_bigger_than_the_frames_skips_that_input_in_one_line(tmp_path: Pa
     index = ShardIndex.load(out)
     assert [s["source"] for s in index.sources] == [BIKES] and index.total_clips == 1
     assert index.skipped == [{"source": CARPHONE, "reason": "frames of 144x176 are smaller than the crop 200x200"}]
+
+
+def test_decoded_controls_are_kept_by_their_bytes_within_the_budget(monkeypatch) -> None:
+    import gvc_train.data.control_batch as control_batch
+
+    monkeypatch.setattr(control_batch, "_decoded_cache", control_batch.OrderedDict())
+    monkeypatch.setattr(control_batch, "_decoded_bytes", 0)
+    calls = []
+
+    class Coder:
+        def decode(self, data: bytes):
+            calls.append(data)
+            return torch.zeros(len(data), dtype=torch.uint8)
+
+    monkeypatch.setattr(control_batch, "_coder", lambda name, settings: Coder())
+    monkeypatch.setattr(control_batch, "DECODED_CACHE_BYTES", 800)
+    first = control_batch._decode_cached("luma", "{}", b"a" * 100)
+    assert control_batch._decode_cached("luma", "{}", b"a" * 100) is first and len(calls) == 1  # a hit
+    control_batch._decode_cached("luma", '{"x": 1}', b"a" * 100)  # other settings: another entry
+    assert len(calls) == 2
+    for i in range(8):
+        control_batch._decode_cached("luma", "{}", bytes([i]) * 100)
+    assert control_batch._decoded_bytes <= 800 and len(control_batch._decoded_cache) == 8  # oldest out
+    control_batch._decode_cached("luma", "{}", b"b" * 101)  # over an eighth of the budget: never kept
+    assert (("luma", "{}", b"b" * 101)) not in control_batch._decoded_cache

@@ -248,3 +248,13 @@ def test_the_latent_cache_encodes_each_clip_and_keyframe_once() -> None:
     assert module.latent_cache.hits == 4 and torch.equal(first["key_BCThw"], again["key_BCThw"])
     assert torch.allclose(module.latent(batch), plain.latent(batch), atol=1e-5)
     assert torch.allclose(first["key_BCThw"], plain.conditions(batch, plain.latent(batch))["key_BCThw"], atol=1e-5)
+
+
+def test_the_stage_refuses_fsdp_in_one_line() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    with pytest.raises(ValueError, match="not FSDP") as error:
+        _module().check_trainer(SimpleNamespace(strategy=FSDPStrategy()))
+    assert "\n" not in str(error.value)

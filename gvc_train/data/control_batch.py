@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +82,39 @@ def _entries(sample: dict[str, Any]) -> dict[str, Any]:
     return entries
 
 
+# Decoded controls by their coded bytes: a small data set repeats its clips every epoch, and
+# decoding (segmentation's label maps above all) costs more than the model's CPU step. Bounded in
+# bytes; a control bigger than an eighth of the budget is never kept. Read-only use downstream:
+# cutting slices and collating stacks (copies), nothing writes into a decoded control.
+DECODED_CACHE_BYTES = 256 << 20
+_decoded_cache: OrderedDict[tuple[str, str, bytes], tuple[Any, int]] = OrderedDict()
+_decoded_bytes = 0
+
+
+def _nbytes(control: Any) -> int:
+    if isinstance(control, torch.Tensor):
+        return control.numel() * control.element_size()
+    if isinstance(control, list):
+        return sum(_nbytes(c) for c in control)
+    return len(str(control))
+
+
+def _decode_cached(name: str, settings_json: str, data: bytes) -> Any:
+    global _decoded_bytes
+    key = (name, settings_json, bytes(data))
+    if key in _decoded_cache:
+        _decoded_cache.move_to_end(key)
+        return _decoded_cache[key][0]
+    control = _coder(name, settings_json).decode(data)
+    size = _nbytes(control)
+    if size <= DECODED_CACHE_BYTES // 8:
+        _decoded_cache[key] = (control, size)
+        _decoded_bytes += size
+        while _decoded_bytes > DECODED_CACHE_BYTES:
+            _decoded_bytes -= _decoded_cache.popitem(last=False)[1][1]
+    return control
+
+
 def _length(control: Any) -> int | None:
     return len(control) if isinstance(control, (torch.Tensor, list)) else None
 
@@ -102,8 +136,7 @@ def decode_controls(sample: dict[str, Any], names: Sequence[str], num_frames: in
         if entry.get("bytes") != len(data):
             raise SkipSample("control_error", f"{name}: {len(data)} bytes, the json says {entry.get('bytes')}")
         try:
-            coder = _coder(name, json.dumps(entry["coder"], sort_keys=True))
-            control = coder.decode(data)
+            control = _decode_cached(name, json.dumps(entry["coder"], sort_keys=True), data)
         except (BitstreamError, ValueError) as exn:  # ValueError: a coder or setting this version lacks
             raise SkipSample("control_error", f"{name}: {exn}") from exn
         expected = {"frames": num_frames, "pairs": num_frames - 1, "clip": None}[TIME_AXIS[name]]

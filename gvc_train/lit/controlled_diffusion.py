@@ -56,6 +56,8 @@ from torch import nn
 
 from gvc_train.components import load_component, read_component_meta, save_component
 from gvc_train.lit.clip_lengths import check_range, cut_batch, draw_latent_frames
+from gvc_train.lit.controlled_validation import validation_videos
+from gvc_train.lit.ema_strategy import refuse_sharded_ema
 from gvc_train.lit.latent_cache import ContentCache
 from gvc_train.lit.optim import clip_grad_norm, weight_decay_groups
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
@@ -341,6 +343,15 @@ class ControlledDiffusionModule(StageModule):
             unconditional=uncond if guidance_scale != 1.0 else None, device=x0.device,
         )  # fmt: skip
         return self.tokenizer.decode(latent / self.hparams.latent_scale)
+
+    def validation_videos(self, batch: dict[str, Any], max_clips: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source, generated) for ReconstructionVideoLogger: a seeded few-step EMA sample of the
+        first clips' conditions (lit/controlled_validation.py)."""
+        return validation_videos(self, batch, max_clips=max_clips, seed=self.hparams.val_seed)
+
+    def check_trainer(self, trainer: Any) -> None:
+        super().check_trainer(trainer)
+        refuse_sharded_ema(trainer, self.stage_name)  # lit/ema_strategy.py: the EMA update is parameter by parameter
 
     # ---- optimizers ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
