@@ -24,6 +24,7 @@ BUILTIN_COMPONENTS = {
     "CausalVAE": "gvc_train.models.tokenizer.causal_vae",
     "ControlledCodingSettings": "gvc_train.models.controlled.coding_settings",
     "ControlledVideoTransformer": "gvc_train.models.controlled.transformer",
+    "DiffusersControlledTransformer": "gvc_train.models.controlled.diffusers_transformer",
     "DiffusersVAE": "gvc_train.models.tokenizer.diffusers_vae",
     "LatentVideoCodec": "gvc_train.models.latent.latent_codec",
     "MultiScaleQuantizer": "gvc_train.models.progressive.quantizer",
