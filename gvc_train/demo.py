@@ -12,7 +12,11 @@
 6. code the same frames once with the reference progressive codec in
    ``checkpoints/progressive_tiny`` at its top quality, cut that one stream at two scales with
    ``gvc truncate`` (no model, no re-encoding), decode the cuts (the missing scales predicted)
-   and the whole stream, and print the same figures.
+   and the whole stream, and print the same figures;
+7. code the same frames with the reference controlled-generation codecs in
+   ``checkpoints/cgvc_tiny`` (luma, adaptive keyframes) and ``checkpoints/cvg_tiny`` (caption,
+   segmentation, pose, flow) at their default rate point, decode them (the frames between
+   keyframes are generated), and print bpp, PSNR and the bits of each part of the stream.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ REFERENCE_CODEC = Path("checkpoints/latent_tiny")
 CODEC_FRAMES = 96  # the card's protocol; not 1 + 4k, so the codec's padding is exercised too
 PROGRESSIVE_CODEC = Path("checkpoints/progressive_tiny")
 PROGRESSIVE_CUTS = (3, 5)  # scales kept by the two cuts (of 7)
+CONTROLLED_CODECS = (Path("checkpoints/cgvc_tiny"), Path("checkpoints/cvg_tiny"))
 
 
 def held_out_video() -> Path:
@@ -100,6 +105,31 @@ def progressive_cuts(codec_dir: Path, video: Path, frames: int, cuts: tuple[int,
     return points
 
 
+def controlled_point(codec_dir: Path, video: Path, frames: int) -> dict:
+    """``frames`` frames coded at the codec's default rate point and decoded: bytes, bpp, PSNR,
+    MS-SSIM, seconds a frame, and the stream's bytes by part (keyframes, each control, the rest)."""
+    import tempfile
+
+    import numpy as np
+
+    from gvc_train.codecs.base import describe_stream, open_codec
+    from gvc_train.data.video_io import read_frames
+    from gvc_train.eval.ablation import bytes_by_part
+    from gvc_train.eval.codec_rd import distortion
+    from gvc_train.eval.controlled_reference import encode_options
+
+    codec = open_codec(codec_dir)
+    source = read_frames(video, count=frames)
+    with tempfile.TemporaryDirectory() as tmp:
+        stream = Path(tmp) / "controlled.gvc"
+        enc = codec.encode(video, stream, codec.default_rate_point, max_frames=frames, **encode_options(codec, video))
+        decoded: list = []
+        dec = codec.decode(stream, decoded.append)
+        parts = bytes_by_part(describe_stream(stream)["chunks"], enc.file_bytes)
+    return {"codec": str(codec_dir), "quality": enc.quality, "controls": codec.default_controls, "bytes": enc.file_bytes, "bpp": enc.bpp,
+            "parts": parts, "decode_s_per_frame": dec.seconds / dec.frames, **distortion(np.stack(decoded), source)}  # fmt: skip
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The figures the demo prints, from its summary (also what the README quotes: make readme-figures)."""
     held, codec = summary["held_out"], summary["reference_codec"]
@@ -125,6 +155,13 @@ def summary_lines(summary: dict) -> list[str]:
                 f"             {p['scales']} of {p['of_scales']} scales ({what}): {p['bpp']:.4f} bpp ({p['bytes']} bytes)   "
                 f"PSNR {p['psnr']:.2f} dB   MS-SSIM {p['ms_ssim']:.4f}   decode {p['decode_fps']:.1f} frames/s"
             )
+    for p in summary.get("controlled_codecs", []):
+        lines.append(
+            f"controlled   {p['codec']} ({', '.join(p['controls'])}), quality {p['quality']}: {p['bpp']:.4f} bpp ({p['bytes']} bytes)   "
+            f"PSNR {p['psnr']:.2f} dB   MS-SSIM {p['ms_ssim']:.4f}   decode {p['decode_s_per_frame']:.3f} s a frame"
+        )
+        split = ", ".join(f"{part.removeprefix('control ')} {size}" for part, size in p["parts"].items() if part != "other")
+        lines.append(f"             bytes by part: {split}, header/config/table/end {p['parts']['other']}")
     return lines
 
 
@@ -132,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gvc_train.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's max_steps")
     parser.add_argument("--max-time", default="00:00:08:00", help="wall-clock cap on training (DD:HH:MM:SS)")
+    parser.add_argument("--controlled", nargs="*", type=Path, default=list(CONTROLLED_CODECS), help="the controlled codecs of step 7")
     args = parser.parse_args(argv)
 
     from gvc_train.cli import run as train
@@ -141,13 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         if not (SHARDS_DIR / split / "index.json").is_file():
             print(f"gvc_train.demo: no sample shards in {SHARDS_DIR / split}; run `make samples` first", file=sys.stderr)
             return 2
-    for reference in (REFERENCE_CODEC, PROGRESSIVE_CODEC):
+    for reference in (REFERENCE_CODEC, PROGRESSIVE_CODEC, *args.controlled):
         if not (reference / "codec.json").is_file():
             print(f"gvc_train.demo: the reference codec {reference} is missing (it ships in the repository)", file=sys.stderr)
             return 2
-    print(f"== 1/6 sample shards in {SHARDS_DIR}/{{train,val}}", flush=True)
+    print(f"== 1/7 sample shards in {SHARDS_DIR}/{{train,val}}", flush=True)
 
-    print(f"== 2/6 training {RECIPE} (a fresh run in {RUN_DIR})", flush=True)
+    print(f"== 2/7 training {RECIPE} (a fresh run in {RUN_DIR})", flush=True)
     if RUN_DIR.exists():  # an earlier run (perhaps trained further by hand) is kept, under a new name
         kept = free_name(RUN_DIR.with_name(RUN_DIR.name + "-earlier"))
         RUN_DIR.rename(kept)
@@ -161,20 +199,23 @@ def main(argv: list[str] | None = None) -> int:
     steps = cli.trainer.global_step
     val = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
 
-    print(f"== 3/6 export to {EXPORT_DIR}", flush=True)
+    print(f"== 3/7 export to {EXPORT_DIR}", flush=True)
     last = RUN_DIR / "checkpoints" / "last.ckpt"
     written = export_checkpoint(last, EXPORT_DIR)
 
-    print("== 4/6 held-out reconstruction (exported component, no Lightning)", flush=True)
+    print("== 4/7 held-out reconstruction (exported component, no Lightning)", flush=True)
     held_out = reconstruct_held_out(EXPORT_DIR)
 
-    print(f"== 5/6 reference codec {REFERENCE_CODEC}: {CODEC_FRAMES} held-out frames to bitstream files and back", flush=True)
+    print(f"== 5/7 reference codec {REFERENCE_CODEC}: {CODEC_FRAMES} held-out frames to bitstream files and back", flush=True)
     from gvc_train.eval.codec_rd import codec_points
 
     codec = codec_points(REFERENCE_CODEC, held_out_video(), CODEC_FRAMES)
 
-    print(f"== 6/6 progressive codec {PROGRESSIVE_CODEC}: one stream of {CODEC_FRAMES} held-out frames, cut at {PROGRESSIVE_CUTS} scales", flush=True)
+    print(f"== 6/7 progressive codec {PROGRESSIVE_CODEC}: one stream of {CODEC_FRAMES} held-out frames, cut at {PROGRESSIVE_CUTS} scales", flush=True)
     progressive = progressive_cuts(PROGRESSIVE_CODEC, held_out_video(), CODEC_FRAMES)
+
+    print(f"== 7/7 controlled codecs {', '.join(map(str, args.controlled))}: {CODEC_FRAMES} held-out frames, the frames between keyframes generated", flush=True)
+    controlled = [controlled_point(folder, held_out_video(), CODEC_FRAMES) for folder in args.controlled]
 
     summary = {
         "recipe": RECIPE,
@@ -187,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": {name: str(path) for name, path in written.items()},
         "reference_codec": {"codec": str(REFERENCE_CODEC), "frames": CODEC_FRAMES, "points": codec},
         "progressive_codec": {"codec": str(PROGRESSIVE_CODEC), "frames": CODEC_FRAMES, "points": progressive},
+        "controlled_codecs": controlled,
     }
     write_json(RUN_DIR / "demo_summary.json", summary, indent=2)
     print()

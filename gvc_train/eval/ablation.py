@@ -90,12 +90,13 @@ def control_ablation(
     work: str | os.PathLike,
     reused: Reused | None = None,
     on_row: Callable[[Sequence[str]], None] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The table (module doc) of ``codec`` on the first ``frames`` frames of ``source``
     (``source_THWC``, uint8 ``T x H x W x 3``: what is measured against), at its default rate
     point. Streams are written into ``work`` as ``<source stem>.controls-<subset>.gvc``;
     ``reused`` stands for the row of the codec's default controls. ``on_row`` is called after
-    each stream coded here."""
+    each stream coded here; ``options`` go to every ``encode`` (a text model's ``caption``)."""
     from gvc_train.codecs.base import describe_stream
 
     check_subsets(codec, subsets, "this codec")
@@ -112,7 +113,7 @@ def control_ablation(
 
             stream = work / f"{Path(source).stem}.controls-{label(subset).replace(',', '+')}.gvc"
             decoded: list[np.ndarray] = []
-            codec.encode(source, stream, quality, max_frames=frames, controls=list(subset))
+            codec.encode(source, stream, quality, max_frames=frames, controls=list(subset), **(options or {}))
             codec.decode(stream, decoded.append)
             metrics = measure(np.stack(decoded))
             if on_row is not None:
