@@ -165,6 +165,20 @@ def _controlled_transformer() -> nn.Module:
     return ControlledVideoTransformer(**TINY_CONTROLLED_TRANSFORMER)
 
 
+# The same conditions through a tiny random diffusers Wan transformer (8-wide text, 2 blocks).
+TINY_WAN_TRANSFORMER_CONFIG = dict(
+    patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=8,
+    freq_dim=16, ffn_dim=16, num_layers=2, rope_max_seq_len=32,
+)  # fmt: skip
+
+
+def _diffusers_controlled_transformer() -> nn.Module:
+    from gvc_train.models import DiffusersControlledTransformer
+
+    extras = {k: v for k, v in TINY_CONTROLLED_TRANSFORMER.items() if k.startswith("control") or k == "max_latent_frames"}
+    return DiffusersControlledTransformer(config=TINY_WAN_TRANSFORMER_CONFIG, **extras)
+
+
 def _noisy_latent_and_conditions() -> dict[str, Any]:
     key_mask = torch.zeros(2, 1, 2, 4, 4)
     key_mask[:, :, 0] = 1
@@ -196,6 +210,10 @@ CASES = [
     ComponentCase(
         "ControlledVideoTransformer", make=_controlled_transformer, inputs=_noisy_latent_and_conditions,
         loss=_velocity_loss, ready_for_export=_as_if_trained,
+    ),  # fmt: skip
+    ComponentCase(
+        "DiffusersControlledTransformer", make=_diffusers_controlled_transformer, inputs=_noisy_latent_and_conditions,
+        loss=_velocity_loss, ready_for_export=_as_if_trained, module_imports=("diffusers",),
     ),  # fmt: skip
     ComponentCase(
         "LatentVideoCodec", make=_latent_codec, inputs=_latents, loss=_rate_distortion_loss,

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from gvc_train.models.controlled.conditioning import KEYFRAMES, TEXT, ConditionInputs, check_control_names
 from gvc_train.models.controlled.control_encoder import ControlEncoder
 from gvc_train.models.controlled.embeddings import KEY_ROLES
-from gvc_train.models.controlled.transformer import KEYFRAMES, TEXT, ControlledVideoTransformer
 from gvc_train.models.registry import register_component
 
 WAN_CLASS = "WanTransformer3DModel"
@@ -103,9 +102,10 @@ class WanContextBlock(nn.Module):
 
 
 @register_component("DiffusersControlledTransformer")
-class DiffusersControlledTransformer(nn.Module):
+class DiffusersControlledTransformer(ConditionInputs, nn.Module):
     """A Wan transformer with keyframe, control and text conditioning (module docstring); give
     exactly one of ``config`` (a ``WanTransformer3DModel`` config dict) or ``pretrained_path``.
+    Its conditioning inputs are prepared as ControlledVideoTransformer's (:class:`ConditionInputs`).
 
     ``text_dim``: optional check, must equal the Wan config's (the export writes it). The
     control arguments are ControlledVideoTransformer's; context block j is a copy of (and hints)
@@ -123,13 +123,6 @@ class DiffusersControlledTransformer(nn.Module):
         # image-to-video Wan (CLIP image tokens in the cross-attention) is not this model
         "config.image_dim": {None}, "config.added_kv_proj_dim": {None}, "config.pos_embed_seq_len": {None},
     }  # fmt: skip
-
-    # The conditioning inputs are prepared exactly as ControlledVideoTransformer's: same
-    # attribute names, same functions.
-    _token_grid = ControlledVideoTransformer._token_grid
-    _keyframe_input = ControlledVideoTransformer._keyframe_input
-    _keyframe_embedding = ControlledVideoTransformer._keyframe_embedding
-    _control_context = ControlledVideoTransformer._control_context
 
     def __init__(
         self,
@@ -149,11 +142,7 @@ class DiffusersControlledTransformer(nn.Module):
         if (config is None) == (pretrained_path is None):
             raise ValueError("DiffusersControlledTransformer needs exactly one of config (a WanTransformer3DModel config dict) or pretrained_path")
         controls = dict(controls or {})
-        for name, channels in controls.items():
-            if not (isinstance(name, str) and name.isidentifier() and len(name) <= 64) or name in (TEXT, KEYFRAMES):
-                raise ValueError(f"control modality name {name!r}: a short identifier other than {TEXT!r} and {KEYFRAMES!r}")
-            if not 1 <= int(channels) <= 1024:
-                raise ValueError(f"control {name!r}: channels must be in [1, 1024], got {channels}")
+        check_control_names(controls)
         if pretrained_path is not None:
             self.wan = _load_wan(pretrained_path, subfolder)
         else:
