@@ -137,3 +137,58 @@ def test_bad_folders_and_configs_are_one_line_errors(wan_folder, wan_pretrained_
         model(torch.zeros(1, 4, 1, 4, 6), torch.zeros(1), controls={"flow": torch.zeros(1, 2, 1, 32, 48)})
     with pytest.raises(ValueError, match="not B x L x 16"):
         model(torch.zeros(1, 4, 1, 4, 6), torch.zeros(1), text_BLE=torch.zeros(1, 3, 8))
+
+
+# ---- as the stage's and the codec's transformer -----------------------------------------------
+
+# Patch (1, 1, 1): the stage's and codec fixtures' latents are 5 wide.
+STAGE_WAN = {**TINY_WAN, "patch_size": (1, 1, 1), "text_dim": 8}
+
+
+def test_the_stage_trains_exports_and_samples_with_it(tmp_path: Path) -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from gvc_train.export import export_checkpoint
+    from gvc_train.lit.controlled_diffusion import ControlledDiffusionModule
+    from gvc_train.models import CausalVAE
+    from progressive_fixtures import TOKENIZER
+    from test_controlled_stage import _batch
+
+    torch.manual_seed(0)
+    transformer = DiffusersControlledTransformer(config=STAGE_WAN, controls={"luma": 1, "edges": 1}, control_depth=1, control_hidden=8, max_latent_frames=8)
+    module = ControlledDiffusionModule(transformer, tokenizer=CausalVAE(**TOKENIZER), lr=2e-3, warmup_steps=0, ema_decay=0.5, time_kind="uniform")
+    batch = _batch()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=2, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, DataLoader([batch] * 2, batch_size=None))
+    assert torch.isfinite(trainer.logged_metrics["train/loss"])
+    assert module.transformer.context_blocks[0].hint.weight.abs().sum() > 0  # the zero hint moved
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    export_checkpoint(tmp_path / "last.ckpt", tmp_path / "export")
+    exported = load_component(tmp_path / "export", "transformer")
+    ema = module.ema_transformer.state_dict()
+    assert isinstance(exported, DiffusersControlledTransformer) and all(torch.equal(v, ema[k]) for k, v in exported.state_dict().items())
+    video = module.sample(batch, num_steps=2, guidance_scale=2.0, seed=1)
+    assert video.shape == batch["video"].shape and torch.isfinite(video).all()
+
+
+def test_a_codec_folder_with_it_encodes_and_decodes(tmp_path: Path) -> None:
+    import numpy as np
+    from controlled_codec_fixtures import FRAMES, HEIGHT, TRANSFORMER, WIDTH, write_codec_folder, write_moving_square_clip
+
+    from gvc_train.codecs.base import open_codec
+
+    extras = {k: v for k, v in TRANSFORMER.items() if k.startswith("control") or k == "max_latent_frames"}
+    transformer = DiffusersControlledTransformer(config=STAGE_WAN, **extras)
+    codec = open_codec(write_codec_folder(tmp_path / "codec", "controlled", extra={"transformer": transformer}))
+    assert isinstance(codec.transformer, DiffusersControlledTransformer)
+    stream, recon = tmp_path / "clip.gvc", []
+    codec.encode(write_moving_square_clip(tmp_path / "clip"), stream, 1, on_recon=recon.append)
+    decoded = [[], []]
+    for frames in decoded:
+        codec.decode(stream, frames.append)
+    assert np.stack(decoded[0]).shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert np.array_equal(np.stack(decoded[0]), np.stack(decoded[1])) and np.array_equal(np.stack(decoded[0]), np.stack(recon))
