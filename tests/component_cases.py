@@ -204,7 +204,25 @@ def _as_if_trained(module: nn.Module) -> None:
             if not param.any():
                 param.copy_(0.1 * torch.randn_like(param))
 
+def _coding_settings() -> nn.Module:
+    from gvc_train.models import ControlledCodingSettings
+
+    return ControlledCodingSettings(latent_scale=0.5, keyframes={"name": "adaptive", "max_interval": 16}, end_role="adaptive", controls=["luma"])
+
+
+def _settings_as_tensor(module: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    return torch.tensor([module.latent_scale, module.clip_latent_frames, module.num_steps, module.shift, module.seed], dtype=torch.float64)
+
+
+def _another_seed(module: nn.Module) -> nn.Module:
+    return type(module)(**{**module.config, "seed": module.seed + 1})
+
+
 CASES = [
+    ComponentCase(
+        "ControlledCodingSettings", make=_coding_settings, inputs=dict, loss=lambda *_: torch.zeros(()),
+        forward=_settings_as_tensor, config_only=True, change=_another_seed,
+    ),  # fmt: skip
     ComponentCase("CausalVAE", make=_causal_vae, inputs=_video, loss=_tokenizer_loss),
     ComponentCase("DiffusersVAE", make=_diffusers_vae, inputs=_video, loss=_tokenizer_loss),
     ComponentCase(

@@ -74,6 +74,11 @@ class ComponentCase:
     ready_for_export: Callable[[nn.Module], Any] | None = None
     module_imports: tuple[str, ...] = ()
     variant: str = ""
+    # A config-only component (settings that travel with the weights, no parameters): it has no
+    # training step (the check asserts it has no parameters instead), and ``change`` gives the
+    # loaded module with one setting changed, which must change its fingerprint.
+    config_only: bool = False
+    change: Callable[[nn.Module], nn.Module] | None = None
 
     @property
     def id(self) -> str:
@@ -163,6 +168,9 @@ def check_registry_round_trip(case: ComponentCase) -> None:
 
 def check_training_step(case: ComponentCase) -> None:
     module, inputs = case.build()
+    if case.config_only:
+        assert not list(module.parameters()), f"{case.id}: a config-only component has parameters"
+        return
     module.train()
     params = {n: p for n, p in module.named_parameters() if p.requires_grad}
     before = {n: p.detach().clone() for n, p in params.items()}
@@ -238,10 +246,14 @@ def _fresh_process_checks(case: ComponentCase, folder: Path) -> dict[str, Any]:
     expected, got = case.eval_outputs(module, inputs), case.eval_outputs(loaded, inputs)
     state_differs = _differing(module.state_dict(), loaded.state_dict())
     again = save_component(loaded, folder / "re-export", "component", provenance={"by": "a re-export", "from": str(first)})
-    name, weight = next((n, p) for n, p in loaded.named_parameters() if p.is_floating_point())
-    with torch.no_grad():
-        weight.view(-1)[0] += 1.0
-    changed = save_component(loaded, folder / "one-weight-changed", "component")
+    if case.change is not None:  # a config-only component: one setting changed
+        name, changed_module = "a setting", case.change(loaded)
+    else:
+        name, weight = next((n, p) for n, p in loaded.named_parameters() if p.is_floating_point())
+        with torch.no_grad():
+            weight.view(-1)[0] += 1.0
+        changed_module = loaded
+    changed = save_component(changed_module, folder / "one-weight-changed", "component")
     fingerprint = lambda path: json.loads(path.read_text())["fingerprint"]  # noqa: E731
     return {
         "imported": imported,
