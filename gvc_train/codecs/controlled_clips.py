@@ -145,6 +145,16 @@ class ClipGenerator:
     ) -> None:
         self.tokenizer, self.model, self.text_encoder = tokenizer, transformer, text_encoder
         self.latent_scale, self.sampling, self.width, self.height = latent_scale, sampling, width, height
+        # The latent grid of a frame (padded to the tokenizer's stride) must split into whole
+        # tokens: refused here, before the encoder writes or the decoder shows a frame, instead of
+        # a ValueError from the transformer at the first clip.
+        s, (_, ph, pw) = tokenizer.spatial_stride, transformer.patch_size
+        h, w = -(-height // s), -(-width // s)
+        if h % ph or w % pw:
+            raise BitstreamError(
+                f"{width}x{height} frames make a {w}x{h} latent grid, not a multiple of the transformer's "
+                f"{pw}x{ph} patch: this codec cannot generate clips of that size (crop or scale the video)"
+            )
         # The modalities the model can be told are dropped, as the stage's dropout names them.
         self.names = [*transformer.control_names, KEYFRAMES, *([TEXT] if text_encoder is not None else [])]
 
