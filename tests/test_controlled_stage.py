@@ -222,7 +222,7 @@ def test_random_clip_lengths_cut_video_and_controls_alike_and_follow_the_step() 
     with pytest.raises(ValueError, match="needs 13 frames, the batch has 9"):
         cut_batch(batch, 4, 4)
 
-    module = _module(latent_frames_range=[2, 3], keyframes=["first", -1])
+    module = _module(latent_frames_range=[2, 3], keyframes=["first", -1], coding={"end_role": "adaptive"})
     trainer = _fit(module, batch, 1)  # the stage trains on the cut
     assert trainer.global_step == 1
     seen = {}

@@ -147,12 +147,15 @@ class ControlledDiffusionModule(StageModule):
         for key in keyframes:
             if not (isinstance(key, int) or key in ("first", "last")):
                 raise ValueError(f"keyframe {key!r}: 'first', 'last' or a latent-frame index")
+        same_frame = [0 if k == "first" else -1 if k == "last" else k for k in keyframes]
+        if len(set(same_frame)) != len(same_frame):  # "first" is frame 0 and "last" frame -1: one role a frame
+            raise ValueError(f"keyframes {list(keyframes)} name one latent frame twice")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         latent_codec = _keyframe_coder(latent_codec_path, latent_codec, tokenizer_path, tokenizer, self.stage_name)
         _check_text_width(text_encoder, transformer)
         self.clip_range = check_range(latent_frames_range, transformer.max_latent_frames)
-        coding_settings = _coding_settings(coding, latent_scale, transformer, text_encoder is not None)
+        coding_settings = _coding_settings(coding, latent_scale, transformer, text_encoder is not None, keyframes)
         self.save_hyperparameters(ignore=["transformer", "tokenizer", "latent_codec", "text_encoder"])
         self.transformer = transformer
         self.ema_transformer = copy.deepcopy(transformer)  # frozen_components: eval, no gradients
@@ -180,7 +183,11 @@ class ControlledDiffusionModule(StageModule):
         video = batch.get("video")
         roles: dict[int, str] = {}
         for key in self.hparams.keyframes:
+            if isinstance(key, int) and not -T <= key < T:
+                raise ValueError(f"{self.stage_name}: keyframe {key} is outside a clip of {T} latent frames")
             frame = 0 if key == "first" else T - 1 if key == "last" else int(key) % T
+            if frame in roles:
+                raise ValueError(f"{self.stage_name}: keyframes {list(self.hparams.keyframes)} fall twice on latent frame {frame} of a {T}-frame clip")
             roles[frame] = key if key in ("first", "last") else "adaptive"
         if video is None:
             if set(roles) - {0}:
@@ -404,8 +411,12 @@ def _check_text_width(text_encoder: nn.Module | None, transformer: ControlledVid
         raise ValueError(f"the text encoder gives {width} channels, the transformer's text_dim is {text_dim}")
 
 
-def _coding_settings(coding: Mapping[str, Any] | None, latent_scale: float, transformer: ControlledVideoTransformer, has_text: bool) -> ControlledCodingSettings:
-    """The exported ``coding`` component, checked against what this stage conditions on."""
+def _coding_settings(
+    coding: Mapping[str, Any] | None, latent_scale: float, transformer: ControlledVideoTransformer, has_text: bool, keyframes: Sequence[int | str]
+) -> ControlledCodingSettings:
+    """The exported ``coding`` component, checked against what this stage conditions on (its
+    controls, and the role its closing keyframe is trained with: the codec gives every clip's
+    closing keyframe ``end_role`` at the clip's last latent frame)."""
     coding = dict(coding or {})
     if "latent_scale" in coding:
         raise ValueError("coding.latent_scale is the stage's latent_scale; do not give it in coding")
@@ -418,6 +429,12 @@ def _coding_settings(coding: Mapping[str, Any] | None, latent_scale: float, tran
         settings = ControlledCodingSettings(latent_scale=latent_scale, **coding)
     except TypeError as e:  # an unknown setting
         raise ValueError(f"coding: {e}") from None
+    closing = "last" if "last" in keyframes else "adaptive" if -1 in keyframes else None
+    if closing is not None and settings.end_role != closing:
+        raise ValueError(
+            f"coding.end_role {settings.end_role!r}: this stage trains the closing keyframe (keyframes {list(keyframes)}) "
+            f"with role {closing!r}, which the codec must give it"
+        )
     if settings.clip_latent_frames > transformer.max_latent_frames:
         raise ValueError(f"coding.clip_latent_frames {settings.clip_latent_frames} exceeds the transformer's max_latent_frames {transformer.max_latent_frames}")
     return settings
