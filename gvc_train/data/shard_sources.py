@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import Sequence
 
 from gvc_train.data.sample_format import safe_stem
-from gvc_train.data.video_io import find_sources
+from gvc_train.data.video_io import caption_path, find_sources, read_caption  # noqa: F401 (caption_path: shard_writer's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ def collect_sources(
             seen_paths.add(real)
             rel = os.path.relpath(path, given) if walked else os.path.basename(os.path.normpath(path))
             try:
-                caption = _read_caption(path)
+                caption = read_caption(path)
             except ValueError as exc:
                 skipped.append({"source": path, "reason": str(exc)})
                 continue
@@ -95,23 +95,3 @@ def _key_stems(paths: list[tuple[str, str]]) -> list[str]:
         seen.add(candidate)
         unique.append(candidate)
     return unique
-
-
-def caption_path(path: str) -> str:
-    """``clip.mp4`` -> ``clip.txt``; a PNG folder ``seq/`` -> ``seq.txt`` beside it."""
-    path = os.path.normpath(path)
-    return path + ".txt" if os.path.isdir(path) else os.path.splitext(path)[0] + ".txt"
-
-
-def _read_caption(path: str) -> str | None:
-    txt = caption_path(path)
-    if not os.path.isfile(txt):
-        return None
-    try:
-        with open(txt, encoding="utf-8") as f:
-            text = f.read().strip()
-    except UnicodeDecodeError:
-        raise ValueError(f"caption {txt} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ValueError(f"caption {txt} cannot be read ({exc.strerror})") from None
-    return text or None

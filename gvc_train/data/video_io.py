@@ -96,6 +96,29 @@ def find_sources(path: str | os.PathLike) -> list[str]:
     return found
 
 
+def caption_path(path: str | os.PathLike) -> str:
+    """A source's sidecar caption file: ``clip.mp4`` -> ``clip.txt``; a PNG folder ``seq/`` -> ``seq.txt`` beside it."""
+    path = os.path.normpath(os.fspath(path))
+    return path + ".txt" if os.path.isdir(path) else os.path.splitext(path)[0] + ".txt"
+
+
+def read_caption(path: str | os.PathLike) -> str | None:
+    """The text of ``path``'s sidecar caption (:func:`caption_path`), stripped; None without one
+    (or an empty one); ValueError in one line for one that is not UTF-8 or cannot be read.
+    Here beside the reader because ``gvc-shard`` and the text codecs' encoder both read it."""
+    txt = caption_path(path)
+    if not os.path.isfile(txt):
+        return None
+    try:
+        with open(txt, encoding="utf-8") as f:
+            text = f.read().strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"caption {txt} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ValueError(f"caption {txt} cannot be read ({exc.strerror})") from None
+    return text or None
+
+
 def scaled_size(width: int, height: int, resize_short: int | None) -> tuple[int, int]:
     """Output size for ``resize_short``: downscale only, short side = S, long side even-rounded.
 
