@@ -63,6 +63,17 @@ def write_codec_folder(
     return folder
 
 
+def write_text_codec_folder(folder: Path, **settings: Any) -> Path:
+    """The text variant (``controlled_text``): luma and a caption by default, through a tiny
+    CLIP text encoder (tests/component_cases.py); ``settings`` override the coding settings."""
+    from component_cases import _text_encoder
+
+    return write_codec_folder(
+        folder, "controlled_text", seed=1, transformer={**TRANSFORMER, "text_dim": 16},
+        settings={**SETTINGS, "controls": ["luma", "caption"], "guidance_scale": 1.0, **settings}, extra={"text_encoder": _text_encoder()},
+    )  # fmt: skip
+
+
 def write_moving_square_clip(folder: Path, frames: int = FRAMES) -> Path:
     """A square moving over a gradient as PNGs: frames that differ, so flow and luma carry something."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if not 0 <= quality < codec.num_rate_points:
             raise UsageError(f"--quality {quality} is outside this codec's 0..{codec.num_rate_points - 1}")
         # a family's own flags reach it only when given: a family that has no such setting says so
-        given = {"latents_per_chunk": args.latents_per_chunk, "controls": args.controls, "keyframes": args.keyframes}
+        given = {"latents_per_chunk": args.latents_per_chunk, "controls": args.controls, "keyframes": args.keyframes, "caption": args.caption}
         options = {name: value for name, value in given.items() if value is not None}
         report = codec.encode(args.input, tmp, quality, max_frames=args.frames, **options)
     report = dataclasses.replace(report, path=str(args.output))
@@ -207,6 +207,11 @@ def build_parser(extra_commands: Sequence[Callable[[Any], None]] = ()) -> argpar
         "'' for none). Default: the codec's coding settings",
     )  # fmt: skip
     enc.add_argument("--keyframes", default=None, help='controlled codecs: the keyframe policy as JSON, e.g. \'{"name": "adaptive", "threshold": 8}\'')
+    enc.add_argument(
+        "--caption", default=None, metavar="TEXT",
+        help="controlled codecs with a text model: the video's caption for the caption control. Default: the text file "
+        "beside the input (clip.txt for clip.mp4, seq.txt for a PNG folder seq/), else the codec's captioner, if it has one",
+    )  # fmt: skip
     enc.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     enc.add_argument("--nondeterministic", action="store_true", help="use all torch threads (exact only at equal thread counts)")
     enc.set_defaults(func=cmd_encode)

@@ -15,7 +15,12 @@ frames) is **split**: the frame that reaches that length becomes a keyframe too 
 selector is not told: its colour reference stays its own last keyframe). Each keyframe is coded
 alone (a FRAMES chunk); each clip's controls (``controls=``: any subset of what the model was
 trained with, ``"caption"`` for a text model; default the settings' list) are extracted on the
-clip's frames and coded as CONTROLS chunks (``coding/controls/track.py``). The rate point is the
+clip's frames and coded as CONTROLS chunks (``coding/controls/track.py``). A caption sent comes
+from, in order: the ``caption`` option (``gvc encode --caption``), the text file beside the
+source (``clip.mp4`` -> ``clip.txt``, a PNG folder ``seq/`` -> ``seq.txt``: ``gvc-shard``'s
+convention, so ``gvc eval`` finds one per video), or the settings' captioner
+(``control_settings["caption"]["extractor"]["model_path"]``, on each clip); with none of them,
+one ValueError line that names all three. The rate point is the
 keyframes' latent-codec quality. ``on_recon`` runs the decoder's generation on the decoded
 keyframes and controls: it is what :meth:`ControlledCodec.decode` gives.
 
@@ -66,7 +71,7 @@ from gvc_train.coding.container import (
 from gvc_train.coding.controls.track import ControlReader, ControlWriter
 from gvc_train.controls.keyframes import build_keyframe_policy
 from gvc_train.controls.registry import build_extractor
-from gvc_train.data.video_io import VideoReader
+from gvc_train.data.video_io import VideoReader, caption_path, read_caption
 from gvc_train.frames import frames_to_tensor
 from gvc_train.models.fixed_point import FixedPointError
 from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
@@ -175,6 +180,28 @@ class ControlledCodec(Codec):
             raise ValueError(f"a control is named twice in {names}")
         return names
 
+    def _caption(self, source: str | os.PathLike, caption: str | None, names: list[str]) -> str | None:
+        """The caption every clip sends (module docstring: option, sidecar file, captioner); None
+        when none is sent or the settings' captioner writes one per clip. ValueError in one line."""
+        if caption is not None and CAPTION not in self.known_controls:
+            raise ValueError(f"this codec's model takes no caption (it has no text encoder; it takes {self.known_controls})")
+        if CAPTION not in names:
+            return None
+        if caption is not None:
+            if not isinstance(caption, str) or not caption.strip():
+                raise ValueError(f"the caption must be non-empty text, got {caption!r}")
+            return caption
+        sidecar = read_caption(source)
+        if sidecar is not None:
+            return sidecar
+        if self.settings.control_settings.get(CAPTION, {}).get("extractor", {}).get("model_path"):
+            return None  # the caption extractor captions each clip
+        raise ValueError(
+            f"{source} has no caption for the caption control: give one (gvc encode --caption TEXT, the encode option "
+            f"caption), write it to {caption_path(source)}, or set a captioner folder in the codec's coding settings "
+            f"(control_settings['caption']['extractor']['model_path']); or leave caption out of --controls"
+        )
+
     def _policy(self, keyframes: Any) -> Any:
         config = self.settings.keyframes if keyframes is None else json.loads(keyframes) if isinstance(keyframes, str) else keyframes
         if not isinstance(config, dict):
@@ -200,7 +227,8 @@ class ControlledCodec(Codec):
     ) -> CodingReport:
         """Code ``source`` into ``output`` (module docstring). Options: ``controls`` (names or
         ``"luma,flow"``), ``keyframes`` (a policy config, dict or JSON), ``caption`` (the video's
-        caption for the caption control), ``num_steps``, ``seed``, ``guidance_scale``, ``shift``
+        caption for the caption control; else the sidecar file or the captioner, module
+        docstring), ``num_steps``, ``seed``, ``guidance_scale``, ``shift``
         (the settings' by default)."""
         if options:
             raise ValueError(f"the {self.family} codec takes no option {sorted(options)}")
@@ -212,6 +240,7 @@ class ControlledCodec(Codec):
             float(s.guidance_scale if guidance_scale is None else guidance_scale), int(s.seed if seed is None else seed), s.end_role,
         )  # fmt: skip
         names = self._controls_option(controls)
+        caption = self._caption(source, caption, names)
         policy = self._policy(keyframes)
         extractors = {n: build_extractor(n, **dict(s.control_settings.get(n, {}).get("extractor", {}))) for n in names}
         writer = ControlWriter.build({n: dict(s.control_settings.get(n, {}).get("coder", {})) for n in names}) if names else None
