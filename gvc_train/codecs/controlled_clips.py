@@ -37,7 +37,7 @@ from gvc_train.codecs.controlled_stream import MODEL_CHECK_BYTES, padded_latent_
 from gvc_train.coding.container import BitstreamError
 from gvc_train.coding.rans import SymbolDecoder, SymbolEncoder
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
-from gvc_train.models.controlled.control_maps import control_map
+from gvc_train.models.controlled.control_maps import model_control_map
 from gvc_train.models.controlled.keyframe_latents import keyframe_conditions, keyframe_latents
 from gvc_train.models.controlled.transformer import KEYFRAMES, TEXT
 from gvc_train.models.fixed_point import ModelCheck
@@ -164,10 +164,8 @@ class ClipGenerator:
         for name in self.model.control_names:
             if name not in controls:
                 continue
-            _, *size_hw = self.model.control_encoders[name].expected_shape(latent_thw)
-            channels = int(self.model.config["controls"][name])  # segmentation's classes, pose's joints
             try:
-                maps[name] = control_map(name, controls[name], tuple(size_hw), classes=channels, joints=channels)[None]
+                maps[name] = model_control_map(self.model, name, controls[name], latent_thw)[None]
             except (ValueError, RuntimeError, IndexError) as e:  # labels past the classes, joints that do not fit
                 raise BitstreamError(f"control {name!r} of clip {clip} does not fit the model: {str(e).splitlines()[0]}") from None
         return maps

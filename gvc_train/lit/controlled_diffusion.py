@@ -65,7 +65,7 @@ from gvc_train.lit.step_guard import step_noise
 from gvc_train.lit.tokenizer_latents import clip_latent
 from gvc_train.models import sample_noise
 from gvc_train.models.controlled.coding_settings import ControlledCodingSettings
-from gvc_train.models.controlled.control_maps import control_map
+from gvc_train.models.controlled.control_maps import model_control_map
 from gvc_train.models.controlled.keyframe_latents import keyframe_conditions, keyframe_latents, pixel_frame_of
 from gvc_train.models.controlled.transformer import KEYFRAMES, TEXT, ControlledVideoTransformer
 from gvc_train.models.flow.matching import TimeSampling, interpolate, target_velocity
@@ -210,11 +210,9 @@ class ControlledDiffusionModule(StageModule):
         if missing:
             raise ValueError(f"{self.stage_name}: the batch has no control {missing} (VideoDataModule(controls=[...]))")
         maps = {}
+        latent_thw = tuple(x0_BCThw.shape[2:])
         for name in model.control_names:
-            _, *size_hw = model.control_encoders[name].expected_shape(tuple(x0_BCThw.shape[2:]))
-            channels = int(model.config["controls"][name])  # segmentation's classes, pose's joints
-            clips = [control_map(name, clip, tuple(size_hw), classes=channels, joints=channels) for clip in controls[name]]
-            maps[name] = torch.stack(clips).to(x0_BCThw.device)
+            maps[name] = torch.stack([model_control_map(model, name, clip, latent_thw) for clip in controls[name]]).to(x0_BCThw.device)
         return maps
 
     def text_conditions(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -81,3 +81,13 @@ def control_map(name: str, control: Any, size_hw: tuple[int, int], classes: int 
     if name == "pose":
         return pose_heatmaps(control, map_channels(name, joints=joints), size_hw)
     raise ValueError(f"no map for control {name!r} (maps: {MAP_MODALITIES})")
+
+
+def model_control_map(model: Any, name: str, control: Any, latent_thw: tuple[int, int, int]) -> torch.Tensor:
+    """One clip's ``control`` as the ``C x T x H x W`` map ``model`` (a controlled velocity model)
+    takes for a ``t x h x w`` latent: on its control encoder's grid, with the channels its config
+    gives the modality (segmentation's classes, pose's joints). The training stage and the codec
+    both build their maps here, so the model sees at decode time the maps it was trained on."""
+    _, *size_hw = model.control_encoders[name].expected_shape(tuple(latent_thw))
+    channels = int(model.config["controls"][name])
+    return control_map(name, control, (int(size_hw[0]), int(size_hw[1])), classes=channels, joints=channels)
