@@ -153,7 +153,7 @@ class ControlledDiffusionModule(StageModule):
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         latent_codec = _keyframe_coder(latent_codec_path, latent_codec, tokenizer_path, tokenizer, self.stage_name)
-        _check_text_width(text_encoder, transformer)
+        _check_text_encoder(text_encoder, transformer)
         self.clip_range = check_range(latent_frames_range, transformer.max_latent_frames)
         coding_settings = _coding_settings(coding, latent_scale, transformer, text_encoder is not None, keyframes)
         self.save_hyperparameters(ignore=["transformer", "tokenizer", "latent_codec", "text_encoder"])
@@ -401,12 +401,19 @@ def _keyframe_coder(
     return latent_codec
 
 
-def _check_text_width(text_encoder: nn.Module | None, transformer: ControlledVideoTransformer) -> None:
+def _check_text_encoder(text_encoder: nn.Module | None, transformer: ControlledVideoTransformer) -> None:
     config = getattr(getattr(text_encoder, "model", None), "config", None)
     width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
     text_dim = transformer.config.get("text_dim") if isinstance(getattr(transformer, "config", None), dict) else None
     if width is not None and text_dim is not None and int(width) != int(text_dim):
         raise ValueError(f"the text encoder gives {width} channels, the transformer's text_dim is {text_dim}")
+    padding = getattr(text_encoder, "padding", None)
+    if text_encoder is not None and not getattr(transformer, "text_padding_masked", True) and padding not in (None, "max_length"):
+        # the codec encodes one caption (no padding), training a batch padded to its longest
+        raise ValueError(
+            f"{type(transformer).__name__} attends to text padding (no mask), so a caption's effect depends on the "
+            f"padded length: give the text encoder padding: max_length (Wan's pipeline pads to 512), not {padding!r}"
+        )
 
 
 def _coding_settings(

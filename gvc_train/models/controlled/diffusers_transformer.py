@@ -36,9 +36,12 @@ exactly the pretrained model (tested):
 ``text_BLE`` of the Wan config's ``text_dim`` (umT5-XXL's 4096 for the released models). Wan has
 no cross-attention mask: its pipeline zeroes the prompt's padding (to 512 tokens), so here
 masked tokens are zeroed, and dropped or absent text is all zeros (one zero token when absent;
-attention over identical zero tokens does not depend on their count). Zero text is what Wan saw
-as padding, so it is its nearest "no text"; for the pretrained model's own behaviour use its
-text encoder with ``padding="max_length"`` and ``max_length=512``.
+attention over zero tokens alone does not depend on their count). Zero text is what Wan saw
+as padding, so it is its nearest "no text". Beside real tokens the zeroed padding still takes
+attention weight, so a caption's effect depends on how far it is padded: the text encoder must
+pad to one fixed length (``padding="max_length"``; ``max_length=512`` is the pretrained model's
+own behaviour), else a training batch (padded to its longest caption) and the codec (one
+caption, unpadded) condition differently; the stage refuses it (``text_padding_masked``).
 """
 
 from __future__ import annotations
@@ -111,6 +114,11 @@ class DiffusersControlledTransformer(ConditionInputs, nn.Module):
     control arguments are ControlledVideoTransformer's; context block j is a copy of (and hints)
     main block ``j * num_layers // control_depth``.
     """
+
+    # Wan's cross-attention takes no padding mask: zeroed padding tokens still take attention
+    # weight when real tokens are present, so the output depends on the padded length. The stage
+    # refuses a text encoder that does not pad to one fixed length (``padding="max_length"``).
+    text_padding_masked = False
 
     config_bounds = {
         "pretrained_path": {None}, "subfolder": {None}, "text_dim": (1, 16384), "control_depth": (0, 64),
