@@ -34,6 +34,8 @@ def test_one_role_a_latent_frame_and_no_wrapped_index() -> None:
     for keyframes in (["first", 0], ["last", -1], [2, 2]):
         with pytest.raises(ValueError, match="name one latent frame twice"):
             _module(keyframes=keyframes, coding={"end_role": "adaptive"})
+    with pytest.raises(ValueError, match=r"keyframes \[3\] are outside the shortest clip of latent_frames_range \(2 latent frames\)"):
+        _module(keyframes=["first", 3], latent_frames_range=[2, 5])
     video = torch.rand(1, 3, FRAMES, HEIGHT, WIDTH)  # 9 frames: 3 latent frames
     module = _module(keyframes=["first", 5])
     with pytest.raises(ValueError, match="keyframe 5 is outside a clip of 3 latent frames"):

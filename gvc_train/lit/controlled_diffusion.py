@@ -155,6 +155,10 @@ class ControlledDiffusionModule(StageModule):
         latent_codec = _keyframe_coder(latent_codec_path, latent_codec, tokenizer_path, tokenizer, self.stage_name)
         _check_text_encoder(text_encoder, transformer)
         self.clip_range = check_range(latent_frames_range, transformer.max_latent_frames)
+        shortest = self.clip_range[0] if self.clip_range else None
+        outside = [k for k in keyframes if isinstance(k, int) and shortest is not None and not -shortest <= k < shortest]
+        if outside:  # else the first step that draws a short clip fails, hours in
+            raise ValueError(f"keyframes {outside} are outside the shortest clip of latent_frames_range ({shortest} latent frames)")
         coding_settings = _coding_settings(coding, latent_scale, transformer, text_encoder is not None, keyframes)
         self.save_hyperparameters(ignore=["transformer", "tokenizer", "latent_codec", "text_encoder"])
         self.transformer = transformer
