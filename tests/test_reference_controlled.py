@@ -29,9 +29,8 @@ from gvc_train.eval.controlled_reference import encode_options
 from conftest import frames_ms_ssim, numpy_psnr
 
 REPO = Path(__file__).resolve().parents[1]
-# The reference folders. Until checkpoints/cgvc_tiny and checkpoints/cvg_tiny are exported, the
-# development probes (gvc-export of the runs' last.ckpt into exports/); then point these there.
-REFERENCES = (REPO / "exports" / "cgvc_probe", REPO / "exports" / "cvg_probe")
+# The reference folders (committed; a missing one fails the test).
+REFERENCES = (REPO / "checkpoints" / "cgvc_tiny", REPO / "checkpoints" / "cvg_tiny")
 FRAMES, WIDTH, HEIGHT = 96, 176, 144
 # How closely this machine must reproduce the json files (as tests/test_reference_progressive.py).
 RATE_REL = 0.005
