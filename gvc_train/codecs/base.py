@@ -96,6 +96,23 @@ class Codec(abc.ABC):
     def entry(cls) -> FamilyEntry:
         return FAMILIES[cls.family]
 
+    def _load_folder(self, folder: str | os.PathLike, deterministic: bool) -> dict[str, Any]:
+        """Read ``folder`` (CodecFolderError unless it is this family's and its components fit),
+        set the attributes every codec has, and return the components."""
+        from gvc_train.codecs.codec_folder import CodecFolderError, load_codec_components
+
+        meta, modules = load_codec_components(folder)
+        if meta["family"] != self.family:
+            raise CodecFolderError(f"{folder} holds a {meta['family']!r} codec, not a {self.family} one")
+        try:
+            self.check_components(modules, str(folder))
+        except ValueError as e:
+            raise CodecFolderError(str(e)) from None
+        self.folder, self.meta, self.deterministic = Path(folder), meta, deterministic
+        self.fingerprint = meta["fingerprint"]
+        self.stream_id = self.entry().stream_id
+        return modules
+
     @property
     @abc.abstractmethod
     def num_rate_points(self) -> int:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
-from gvc_train.codecs.codec_folder import CodecFolderError, load_codec_components
+from gvc_train.codecs.codec_folder import CodecFolderError
 from gvc_train.codecs.controlled_clips import CAPTION, ClipGenerator, Keyframe, KeyframeCoder, Sampling
 from gvc_train.codecs.controlled_stream import (
     END_ROLES,
@@ -87,16 +87,7 @@ class ControlledCodec(Codec):
     report_notes = ("controlled codecs send keyframes and controls; the frames between keyframes are generated, not coded",)
 
     def __init__(self, folder: str | os.PathLike, deterministic: bool = True) -> None:
-        meta, modules = load_codec_components(folder)
-        if meta["family"] != self.family:
-            raise CodecFolderError(f"{folder} holds a {meta['family']!r} codec, not a {self.family} one")
-        try:
-            self.check_components(modules, str(folder))
-        except ValueError as e:
-            raise CodecFolderError(str(e)) from None
-        self.folder, self.meta, self.deterministic = Path(folder), meta, deterministic
-        self.fingerprint = meta["fingerprint"]
-        self.stream_id = self.entry().stream_id
+        modules = self._load_folder(folder, deterministic)
         self.tokenizer = modules["tokenizer"].eval()
         self.latent_codec = modules["latent_codec"].eval()
         self.transformer = modules["transformer"].eval()

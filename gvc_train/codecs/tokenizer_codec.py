@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
-from gvc_train.codecs.codec_folder import CodecFolderError, load_codec_components
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import latent_frames_for
 from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, ChunkCoder, StreamingEncode, assemble_stream, chunk_pixels, latent_size
@@ -71,16 +70,7 @@ class TokenizerCodec(Codec):
     def _load_folder(self, folder: str | os.PathLike, deterministic: bool) -> dict[str, Any]:
         """Read ``folder`` (CodecFolderError unless it is this family's and its components fit),
         set the attributes every such codec has, and return the components."""
-        meta, modules = load_codec_components(folder)
-        if meta["family"] != self.family:
-            raise CodecFolderError(f"{folder} holds a {meta['family']!r} codec, not a {self.family} one")
-        try:
-            self.check_components(modules, str(folder))
-        except ValueError as e:
-            raise CodecFolderError(str(e)) from None
-        self.folder, self.meta, self.deterministic = Path(folder), meta, deterministic
-        self.fingerprint = meta["fingerprint"]
-        self.stream_id = self.entry().stream_id
+        modules = super()._load_folder(folder, deterministic)
         self.tokenizer = modules["tokenizer"].eval()
         self.spatial = self.tokenizer.spatial_stride
         self.temporal = self.tokenizer.temporal_stride
