@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from gvc_train.models.controlled.embeddings import KEY_ROLE_NONE, KEY_ROLES
 
@@ -35,6 +36,26 @@ def check_control_names(controls: Mapping[str, Any]) -> None:
 
 class ConditionInputs:
     """The conditioning inputs of a controlled velocity model (module docstring)."""
+
+    def _forward_inputs(
+        self, x_BCThw: torch.Tensor, t_B: torch.Tensor, controls: Mapping[str, torch.Tensor] | None, dropped: Mapping[str, torch.Tensor] | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], tuple[int, int, int], torch.Tensor]:
+        """``forward``'s checks, shared by the models: ``(controls, dropped as bool, token grid,
+        t_B of the batch)``; an unknown condition or a latent of another width is a ValueError."""
+        controls, dropped = dict(controls or {}), {k: v.bool() for k, v in (dropped or {}).items()}
+        unknown = sorted(set(controls) - set(self.control_names)) + sorted(set(dropped) - {*self.control_names, TEXT, KEYFRAMES})
+        if unknown:
+            raise ValueError(f"unknown condition(s) {unknown}; this model knows controls {self.control_names}, {TEXT!r}, {KEYFRAMES!r}")
+        B, C = x_BCThw.shape[:2]
+        if C != self.latent_channels:
+            raise ValueError(f"the latent has {C} channels, the model {self.latent_channels}")
+        return controls, dropped, self._token_grid(x_BCThw), t_B.expand(B) if t_B.ndim == 0 else t_B
+
+    def _run(self, block: torch.nn.Module, *args: Any) -> Any:
+        """``block(*args)``, recomputed in the backward pass under gradient checkpointing."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def _token_grid(self, x_BCThw: torch.Tensor) -> tuple[int, int, int]:
         grid = []

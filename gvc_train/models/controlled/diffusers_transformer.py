@@ -54,7 +54,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from gvc_train.models.controlled.conditioning import KEYFRAMES, TEXT, ConditionInputs, check_control_names
 from gvc_train.models.controlled.control_encoder import ControlEncoder
@@ -225,10 +224,6 @@ class DiffusersControlledTransformer(ConditionInputs, nn.Module):
             keep_BL = keep_BL & ~dropped_B[:, None]
         return text_BLE * keep_BL.unsqueeze(-1).to(text_BLE.dtype)
 
-    def _run(self, block: nn.Module, *args: Any) -> Any:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
 
     # ---- forward ------------------------------------------------------------------------------
 
@@ -245,15 +240,8 @@ class DiffusersControlledTransformer(ConditionInputs, nn.Module):
         dropped: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The velocity ``noise - x0`` (shape and dtype of ``x_BCThw``); ControlledVideoTransformer's contract."""
-        controls, dropped = dict(controls or {}), {k: v.bool() for k, v in (dropped or {}).items()}
-        unknown = sorted(set(controls) - set(self.control_names)) + sorted(set(dropped) - {*self.control_names, TEXT, KEYFRAMES})
-        if unknown:
-            raise ValueError(f"unknown condition(s) {unknown}; this model knows controls {self.control_names}, {TEXT!r}, {KEYFRAMES!r}")
+        controls, dropped, grid, t_B = self._forward_inputs(x_BCThw, t_B, controls, dropped)
         B, C, T, H, W = x_BCThw.shape
-        if C != self.latent_channels:
-            raise ValueError(f"the latent has {C} channels, the model {self.latent_channels}")
-        grid = self._token_grid(x_BCThw)
-        t_B = t_B.expand(B) if t_B.ndim == 0 else t_B
         wan = self.wan
 
         inputs_BCThw, roles_BT = self._keyframe_input(x_BCThw, key_BCThw, key_mask_B1Thw, key_roles_BT, dropped.get(KEYFRAMES))

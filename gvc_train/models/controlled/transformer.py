@@ -47,7 +47,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from gvc_train.models.controlled.blocks import ContextBlock, DiTBlock, modulate
 from gvc_train.models.controlled.conditioning import KEYFRAMES, TEXT, ConditionInputs, check_control_names
@@ -170,10 +169,6 @@ class ControlledVideoTransformer(ConditionInputs, nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------
 
-    def _run(self, block: nn.Module, *args: Any) -> Any:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
 
     def forward(
         self,
@@ -188,15 +183,8 @@ class ControlledVideoTransformer(ConditionInputs, nn.Module):
         dropped: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The velocity ``v_BCThw`` (shape and dtype of ``x_BCThw``) at ``(x_t, t)`` (module docstring)."""
-        controls, dropped = dict(controls or {}), {k: v.bool() for k, v in (dropped or {}).items()}
-        unknown = sorted(set(controls) - set(self.control_names)) + sorted(set(dropped) - {*self.control_names, TEXT, KEYFRAMES})
-        if unknown:
-            raise ValueError(f"unknown condition(s) {unknown}; this model knows controls {self.control_names}, {TEXT!r}, {KEYFRAMES!r}")
+        controls, dropped, grid, t_B = self._forward_inputs(x_BCThw, t_B, controls, dropped)
         B, C, T, H, W = x_BCThw.shape
-        if C != self.latent_channels:
-            raise ValueError(f"the latent has {C} channels, the model {self.latent_channels}")
-        grid = self._token_grid(x_BCThw)
-        t_B = t_B.expand(B) if t_B.ndim == 0 else t_B
 
         inputs_BCThw, roles_BT = self._keyframe_input(x_BCThw, key_BCThw, key_mask_B1Thw, key_roles_BT, dropped.get(KEYFRAMES))
         tokens_BND = self.patch_embed(inputs_BCThw.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
