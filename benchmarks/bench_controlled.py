@@ -242,33 +242,20 @@ def plain_steps_per_second(batches: list[dict[str, Any]], steps: int, warmup: in
     """``ControlledDiffusionModule.training_step`` by hand: the tokenizer latents (cached), the
     conditions, keyed dropout and times, the masked flow-matching loss, backward, clip, AdamW,
     warm-up schedule, EMA update."""
-    from benchmarks.bench_progressive import _optimizer_and_schedule
+    from benchmarks.bench_progressive import _hand_loop
     from gvc_train.lit.step_guard import step_noise
 
     module = build_stage()
-    opt, sched = _optimizer_and_schedule(module)
-    params = [p for group in opt.param_groups for p in group["params"]]
-    module.train()  # the stage keeps its frozen parts in eval mode
-    start = 0.0
-    for i in range(steps + warmup):
-        if i == warmup:
-            start = time.perf_counter()
-        batch = batches[i % len(batches)]
+
+    def loss_of(batch: dict[str, Any]) -> torch.Tensor:
         x0 = module.latent(batch)
         B = x0.shape[0]
         conditions = module.conditions(batch, x0)
         with step_noise(module, B):
             dropped = module.dropout(B, x0.device)
-            loss = module.loss_B(module.transformer, x0, conditions, dropped, module.times.draw(B, x0.device)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if module.hparams.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, module.hparams.grad_clip)
-        opt.step()
-        if sched is not None:
-            sched.step()
-        module.update_ema()
-    return steps / (time.perf_counter() - start)
+            return module.loss_B(module.transformer, x0, conditions, dropped, module.times.draw(B, x0.device)).mean()
+
+    return _hand_loop(module, batches, steps, warmup, loss_of, input_of=lambda batch: batch, after_step=module.update_ema)
 
 
 def bench_training(steps: int = 10, repeats: int = 2) -> dict[str, Any]:

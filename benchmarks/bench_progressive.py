@@ -334,8 +334,12 @@ def _optimizer_and_schedule(module: Any) -> tuple[torch.optim.Optimizer, Any]:
     return configured[0], None
 
 
-def _hand_loop(module: Any, batches: list[dict], steps: int, warmup: int, loss_of: Callable[[torch.Tensor], torch.Tensor | None]) -> float:
-    """Steps/s of ``loss_of(latent)``, backward, clip, optimizer step and schedule, after ``warmup`` steps."""
+def _hand_loop(
+    module: Any, batches: list[dict], steps: int, warmup: int, loss_of: Callable[[Any], torch.Tensor | None],
+    input_of: Callable[[dict], Any] = lambda batch: batch["latent"], after_step: Callable[[], None] | None = None,
+) -> float:
+    """Steps/s of ``loss_of(input_of(batch))`` (a batch's latent by default), backward, clip,
+    optimizer step, schedule and ``after_step`` (an EMA update), after ``warmup`` steps."""
     opt, sched = _optimizer_and_schedule(module)
     params = [p for group in opt.param_groups for p in group["params"]]
     module.train()  # the stage keeps its frozen parts in eval mode
@@ -343,10 +347,10 @@ def _hand_loop(module: Any, batches: list[dict], steps: int, warmup: int, loss_o
     for i in range(steps + warmup):
         if i == warmup:
             start = time.perf_counter()
-        latent = batches[i % len(batches)]["latent"]
-        if not torch.isfinite(latent).all():  # the stage checks before its forward too
+        inputs = input_of(batches[i % len(batches)])
+        if isinstance(inputs, torch.Tensor) and not torch.isfinite(inputs).all():  # the stage checks before its forward too
             continue
-        loss = loss_of(latent)
+        loss = loss_of(inputs)
         if loss is None or not torch.isfinite(loss):
             continue
         opt.zero_grad(set_to_none=True)
@@ -356,6 +360,8 @@ def _hand_loop(module: Any, batches: list[dict], steps: int, warmup: int, loss_o
         opt.step()
         if sched is not None:
             sched.step()
+        if after_step is not None:
+            after_step()
     return steps / (time.perf_counter() - start)
 
 
