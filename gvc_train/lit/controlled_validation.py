@@ -40,7 +40,8 @@ def validation_videos(
         raise ValueError(f"validation videos need max_clips >= 1 and num_steps >= 1, got {max_clips} and {num_steps}")
     batch = first_clips(batch, max_clips)
     with torch.no_grad():
-        latent, video = clip_latent(module.tokenizer, batch, module.stage_name)
-        source = target_pixels(module.tokenizer, latent, video)
+        source = batch.get("video")
+        if source is None:  # latent-only batch: the tokenizer's decoding (a batch with video needs no encoding here)
+            source = target_pixels(module.tokenizer, clip_latent(module.tokenizer, batch, module.stage_name)[0], None)
         generated = module.sample(batch, num_steps=num_steps, guidance_scale=1.0, seed=seed)
     return source.float().clamp(0, 1), generated.float().clamp(0, 1)
