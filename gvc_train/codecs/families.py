@@ -63,12 +63,17 @@ def _resolve(target: str) -> Any:
 
 
 # fmt: off
-# name, stream id, components, inference class, stream layout. Stream id 4 is kept for the
-# zero-shot family DESIGN.md plans next.
+# name, stream id, components, inference class, stream layout.
 register_family(FamilyEntry("latent", 1, ("tokenizer", "latent_codec"), "gvc_train.codecs.latent:LatentCodec", "gvc_train.codecs.latent_stream:describe_chunks"))
 register_family(FamilyEntry("progressive", 2, ("tokenizer", "quantizer", "context_model"), "gvc_train.codecs.progressive:ProgressiveCodec", "gvc_train.codecs.progressive_stream:describe_chunks"))
 # The controlled-generation family: one model (tokenizer + keyframe latent codec + controlled
 # transformer + coding settings), with a text encoder when it was trained with captions.
 register_family(FamilyEntry("controlled", 3, ("tokenizer", "latent_codec", "transformer", "coding"), "gvc_train.codecs.controlled:ControlledCodec", "gvc_train.codecs.controlled_stream:describe_chunks"))
 register_family(FamilyEntry("controlled_text", 5, ("tokenizer", "latent_codec", "transformer", "coding", "text_encoder"), "gvc_train.codecs.controlled_text:ControlledTextCodec", "gvc_train.codecs.controlled_stream:describe_chunks"))
+# The zero-shot family: a pretrained generator steered by seeded codebooks (no training), with a
+# latent codec for the frames it sends as images: the project's controlled transformer (its
+# folder's parts, with or without a text encoder) or a diffusers Wan pipeline in a local folder.
+register_family(FamilyEntry("zeroshot", 4, ("tokenizer", "latent_codec", "transformer", "coding", "zeroshot"), "gvc_train.codecs.zeroshot:ZeroShotCodec", "gvc_train.codecs.zeroshot_stream:describe_chunks"))
+register_family(FamilyEntry("zeroshot_text", 6, ("tokenizer", "latent_codec", "transformer", "coding", "text_encoder", "zeroshot"), "gvc_train.codecs.zeroshot_text:ZeroShotTextCodec", "gvc_train.codecs.zeroshot_stream:describe_chunks"))
+register_family(FamilyEntry("zeroshot_wan", 7, ("tokenizer", "latent_codec", "pipeline", "zeroshot"), "gvc_train.codecs.zeroshot_wan:ZeroShotWanCodec", "gvc_train.codecs.zeroshot_stream:describe_chunks"))
 # fmt: on

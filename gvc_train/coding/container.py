@@ -64,6 +64,8 @@ class ChunkType(enum.IntEnum):
     SIDE = 4  # side information a family defines (a hyperprior, ...)
     CONTROL_TABLE = 5  # the controls a stream carries and their coders' settings (coding/controls/track.py)
     CONTROLS = 6  # one control of one segment, coded (coding/controls/track.py)
+    ATOMS = 7  # the codebook atoms a zero-shot stream chose for one group of frames (coding/atom_sets.py)
+    TEXT = 8  # a caption sent as UTF-8 text
 
 
 @dataclasses.dataclass(frozen=True)

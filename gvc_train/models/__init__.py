@@ -4,6 +4,8 @@
     latent/      the latent codec (GLVC-style) and its parts
     controlled/  the controlled-generation family: the caption's text encoder, the rectified-flow
                  video transformer
+    codebook/    zero-shot codebook coding: seeded codebooks, the flow sampler as an SDE, the
+                 generators (the controlled transformer, diffusers Wan pipelines) it steers
     losses/      discriminator, GAN losses, LPIPS
     registry.py  the component registry (imports nothing from gvc_train)
     fixed_point.py, sample_noise.py   shared by families
@@ -31,6 +33,8 @@ BUILTIN_COMPONENTS = {
     "PatchDiscriminator3D": "gvc_train.models.losses.discriminator",
     "ProgressiveContextModel": "gvc_train.models.progressive.context_model",
     "TextEncoder": "gvc_train.models.controlled.text_encoder",
+    "WanPipelineReference": "gvc_train.models.codebook.settings",
+    "ZeroShotSettings": "gvc_train.models.codebook.settings",
 }
 _OTHER_EXPORTS = {
     "DiagonalGaussian": "gvc_train.models.tokenizer.distributions",
