@@ -209,6 +209,8 @@ class WanVideoGenerator(VideoGenerator):
             return conditions
 
         keys = [first_B3HW] + ([last_B3HW] if mode == "flf2v" else [])
+        if mode == "flf2v" and latent_shape[2] < 2:
+            raise ValueError(f"flf2v needs at least 2 latent frames (a first and a last frame), got {latent_shape[2]}")
         for name, key in zip(("first_B3HW", "last_B3HW"), keys):
             if key is None or key.shape != (1, 3, height, width):
                 raise ValueError(f"{mode} needs {name} of 1 x 3 x {height} x {width}, got {None if key is None else tuple(key.shape)}")
