@@ -16,6 +16,7 @@ exported folder and use the interface:
   which ``gvc eval``'s truncation curve measures;
 * ``ceiling(frames)``: the reconstruction without any rate constraint (a tokenizer alone), where
   the family has one, for rate-distortion plots.
+* ``curves(modes)``: the rate curves ``gvc eval`` draws (one per mode where a family has modes);
 * ``known_controls`` and ``default_controls``: the controls a family that sends them can send
   (``encode(controls=...)`` takes any subset) and those it sends when not told; empty for the
   others. ``gvc eval``'s ablation table codes a clip once per subset.
@@ -166,6 +167,12 @@ class Codec(abc.ABC):
     def can_cut(cls) -> bool:
         """Whether :meth:`truncate` cuts this family's streams (``cut_fills`` names how a cut decodes)."""
         return bool(cls.cut_fills)
+
+    def curves(self, modes: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """The rate curves ``gvc eval`` draws for this codec: ``(label, encode options)`` each, the
+        rate points run along each. One unlabelled curve by default; a family with modes (the
+        zero-shot family's t2v, i2v, flf2v) gives one per mode, ``modes`` picking some."""
+        return [("", {})]
 
     @property
     def known_controls(self) -> list[str]:

@@ -140,6 +140,14 @@ class ZeroShotCodec(Codec):
         """The modes this codec's generator can code (``encode(mode=...)``; ``gvc eval --modes``)."""
         return [m for m in MODES if m in self.generator.modes]
 
+    def curves(self, modes: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """One rate curve per mode (``modes``: some of them; one this generator cannot code: ValueError)."""
+        wanted = self.modes if modes is None else list(modes)
+        unknown = [m for m in wanted if m not in self.modes]
+        if unknown:
+            raise ValueError(f"mode(s) {unknown}: {self.folder} codes {self.modes}")
+        return [(m, {"mode": m}) for m in wanted]
+
     def gop_pixels(self, width: int, height: int, gop_frames: int) -> int:
         s = self.generator.size_multiple
         frames = 1 + self.generator.temporal_stride * -(-(gop_frames - 1) // self.generator.temporal_stride)

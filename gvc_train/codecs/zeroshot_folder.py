@@ -28,7 +28,14 @@ from gvc_train.codecs.codec_folder import CodecFolderError, read_codec_json, wri
 from gvc_train.components import ComponentError, load_component, read_component_meta, save_component
 from gvc_train.safe_output import OutputError, atomic_output, raise_on_sigterm
 
-SOURCE_FAMILIES = {"controlled": "zeroshot", "controlled_text": "zeroshot_text"}
+SETTINGS = "zeroshot"  # the settings component every zero-shot folder adds
+
+
+def _family_with(components: set[str]) -> str | None:
+    """The family whose folders hold exactly ``components`` (the table says which; none named here)."""
+    from gvc_train.codecs.families import FAMILIES
+
+    return next((e.name for e in FAMILIES.values() if set(e.components) == components), None)
 
 
 def _copy_component(source: Path, out: Path, name: str) -> None:
@@ -46,16 +53,18 @@ def make_zeroshot_codec(
     from gvc_train.models.codebook.settings import WanPipelineReference, ZeroShotSettings
 
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     if (model is None) == (wan is None):
         raise ValueError("give --model (a controlled codec folder) or --wan (a diffusers Wan pipeline folder), one of them")
     defaults: dict[str, Any] = {}
     if model is not None:
         source = Path(model)
         meta = read_codec_json(source)
-        if meta["family"] not in SOURCE_FAMILIES:
-            raise CodecFolderError(f"{source} is a {meta['family']!r} codec; --model takes a controlled one ({sorted(SOURCE_FAMILIES)})")
-        family = SOURCE_FAMILIES[meta["family"]]
-        for name in FAMILIES[meta["family"]].components:
+        names = set(FAMILIES[meta["family"]].components)
+        family = _family_with(names | {SETTINGS}) if "transformer" in names else None
+        if family is None:
+            raise CodecFolderError(f"{source} is a {meta['family']!r} codec; --model takes a controlled codec folder (a transformer with its tokenizer)")
+        for name in sorted(names):
             _copy_component(source, out, name)
         coding = load_component(source, "coding")
         stride = load_component(source, "tokenizer").temporal_stride
@@ -72,11 +81,12 @@ def make_zeroshot_codec(
             if name not in meta["components"]:
                 raise CodecFolderError(f"{source} has no {name}; --keyframes takes a latent codec folder")
             _copy_component(source, out, name)
-        family = "zeroshot_wan"
+        family = _family_with({"tokenizer", "latent_codec", "pipeline", SETTINGS})
+        assert family is not None
         path = Path(wan).resolve()
         save_component(WanPipelineReference(str(path), pipeline_identity(path), wan_guidance_scale, negative_prompt), out, "pipeline")
         lineage = {"made_from": str(path), "keyframes_from": str(source), "keyframes_fingerprint": meta["fingerprint"]}
-    save_component(ZeroShotSettings(**{**defaults, **(settings or {})}), out, "zeroshot")
+    save_component(ZeroShotSettings(**{**defaults, **(settings or {})}), out, SETTINGS)
     modules = {name: load_component(out, name) for name in FAMILIES[family].components}
     codec_class = FAMILIES[family].codec_class()
     codec_class.check_components(modules, str(out))

@@ -52,7 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             codecs=args.codec, videos=args.video, out=args.out, anchors=[a for a in args.anchors.split(",") if a],
             frames=args.frames, intra_period=args.intra_period, ladder_points=args.ladder_points,
             anchor_cache=args.anchor_cache, metric_options=metric_options, progress=not args.no_progress,
-            control_subsets=control_subsets,
+            control_subsets=control_subsets, modes=[m for m in args.modes.split(",") if m] if args.modes else None,
         )  # fmt: skip
         # A rerun into the same report folder keeps its anchor cache (the anchors' encodes are
         # the slow part): moved into the new folder, and back if the run fails.
@@ -87,6 +87,10 @@ def add_eval_command(subparsers: Any) -> None:
         "--control-subsets", default=None, metavar="SETS",
         help="codecs that send controls: the sets of controls of the ablation table, ';' between sets, ',' between names, "
         "'none' for no controls, e.g. 'luma;luma,flow;none' (default: each such codec's default set and none)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--modes", default=None, metavar="MODES",
+        help="codecs with modes (zero-shot: t2v, i2v, flf2v): the modes to code, one rate curve each, comma-separated (default: all a codec has)",
     )  # fmt: skip
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("--out", required=True, help="report folder (new or empty; a previous report with --overwrite)")

@@ -68,6 +68,8 @@ class EvalOptions:
     # The sets of controls a codec that sends controls is coded with for its ablation table
     # (eval.ablation); None: each such codec's default set and none.
     control_subsets: Sequence[Sequence[str]] | None = None
+    # The modes a codec with modes (Codec.curves) is coded in, a curve each; None: all it has.
+    modes: Sequence[str] | None = None
     shown_out: str | None = None  # the name to print for ``out`` (gvc eval writes beside it, then moves it there)
 
 
@@ -104,21 +106,27 @@ def _codec_points(
     for codec_dir in options.codecs:
         codec = open_codec(codec_dir)
         name = Path(codec_dir).name
-        for q in range(codec.num_rate_points):
-            stream = streams / f"{video.stem}.{name}.q{q}.gvc"
-            decoded: list[np.ndarray] = []
-            enc = codec.encode(video, stream, q, max_frames=options.frames)
-            dec = codec.decode(stream, decoded.append)
-            per_frame, mean, unavailable = compute_metrics(np.stack(decoded), source_THWC, options.metric_options)
-            points.append(
-                {
-                    "video": video.name, "codec": name, "codec_dir": str(codec_dir), "family": codec.family,
-                    "quality": q, "bytes": enc.file_bytes, "bpp": enc.bpp, "frames": enc.frames,
-                    "intra_period": codec.intra_period, "encode_seconds": enc.seconds, "decode_seconds": dec.seconds,
-                    "stream": str(stream.relative_to(streams.parent)), "metrics": mean, "per_frame": per_frame, "unavailable": unavailable,
-                }
-            )  # fmt: skip
-            progress.step(f"{video.name} {name} q{q}")
+        curves_of_codec = codec.curves(None if options.modes is None or len(codec.curves()) == 1 else list(options.modes))
+        if len(curves_of_codec) > 1:
+            progress.grow((len(curves_of_codec) - 1) * codec.num_rate_points)
+        for label, encode_options in curves_of_codec:
+            curve_name = f"{name}:{label}" if label else name
+            for q in range(codec.num_rate_points):
+                stream = streams / f"{video.stem}.{curve_name.replace(':', '.')}.q{q}.gvc"
+                decoded: list[np.ndarray] = []
+                enc = codec.encode(video, stream, q, max_frames=options.frames, **encode_options)
+                dec = codec.decode(stream, decoded.append)
+                per_frame, mean, unavailable = compute_metrics(np.stack(decoded), source_THWC, options.metric_options)
+                points.append(
+                    {
+                        "video": video.name, "codec": curve_name, "codec_dir": str(codec_dir), "family": codec.family,
+                        "quality": q, "bytes": enc.file_bytes, "bpp": enc.bpp, "frames": enc.frames,
+                        "intra_period": codec.intra_period, "encode_seconds": enc.seconds, "decode_seconds": dec.seconds,
+                        "stream": str(stream.relative_to(streams.parent)), "metrics": mean, "per_frame": per_frame, "unavailable": unavailable,
+                        **({"mode": label, **getattr(codec, "last_stats", {})} if label else {}),
+                    }
+                )  # fmt: skip
+                progress.step(f"{video.name} {curve_name} q{q}")
         if codec.can_cut():  # the last stream coded above, at the top rate point
             curves.append(_truncation(codec, name, str(codec_dir), video, stream, source_THWC, progress))
         if codec.known_controls:
