@@ -338,7 +338,7 @@ class _GopRunner:
         )
         return code_trajectory(
             lambda x, t: self.gen.velocity(x, t, conditions), shape, self.schedule, self.config.codebook_size, counts,
-            self.config.seed, gop, **coding,
+            self.config.seed, gop, device=self.gen.device, **coding,
         )  # fmt: skip
 
     def _show(self, gop: int, length: int, latent: torch.Tensor, first: np.ndarray | None, last: np.ndarray | None) -> None:

@@ -47,6 +47,7 @@ def _copy_component(source: Path, out: Path, name: str) -> None:
 def make_zeroshot_codec(
     out: str | Path, *, model: str | Path | None = None, wan: str | Path | None = None, keyframes: str | Path | None = None,
     settings: dict[str, Any] | None = None, wan_guidance_scale: float = 5.0, negative_prompt: str = "",
+    wan_dtype: str = "float32", wan_device: str = "auto",
 ) -> Path:  # fmt: skip
     """Write a zero-shot codec folder into ``out`` (an existing empty folder); return codec.json's path."""
     from gvc_train.codecs.families import FAMILIES
@@ -84,7 +85,8 @@ def make_zeroshot_codec(
         family = _family_with({"tokenizer", "latent_codec", "pipeline", SETTINGS})
         assert family is not None
         path = Path(wan).resolve()
-        save_component(WanPipelineReference(str(path), pipeline_identity(path), wan_guidance_scale, negative_prompt), out, "pipeline")
+        reference = WanPipelineReference(str(path), pipeline_identity(path), wan_guidance_scale, negative_prompt, wan_dtype, wan_device)
+        save_component(reference, out, "pipeline")
         lineage = {"made_from": str(path), "keyframes_from": str(source), "keyframes_fingerprint": meta["fingerprint"]}
     save_component(ZeroShotSettings(**{**defaults, **(settings or {})}), out, SETTINGS)
     modules = {name: load_component(out, name) for name in FAMILIES[family].components}
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wan", help="a diffusers Wan 2.1 pipeline folder (local; not copied)")
     parser.add_argument("--keyframes", help="with --wan: a latent codec folder that codes the frames sent as images")
     parser.add_argument("--wan-guidance-scale", type=float, default=5.0, help="with --wan: classifier-free guidance (1: one call a step)")
+    parser.add_argument("--wan-dtype", default="float32", choices=["float32", "bfloat16"], help="with --wan: the transformer's and text encoder's dtype")
+    parser.add_argument("--wan-device", default="auto", choices=["auto", "cpu", "cuda"], help="with --wan: where the pipeline runs (auto: cuda where there is one)")
+    parser.add_argument("--negative-prompt", default="", help="with --wan: the negative prompt of classifier-free guidance")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a ZeroShotSettings default (repeatable)")
     args = parser.parse_args(argv)
     raise_on_sigterm()
@@ -117,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = dict(_setting(s) for s in args.set)
         inputs = [p for p in (args.model, args.wan, args.keyframes) if p]
         with atomic_output(Path(args.out), inputs=inputs, folder=True) as tmp:
-            path = make_zeroshot_codec(tmp, model=args.model, wan=args.wan, keyframes=args.keyframes, settings=settings, wan_guidance_scale=args.wan_guidance_scale)
+            path = make_zeroshot_codec(
+                tmp, model=args.model, wan=args.wan, keyframes=args.keyframes, settings=settings,
+                wan_guidance_scale=args.wan_guidance_scale, negative_prompt=args.negative_prompt, wan_dtype=args.wan_dtype, wan_device=args.wan_device,
+            )  # fmt: skip
             family = json.loads(path.read_text())["family"]
     except (ValueError, TypeError, ComponentError, OutputError) as e:
         print(f"gvc-zeroshot: error: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -65,6 +65,11 @@ class VideoGenerator(abc.ABC):
         Deterministic: the same inputs give the same bits on one machine and thread count."""
 
     @property
+    def device(self) -> torch.device:
+        """Where :meth:`velocity` wants ``x`` (the trajectory's state lives there)."""
+        return torch.device("cpu")
+
+    @property
     def takes_text(self) -> bool:
         """Whether a caption changes :meth:`velocity`."""
         return False

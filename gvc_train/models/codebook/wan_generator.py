@@ -156,6 +156,11 @@ class WanVideoGenerator(VideoGenerator):
         return True
 
     @property
+    def device(self) -> torch.device:
+        """Where the trajectory's state lives (the pipeline's execution device)."""
+        return self._device
+
+    @property
     def _device(self) -> torch.device:
         return self.pipe._execution_device
 
