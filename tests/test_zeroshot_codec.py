@@ -115,3 +115,24 @@ def test_gvc_zeroshot_refuses_a_folder_that_is_not_a_controlled_codec(tmp_path: 
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "controlled" in err
     assert not (tmp_path / "z").exists()
+
+
+def test_a_text_model_codes_its_caption(codec_dir: Path, tmp_path: Path) -> None:
+    """checkpoints/cvg_tiny has a text encoder: its zero-shot folder is the text family, t2v sends the caption."""
+    folder = tmp_path / "text"
+    make_zeroshot_codec(folder, model="checkpoints/cvg_tiny", settings={**SETTINGS, "mode": "t2v"})
+    codec = open_codec(folder)
+    assert codec.family == "zeroshot_text" and codec.generator.takes_text
+    stream = tmp_path / "t.gvc"
+    recon: list[np.ndarray] = []
+    codec.encode(sample_video("carphone_pristine.mp4"), stream, 0, max_frames=5, on_recon=recon.append, caption="a man talks on a phone in a car")
+    decoded: list[np.ndarray] = []
+    codec.decode(stream, decoded.append)
+    assert len(decoded) == 5 and all(np.array_equal(a, b) for a, b in zip(recon, decoded))
+    assert [r["caption"] for r in describe_stream(stream)["chunks"] if r["type"] == "TEXT"] == ["a man talks on a phone in a car"]
+    # Another caption steers another trajectory: the same atoms do not decode under it.
+    other = tmp_path / "o.gvc"
+    codec.encode(sample_video("carphone_pristine.mp4"), other, 0, max_frames=5, caption="a red bus in the rain")
+    assert other.read_bytes() != stream.read_bytes()
+    with pytest.raises(ValueError, match="takes no caption"):
+        open_codec(codec_dir).encode(sample_video("carphone_pristine.mp4"), tmp_path / "x.gvc", 0, max_frames=5, caption="text")
