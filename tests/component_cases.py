@@ -218,7 +218,39 @@ def _another_seed(module: nn.Module) -> nn.Module:
     return type(module)(**{**module.config, "seed": module.seed + 1})
 
 
+def _zeroshot_settings() -> nn.Module:
+    from gvc_train.models import ZeroShotSettings
+
+    return ZeroShotSettings(codebook_size=1024, atoms=[1, 4, 16], gop_frames=17, shift=1.0)
+
+
+def _zeroshot_as_tensor(module: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    return torch.tensor([module.codebook_size, *module.atoms, module.num_steps, module.ode_tail, module.shift, module.seed], dtype=torch.float64)
+
+
+def _wan_reference() -> nn.Module:
+    from gvc_train.models import WanPipelineReference
+
+    return WanPipelineReference(path="/models/Wan2.1-T2V-1.3B-Diffusers", identity="ab" * 32, guidance_scale=5.0)
+
+
+def _reference_as_tensor(module: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    return torch.tensor([len(module.path), module.guidance_scale, int(module.identity[:8], 16)], dtype=torch.float64)
+
+
+def _another_path(module: nn.Module) -> nn.Module:
+    return type(module)(**{**module.config, "path": module.path + "-other"})
+
+
 CASES = [
+    ComponentCase(
+        "ZeroShotSettings", make=_zeroshot_settings, inputs=dict, loss=lambda *_: torch.zeros(()),
+        forward=_zeroshot_as_tensor, config_only=True, change=_another_seed,
+    ),  # fmt: skip
+    ComponentCase(
+        "WanPipelineReference", make=_wan_reference, inputs=dict, loss=lambda *_: torch.zeros(()),
+        forward=_reference_as_tensor, config_only=True, change=_another_path,
+    ),  # fmt: skip
     ComponentCase(
         "ControlledCodingSettings", make=_coding_settings, inputs=dict, loss=lambda *_: torch.zeros(()),
         forward=_settings_as_tensor, config_only=True, change=_another_seed,

@@ -51,7 +51,8 @@ def make_zeroshot_codec(
 ) -> Path:  # fmt: skip
     """Write a zero-shot codec folder into ``out`` (an existing empty folder); return codec.json's path."""
     from gvc_train.codecs.families import FAMILIES
-    from gvc_train.models.codebook.settings import WanPipelineReference, ZeroShotSettings
+    from gvc_train.models.codebook.settings import ZeroShotSettings
+    from gvc_train.models.codebook.wan_reference import WanPipelineReference
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

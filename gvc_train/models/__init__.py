@@ -33,7 +33,7 @@ BUILTIN_COMPONENTS = {
     "PatchDiscriminator3D": "gvc_train.models.losses.discriminator",
     "ProgressiveContextModel": "gvc_train.models.progressive.context_model",
     "TextEncoder": "gvc_train.models.controlled.text_encoder",
-    "WanPipelineReference": "gvc_train.models.codebook.settings",
+    "WanPipelineReference": "gvc_train.models.codebook.wan_reference",
     "ZeroShotSettings": "gvc_train.models.codebook.settings",
 }
 _OTHER_EXPORTS = {

@@ -1,7 +1,7 @@
-"""ZeroShotSettings and WanPipelineReference: the zero-shot codec's config-only components.
+"""ZeroShotSettings: the zero-shot codec's defaults, a config-only component.
 
-Like the controlled family's ``ControlledCodingSettings``, they travel in the codec folder as
-JSON (and an empty safetensors file) and are fingerprinted with the rest. A stream carries every
+Like the controlled family's ``ControlledCodingSettings``, it travels in the codec folder as
+JSON (and an empty safetensors file) and is fingerprinted with the rest. A stream carries every
 setting it was coded with (``codecs/zeroshot_stream.py``); these are the defaults.
 
 **ZeroShotSettings** (defaults: the published setting, GVC's Turbo-DDCM on Wan 2.1 at 480p):
@@ -16,12 +16,6 @@ setting it was coded with (``codecs/zeroshot_stream.py``); these are the default
   the given frame, get ``round(M x factor)`` atoms (GVC: 64 -> 128);
 * ``keyframe_quality``: the latent codec's quality index for coded keyframes;
 * ``guidance_scale`` (1: one model call a step), ``seed`` (of every codebook and the start noise).
-
-**WanPipelineReference**: the local folder of a diffusers Wan pipeline (``path``) and its
-``identity`` (``wan_generator.pipeline_identity``): the codec is the folder plus the weights
-found there, which are not copied (tens of GB); a folder whose identity differs is refused. With
-the guidance scale and negative prompt, the transformer's ``dtype`` and the ``device`` it runs
-on: encoder and decoder must compute the same trajectory, so these are the codec's, not a run's.
 """
 
 from __future__ import annotations
@@ -81,23 +75,3 @@ class ZeroShotSettings(nn.Module):
 
     def forward(self, *args: Any) -> None:  # pragma: no cover - a settings holder, never called
         raise RuntimeError("ZeroShotSettings holds settings; it is not called")
-
-
-@register_component("WanPipelineReference")
-class WanPipelineReference(nn.Module):
-    """Where a diffusers Wan pipeline lives and which one it is (module docstring). No weights."""
-
-    config_bounds = {"guidance_scale": (0.0, 100.0), "dtype": {"float32", "bfloat16"}, "device": {"auto", "cpu", "cuda"}}
-
-    def __init__(
-        self, path: str = "", identity: str = "", guidance_scale: float = 5.0, negative_prompt: str = "", dtype: str = "float32", device: str = "auto"
-    ) -> None:
-        super().__init__()
-        if not path or len(identity) != 64:
-            raise ValueError("a Wan pipeline reference needs the folder's path and its 64-hex-digit identity")
-        self.path, self.identity = str(path), identity
-        self.guidance_scale, self.negative_prompt = float(guidance_scale), negative_prompt
-        self.dtype, self.device = dtype, device  # the transformer's and text encoder's dtype; auto: cuda where there is one
-
-    def forward(self, *args: Any) -> None:  # pragma: no cover
-        raise RuntimeError("WanPipelineReference names a pipeline folder; it is not called")
