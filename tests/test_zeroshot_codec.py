@@ -4,7 +4,7 @@ bad streams end in one clear error."""
 
 from __future__ import annotations
 
-import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +136,21 @@ def test_a_text_model_codes_its_caption(codec_dir: Path, tmp_path: Path) -> None
     assert other.read_bytes() != stream.read_bytes()
     with pytest.raises(ValueError, match="takes no caption"):
         open_codec(codec_dir).encode(sample_video("carphone_pristine.mp4"), tmp_path / "x.gvc", 0, max_frames=5, caption="text")
+
+
+def test_gvc_cli_encodes_with_a_mode_and_seed(codec_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gvc_train.gvc_cli import main as gvc
+
+    stream = tmp_path / "c.gvc"
+    args = [str(sample_video("carphone_pristine.mp4")), str(stream), "--codec", str(codec_dir), "--frames", "5", "--quality", "0"]
+    assert gvc(["encode", *args, "--mode", "flf2v", "--seed", "3"]) == 0
+    assert gvc(["info", str(stream)]) == 0
+    out = capsys.readouterr().out
+    assert "ATOMS" in out and "atoms " in out and "keyframes " in out
+    assert gvc(["info", "--json", str(stream)]) == 0
+    config = next(row for row in json.loads(capsys.readouterr().out)["chunks"] if row["type"] == "CONFIG")
+    assert (config["mode"], config["seed"], config["atoms"]) == ("flf2v", 3, 1)
+    assert gvc(["decode", str(stream), str(tmp_path / "frames"), "--codec", str(codec_dir)]) == 0
+    assert len(list((tmp_path / "frames").glob("*.png"))) == 5
+    assert gvc(["encode", *args, "--seed", "-1", "--overwrite"]) == 2
+    assert "seed" in capsys.readouterr().err

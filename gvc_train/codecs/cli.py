@@ -86,7 +86,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if not 0 <= quality < codec.num_rate_points:
             raise UsageError(f"--quality {quality} is outside this codec's 0..{codec.num_rate_points - 1}")
         # a family's own flags reach it only when given: a family that has no such setting says so
-        given = {"latents_per_chunk": args.latents_per_chunk, "controls": args.controls, "keyframes": args.keyframes, "caption": args.caption}
+        given = {"latents_per_chunk": args.latents_per_chunk, "controls": args.controls, "keyframes": args.keyframes, "caption": args.caption,
+                 "mode": args.mode, "seed": args.seed}  # fmt: skip
         options = {name: value for name, value in given.items() if value is not None}
         report = codec.encode(args.input, tmp, quality, max_frames=args.frames, **options)
     report = dataclasses.replace(report, path=str(args.output))
@@ -144,7 +145,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"{i:5d} {row['type']:7s} {row['offset']:8d} {row['bytes']:8d} {frames:>11s} {bpf:>11s}{scale}")
     parts: dict[str, int] = {}  # a family whose rows name keyframes and controls: bytes per part
     for row in rows:
-        part = "keyframes" if "keyframe" in row else f"control {row['control']}" if "control" in row else None
+        part = (
+            "keyframes" if "keyframe" in row else f"control {row['control']}" if "control" in row
+            else "atoms" if "gop" in row else "caption" if "caption" in row else None
+        )  # fmt: skip
         if part is not None:
             parts[part] = parts.get(part, 0) + row["bytes"]
     for part, size in parts.items():
@@ -212,6 +216,8 @@ def build_parser(extra_commands: Sequence[Callable[[Any], None]] = ()) -> argpar
         help="controlled codecs with a text model: the video's caption for the caption control. Default: the text file "
         "beside the input (clip.txt for clip.mp4, seq.txt for a PNG folder seq/), else the codec's captioner, if it has one",
     )  # fmt: skip
+    enc.add_argument("--mode", default=None, choices=["t2v", "i2v", "flf2v"], help="zero-shot codecs: text-, image- or first-last-frame-to-video (default: the codec's)")
+    enc.add_argument("--seed", type=int, default=None, help="zero-shot codecs: the seed of the codebooks (default: the codec's; sent in the stream)")
     enc.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     enc.add_argument("--nondeterministic", action="store_true", help="use all torch threads (exact only at equal thread counts)")
     enc.set_defaults(func=cmd_encode)

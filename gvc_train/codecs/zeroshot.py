@@ -175,6 +175,8 @@ class ZeroShotCodec(Codec):
         if not (isinstance(rate_point, int) and 0 <= rate_point < self.num_rate_points):
             raise ValueError(f"quality must be an integer in 0..{self.num_rate_points - 1}, got {rate_point!r}")
         s = self.settings
+        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
+            raise ValueError(f"the seed must be an integer in 0..2^63-1, got {seed!r}")
         mode = s.mode if mode is None else mode
         if mode not in self.modes:
             raise ValueError(f"mode {mode!r}: this codec's generator codes {self.modes}")
