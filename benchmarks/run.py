@@ -133,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     results["controlled"] = bench_controlled(quick=args.quick)
     rows += controlled_rows(results["controlled"])
     sections["controlled"] = time.perf_counter() - started - sum(sections.values())
+    print("zero-shot family: codebook scoring, encode, decode ...", flush=True)
+    from benchmarks.bench_zeroshot import bench_zeroshot, table_rows as zeroshot_rows
+
+    results["zeroshot"] = bench_zeroshot(quick=args.quick)
+    rows += zeroshot_rows(results["zeroshot"])
+    sections["zeroshot"] = time.perf_counter() - started - sum(sections.values())
     results["section_seconds"] = {k: round(v, 1) for k, v in sections.items()}
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["table_rows"] = rows  # what `make readme-figures` puts in the README, as printed
