@@ -49,6 +49,14 @@ def _config(config: ZeroShotConfig, **fields: int) -> bytes:
     return b"".join(encode_varint(v) for v in (values.pop("version", config.version), *values.values()))
 
 
+def _with_frames(data: bytes, frames: int) -> bytes:
+    """The stream with another frame count in its header (valid CRC)."""
+    from gvc_train.coding.container import header_bytes, read_stream
+
+    header, chunks = read_stream(data)
+    return header_bytes(dataclasses.replace(header, frames=frames)) + data[chunks[0].offset :]
+
+
 def _variants(data: bytes, rng: random.Random) -> list[tuple[str, bytes]]:
     _, chunks = read_stream(data)
     head = data[: chunks[0].offset]
@@ -84,13 +92,25 @@ def _variants(data: bytes, rng: random.Random) -> list[tuple[str, bytes]]:
         ("mode", 3), ("codebook_size", 1), ("codebook_size", 2**30), ("atoms", 0), ("atoms", 65), ("tail_atoms", 0), ("num_steps", 0),
         ("ode_tail", 0), ("ode_tail", 4), ("gop_frames", 1), ("gop_frames", 10**6), ("shift_bits", float_bits(float("nan"))),
         ("g_scale_bits", float_bits(-1.0)), ("guidance_bits", float_bits(float("inf"))), ("seed", 2**63), ("has_caption", 2),
-        ("keyframe_quality", 9), ("version", config.version + 1),
+        ("keyframe_quality", 9), ("version", config.version + 1), ("atoms", 4097), ("tail_atoms", 4097),
+        # the reviewer's hostile settings: a huge codebook with huge atom sets must be refused before any big-integer work
+        ("codebook_size", 2**24), ("guidance_bits", float_bits(7.5)),
         # in bounds, but not what the stream was coded with: the trajectory check (or the atoms' size) refuses them
         ("seed", config.seed + 1), ("num_steps", 4), ("shift_bits", float_bits(2.0)), ("g_scale_bits", float_bits(2.0)),
         ("g_power_bits", float_bits(1.0)), ("codebook_size", 65), ("atoms", 2), ("mode", 1), ("gop_frames", 3), ("has_caption", 1),
     ]  # fmt: skip
     cases += [(f"CONFIG {name}={value}", build([(conf[0], _config(config, **{name: value})), *body[1:]])) for name, value in fields]
+    huge = {"codebook_size": 2**24, "atoms": 4096, "tail_atoms": 4096, "num_steps": 1000, "ode_tail": 1}
+    cases.append(("CONFIG K=2^24, M=4096, 1000 steps", build([(conf[0], _config(config, **huge)), *body[1:]])))
+    cases.append(("header: 10^7 frames", _with_frames(data, 10**7)))
     return cases
+
+
+def test_the_settings_and_the_stream_agree_on_the_atoms_limit() -> None:
+    from gvc_train.codecs.zeroshot_stream import MAX_ATOMS
+    from gvc_train.models.codebook import settings
+
+    assert settings.MAX_ATOMS == MAX_ATOMS
 
 
 def test_every_damaged_zero_shot_stream_is_one_error(coded, tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import read_config_chunk
 from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, assemble_stream
 from gvc_train.codecs.zeroshot_stream import (
+    MAX_ATOM_BYTES,
     MAX_CAPTION_BYTES,
     MODES,
     TRAJECTORY_CHECK_BYTES,
@@ -58,7 +59,7 @@ from gvc_train.codecs.zeroshot_stream import (
     parse_atoms,
     parse_caption,
 )
-from gvc_train.coding.atom_sets import pack_groups, packed_bits, packed_size, set_bits, unpack_groups
+from gvc_train.coding.atom_sets import pack_groups, packed_bits, packed_size, set_bits, size_bound, unpack_groups
 from gvc_train.coding.container import (
     MAX_CHUNK_BYTES,
     BitstreamError,
@@ -191,9 +192,10 @@ class ZeroShotCodec(Codec):
         config = ZeroShotConfig(
             MODES.index(mode), s.codebook_size, atoms, s.tail_frames if mode == "i2v" else 0, s.tail_atoms(atoms),
             s.num_steps, s.ode_tail, float_bits(s.shift), float_bits(s.g_scale), float_bits(s.g_power),
-            float_bits(s.guidance_scale), int(s.seed if seed is None else seed), s.gop_frames, s.keyframe_quality, int(caption is not None),
+            float_bits(self.generator.guidance_scale), int(s.seed if seed is None else seed), s.gop_frames, s.keyframe_quality, int(caption is not None),
         )  # fmt: skip
         config.check()
+        self._check_atom_bytes(config, 1 + -(-(config.gop_frames - 1) // self.generator.temporal_stride), ValueError)
         output = Path(output)
         from gvc_train.safe_output import check_target, temp_beside
 
@@ -225,6 +227,16 @@ class ZeroShotCodec(Codec):
             run.payload_bytes + (len(caption.encode()) if caption else 0), run.chunks + 1 + int(caption is not None),
             time.perf_counter() - started, run.keys.model_bits + run.atom_information_bits,
         )  # fmt: skip
+
+    @staticmethod
+    def _check_atom_bytes(config: ZeroShotConfig, latents: int, error: type[Exception]) -> None:
+        """A GOP's atoms within MAX_ATOM_BYTES (zeroshot_stream), bounded without big integers."""
+        counts = [max(config.atoms, config.tail_atoms)] * latents * (config.num_steps - config.ode_tail)
+        if size_bound(config.codebook_size, counts) > MAX_ATOM_BYTES:
+            raise error(
+                f"{config.atoms} atoms of {config.codebook_size} a step, {latents} latent frames and {config.num_steps - config.ode_tail} "
+                f"stochastic steps a GOP: over the {MAX_ATOM_BYTES}-byte atoms limit of a GOP (fewer atoms, steps or frames a GOP)"
+            )
 
     def _check_size(self, width: int, height: int, config: ZeroShotConfig, error: type[Exception]) -> None:
         if self.gop_pixels(width, height, config.gop_frames) > self.max_gop_pixels:
@@ -262,7 +274,10 @@ class ZeroShotCodec(Codec):
         if config.keyframe_quality >= self.latent_codec.num_qualities:
             raise BitstreamError(f"keyframe quality {config.keyframe_quality} is outside this codec's 0..{self.latent_codec.num_qualities - 1}")
         latents = 1 + -(-(config.gop_frames - 1) // self.generator.temporal_stride)
-        atom_bytes = packed_size(config.codebook_size, [max(config.atoms, config.tail_atoms)] * latents * config.num_steps)
+        self._check_atom_bytes(config, latents, BitstreamError)
+        if config.guidance_scale != self.generator.guidance_scale:
+            raise BitstreamError(f"the stream was coded with guidance {config.guidance_scale}; this codec's generator samples with {self.generator.guidance_scale}")
+        atom_bytes = packed_size(config.codebook_size, [max(config.atoms, config.tail_atoms)] * latents * (config.num_steps - config.ode_tail))
         keyframe_bytes = 8 * KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, 0, header.width, header.height).symbols
         bound = min(MAX_CHUNK_BYTES, (1 << 16) + max(atom_bytes, keyframe_bytes, MAX_CAPTION_BYTES))
         chunks = iter_chunks(f, offset=offset, max_chunk_bytes=bound)
@@ -355,6 +370,11 @@ class _GopRunner:
                 self.on_frame(frame)
         self.previous = out[length - 1]
 
+    def _show_given(self, frame_HWC: np.ndarray) -> None:
+        if self.on_frame is not None:
+            self.on_frame(frame_HWC)
+        self.previous = frame_HWC
+
     def _groups(self, counts: list[int]) -> list[int]:
         return [c for _ in range(self.schedule.stochastic_steps) for c in counts if c]
 
@@ -386,6 +406,9 @@ class _GopRunner:
         mode, given_first, given_last, counts, shape = self._plan(gop, length)
         first = self._keyframe(body, start, clip[0]) if given_first and gop == 0 else self.previous if given_first else None
         last = self._keyframe(body, stop, clip[-1]) if given_last else None
+        if length == 1 and first is not None:  # a one-frame video sent as an image: nothing to generate
+            self._show_given(first)
+            return
         padded = clip + [clip[-1]] * (1 + self.gen.temporal_stride * (shape[2] - 1) - length)
         target = self.gen.encode_video(self._pad(frames_to_tensor(np.stack(padded))))
         latent, picks = self._trajectory(gop, mode, counts, shape, first, last, target=target, score_threads=self.score_threads)
@@ -424,6 +447,9 @@ class _GopRunner:
             mode, given_first, given_last, counts, shape = self._plan(gop, length)
             first = self._read_keyframe(chunks, start) if given_first and gop == 0 else self.previous if given_first else None
             last = self._read_keyframe(chunks, stop) if given_last else None
+            if length == 1 and first is not None:
+                self._show_given(first)
+                continue
             chunk = next(chunks, None)
             if chunk is None:
                 raise BitstreamError(f"the stream ends before GOP {gop}'s atoms")

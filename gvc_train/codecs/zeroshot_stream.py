@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from gvc_train.codecs.controlled_stream import MAX_STEPS, bits_float, float_bits, parse_keyframe
@@ -34,6 +34,11 @@ STREAM_VERSION = 1
 MODES = ("t2v", "i2v", "flf2v")  # models/codebook/generator.py's, by index (no torch here)
 TRAJECTORY_CHECK_BYTES = 4
 MAX_CODEBOOK = 1 << 24
+MAX_ATOMS = 4096  # atoms a step and latent frame: bounds what a decoder draws (M x D values) and unranks
+# A GOP's atoms are one mixed-radix integer (coding/atom_sets.py): its arithmetic grows with the
+# square of its size, so a GOP's atoms are bounded (coding.atom_sets.size_bound, checked before
+# any big-integer work): 256 kB, ten times GVC's 720p i2v GOP at M = 128 (~25 kB).
+MAX_ATOM_BYTES = 1 << 18
 MAX_GOP_FRAMES = 4097
 MAX_CAPTION_BYTES = 4096
 
@@ -86,8 +91,9 @@ class ZeroShotConfig(ConfigChunk):
             raise BitstreamError("CONFIG chunk: mode or caption flag out of range")
         if not 2 <= self.codebook_size <= MAX_CODEBOOK:
             raise BitstreamError(f"codebook size {self.codebook_size} outside 2..{MAX_CODEBOOK}")
-        if not (1 <= self.atoms <= self.codebook_size and 1 <= self.tail_atoms <= self.codebook_size):
-            raise BitstreamError(f"atoms per step {self.atoms} / {self.tail_atoms} outside 1..{self.codebook_size} (the codebook)")
+        top = min(self.codebook_size, MAX_ATOMS)
+        if not (1 <= self.atoms <= top and 1 <= self.tail_atoms <= top):
+            raise BitstreamError(f"atoms per step {self.atoms} / {self.tail_atoms} outside 1..{top} (the codebook, at most {MAX_ATOMS})")
         if not (1 <= self.num_steps <= MAX_STEPS and 1 <= self.ode_tail <= self.num_steps):
             raise BitstreamError(f"sampling steps {self.num_steps} with a deterministic tail of {self.ode_tail}: out of range")
         if not 2 <= self.gop_frames <= MAX_GOP_FRAMES or self.tail_frames > MAX_GOP_FRAMES or self.seed >= 2**63:
@@ -100,17 +106,17 @@ class ZeroShotConfig(ConfigChunk):
             raise BitstreamError(f"CONFIG chunk: shift, g(t) or guidance out of bounds ({values})")
 
 
-def gop_bounds(frames: int, gop_frames: int) -> list[tuple[int, int]]:
-    """``[(first, last)]`` frames of each GOP (both included; neighbours share a frame). One
-    frame alone is one GOP ``(0, 0)``."""
+def gop_bounds(frames: int, gop_frames: int) -> Iterator[tuple[int, int]]:
+    """``(first, last)`` frames of each GOP in turn (both included; neighbours share a frame). One
+    frame alone is one GOP ``(0, 0)``. A generator: a forged frame count costs nothing up front."""
     if frames < 1:
         raise ValueError("a video has one frame at least")
-    bounds, start = [], 0
+    start = 0
     while True:
         last = min(start + gop_frames - 1, frames - 1)
-        bounds.append((start, last))
+        yield start, last
         if last == frames - 1:
-            return bounds
+            return
         start = last
 
 

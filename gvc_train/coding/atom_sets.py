@@ -17,6 +17,7 @@ Pure Python integers: no torch, exact on every machine.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -35,8 +36,15 @@ def packed_bits(codebook_size: int, count: int) -> float:
     return count * (math.log2(codebook_size) + 1)
 
 
+@functools.lru_cache(maxsize=64)
 def _radix(codebook_size: int, count: int) -> int:
     return math.comb(codebook_size, count) << count
+
+
+def size_bound(codebook_size: int, counts: Sequence[int]) -> int:
+    """An upper bound of :func:`packed_size` computed without big integers: ``M (ceil(log2 K) + 1)``
+    bits a group. A decoder checks it before it lets :func:`packed_size` multiply exact ranges."""
+    return (sum(c * (max(1, (codebook_size - 1).bit_length()) + 1) for c in counts) + 7) // 8 + 1
 
 
 def _rank(indices: Sequence[int]) -> int:

@@ -35,6 +35,7 @@ class VideoGenerator(abc.ABC):
     size_multiple: int  # frame height and width must be multiples of this (stride x patch)
     latent_channels: int
     max_latent_frames: int | None  # the longest clip it can generate at once (None: no limit)
+    guidance_scale: float = 1.0  # classifier-free guidance in velocity (1: none); streams record it
 
     @abc.abstractmethod
     def encode_video(self, video_BCTHW: torch.Tensor) -> torch.Tensor:

@@ -65,8 +65,8 @@ def codebook_key(seed: int, *names: int | str) -> int:
 
 
 def atoms(key: int, indices: torch.Tensor | list[int], dim: int) -> torch.Tensor:
-    """Atoms ``indices`` (int64, any in ``0 .. 2^40``) of the codebook ``key``: ``n x dim``
-    float32 standard normal values, on the CPU."""
+    """Atoms ``indices`` (int64, ``0 <= i < 2^24``: a codebook's largest size) of the codebook
+    ``key``: ``n x dim`` float32 standard normal values, on the CPU."""
     index_n = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
     pairs = (dim + 1) // 2
     counter_nP = index_n[:, None] * pairs + torch.arange(pairs, dtype=torch.int64)
@@ -106,10 +106,12 @@ def choose_atoms(key: int, residual_D: torch.Tensor, codebook_size: int, count: 
 def combine_atoms(key: int, indices: torch.Tensor, positive: torch.Tensor, dim: int) -> torch.Tensor:
     """``sum_i s_i z_i`` over the given atoms, summed in the order given (ascending), scaled to a
     mean square of 1: float32 ``dim``. Element-wise only, so the same bits at any thread count."""
-    z = atoms(key, indices, dim)
     noise = torch.zeros(dim)
-    for row, plus in zip(z, positive.tolist()):
-        noise = noise + row if plus else noise - row
+    signs = positive.tolist()
+    for start in range(0, len(signs), SCORE_CHUNK):  # drawn a chunk at a time: memory is one chunk
+        z = atoms(key, indices[start : start + SCORE_CHUNK], dim)
+        for row, plus in zip(z, signs[start : start + SCORE_CHUNK]):
+            noise = noise + row if plus else noise - row
     # Mean square 1, the per-element variance a Gaussian step's noise has. Sum of squares in float64
     # by a Python loop over fixed blocks: a torch reduction may split by threads.
     square = noise.double().square()

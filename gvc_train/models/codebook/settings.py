@@ -27,6 +27,8 @@ from torch import nn
 from gvc_train.models.codebook.generator import MODES
 from gvc_train.models.registry import register_component
 
+MAX_ATOMS = 4096  # what a stream may send a step and frame (codecs/zeroshot_stream.py's MAX_ATOMS, tested equal)
+
 
 @register_component("ZeroShotSettings")
 class ZeroShotSettings(nn.Module):
@@ -58,8 +60,9 @@ class ZeroShotSettings(nn.Module):
     ) -> None:
         super().__init__()
         self.atoms = [int(m) for m in (atoms or [8, 16, 32, 64, 128])]
-        if any(not 1 <= m <= codebook_size for m in self.atoms) or self.atoms != sorted(set(self.atoms)):
-            raise ValueError(f"atoms must be ascending distinct counts in 1..{codebook_size} (the codebook size), got {self.atoms}")
+        top = min(codebook_size, MAX_ATOMS)
+        if any(not 1 <= m <= top for m in self.atoms) or self.atoms != sorted(set(self.atoms)):
+            raise ValueError(f"atoms must be ascending distinct counts in 1..{top} (the codebook size, at most {MAX_ATOMS}), got {self.atoms}")
         if not 1 <= ode_tail <= num_steps:
             raise ValueError(f"ode_tail must be 1..num_steps ({num_steps}), got {ode_tail}")
         if mode not in MODES:
@@ -71,7 +74,7 @@ class ZeroShotSettings(nn.Module):
         self.keyframe_quality, self.guidance_scale, self.seed = int(keyframe_quality), float(guidance_scale), int(seed)
 
     def tail_atoms(self, atoms: int) -> int:
-        return min(self.codebook_size, max(atoms, round(atoms * self.tail_atoms_factor)))
+        return min(self.codebook_size, MAX_ATOMS, max(atoms, round(atoms * self.tail_atoms_factor)))
 
     def forward(self, *args: Any) -> None:  # pragma: no cover - a settings holder, never called
         raise RuntimeError("ZeroShotSettings holds settings; it is not called")

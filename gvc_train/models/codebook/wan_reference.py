@@ -5,6 +5,8 @@ The local folder of a diffusers Wan pipeline (``path``) and its
 found there, which are not copied (tens of GB); a folder whose identity differs is refused. With
 the guidance scale and negative prompt, the transformer's ``dtype`` and the ``device`` it runs
 on: encoder and decoder must compute the same trajectory, so these are the codec's, not a run's.
+``device="auto"`` runs on CUDA where there is one: a stream then decodes on the same kind of
+device only (the trajectory check refuses another); name the device to make that explicit.
 """
 
 from __future__ import annotations
