@@ -26,14 +26,13 @@ at most ``1 + ts (n - 1) - 1`` frames apart (the encoder splits longer gaps with
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import struct
 from collections.abc import Iterable
 from typing import Any
 
-from gvc_train.codecs.stream_layout import ConfigChunk
-from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader, encode_varint, read_varint
+from gvc_train.codecs.stream_layout import ConfigChunk, indexed_payload, parse_indexed
+from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader
 from gvc_train.coding.controls.track import describe_controls
 
 STREAM_VERSION = 1
@@ -104,19 +103,13 @@ class StreamConfig(ConfigChunk):
 
 def keyframe_payload(frame: int, check: bytes, rans: bytes) -> bytes:
     """A keyframe's FRAMES payload: its frame index, its model check, its rANS bytes."""
-    return encode_varint(frame) + check + rans
+    return indexed_payload(frame, check, rans)
 
 
 def parse_keyframe(chunk: Chunk) -> tuple[int, int, bytes]:
     """``(frame index, model check, rANS bytes)`` of a keyframe's FRAMES chunk."""
-    if chunk.type != ChunkType.FRAMES:
-        raise BitstreamError(f"chunk at byte {chunk.offset} is {chunk.type.name}, expected a keyframe's FRAMES")
-    stream = io.BytesIO(chunk.payload)
-    frame = read_varint(stream, f"keyframe chunk at byte {chunk.offset}")
-    check = stream.read(MODEL_CHECK_BYTES)
-    if len(check) != MODEL_CHECK_BYTES:
-        raise BitstreamError(f"keyframe chunk at byte {chunk.offset} is shorter than its model check")
-    return frame, int.from_bytes(check, "big"), stream.read()
+    frame, check, rans = parse_indexed(chunk, ChunkType.FRAMES, "a keyframe's FRAMES", MODEL_CHECK_BYTES)
+    return frame, int.from_bytes(check, "big"), rans
 
 
 def describe_chunks(header: StreamHeader, chunks: Iterable[Chunk]) -> list[dict[str, Any]]:

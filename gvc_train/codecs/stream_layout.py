@@ -60,6 +60,25 @@ class ConfigChunk:
         """Bounds that need no model: BitstreamError before anything is allocated (none here)."""
 
 
+def indexed_payload(index: int, check: bytes, body: bytes) -> bytes:
+    """A payload that opens with an index (varint) and a fixed-size check: a controlled keyframe
+    (frame index, model check), a zero-shot GOP's atoms (GOP index, trajectory check)."""
+    return encode_varint(index) + check + body
+
+
+def parse_indexed(chunk: Chunk, chunk_type: ChunkType, what: str, check_bytes: int) -> tuple[int, bytes, bytes]:
+    """``(index, check, body)`` of an :func:`indexed_payload` chunk of type ``chunk_type``;
+    BitstreamError (naming ``what``) for another type or a payload shorter than its check."""
+    if chunk.type != chunk_type:
+        raise BitstreamError(f"chunk at byte {chunk.offset} is {chunk.type.name}, expected {what}")
+    stream = io.BytesIO(chunk.payload)
+    index = read_varint(stream, f"{what} chunk at byte {chunk.offset}")
+    check = stream.read(check_bytes)
+    if len(check) != check_bytes:
+        raise BitstreamError(f"{what} chunk at byte {chunk.offset} is shorter than its check")
+    return index, check, stream.read()
+
+
 def read_config_chunk(f: BinaryIO, max_bytes: int) -> tuple[bytes, int]:
     """The payload of the CONFIG chunk at ``f``'s position (at most ``max_bytes``: a damaged
     length is refused before it is read) and the offset of the chunk after it."""

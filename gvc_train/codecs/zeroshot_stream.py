@@ -21,14 +21,13 @@ GOPs share their boundary frame: GOP ``g`` runs from frame ``s_g`` to ``s_g + go
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from gvc_train.codecs.controlled_stream import MAX_STEPS, bits_float, float_bits, parse_keyframe
-from gvc_train.codecs.stream_layout import ConfigChunk
-from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader, encode_varint, read_varint
+from gvc_train.codecs.stream_layout import ConfigChunk, indexed_payload, parse_indexed
+from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader
 
 STREAM_VERSION = 1
 MODES = ("t2v", "i2v", "flf2v")  # models/codebook/generator.py's, by index (no torch here)
@@ -121,19 +120,12 @@ def gop_bounds(frames: int, gop_frames: int) -> Iterator[tuple[int, int]]:
 
 
 def atoms_payload(gop: int, check: bytes, packed: bytes) -> bytes:
-    return encode_varint(gop) + check + packed
+    return indexed_payload(gop, check, packed)
 
 
 def parse_atoms(chunk: Chunk) -> tuple[int, bytes, bytes]:
     """``(gop, trajectory check, packed atom sets)`` of an ATOMS chunk."""
-    if chunk.type != ChunkType.ATOMS:
-        raise BitstreamError(f"chunk at byte {chunk.offset} is {chunk.type.name}, expected ATOMS")
-    stream = io.BytesIO(chunk.payload)
-    gop = read_varint(stream, f"atoms chunk at byte {chunk.offset}")
-    check = stream.read(TRAJECTORY_CHECK_BYTES)
-    if len(check) != TRAJECTORY_CHECK_BYTES:
-        raise BitstreamError(f"atoms chunk at byte {chunk.offset} is shorter than its trajectory check")
-    return gop, check, stream.read()
+    return parse_indexed(chunk, ChunkType.ATOMS, "ATOMS", TRAJECTORY_CHECK_BYTES)
 
 
 def parse_caption(chunk: Chunk) -> str:
