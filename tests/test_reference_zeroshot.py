@@ -2,11 +2,12 @@
 the held-out clip: its card's protocol.
 
 ``rd.json`` holds a curve per mode (t2v, i2v, flf2v) over the atoms a step: more atoms cost more
-bits in every mode and reach closer to the source at the top than at the bottom. One point
-(i2v, 1 atom a step, 96 frames of carphone_pristine.mp4) is coded again here into a real file:
-the same bytes as rd.json says, decoded identically at 1 and 2 caller threads to 96 frames of
-176x144 with rd.json's PSNR and MS-SSIM; ``gvc info``'s parts (keyframes, atoms, the rest) sum to
-the file. CARD.md is rendered from rd.json (``eval.zeroshot_reference.card_markdown``), so
+bits in every mode and reach closer to the source at the top than at the bottom. The stream of
+one point (i2v, 1 atom a step, 96 frames of carphone_pristine.mp4), written when rd.json was
+made and kept in the folder, decodes today identically at 1 and 2 caller threads to 96 frames of
+176x144 with rd.json's bytes, PSNR and MS-SSIM; ``gvc info``'s parts sum to the file. (Encoding
+it again takes the encoder's ~1 s a frame; that the encoder's reconstruction is the decoder's is
+tests/test_zeroshot_codec.py's.) CARD.md is rendered from rd.json (``eval.zeroshot_reference.card_markdown``), so
 remaking rd.json keeps the test green and editing the card alone does not.
 """
 
@@ -21,7 +22,7 @@ import torch
 from gvc_train.codecs.base import describe_stream, open_codec
 from gvc_train.data.sample_videos import HELD_OUT, sample_video
 from gvc_train.data.video_io import read_frames
-from gvc_train.eval.zeroshot_reference import card_markdown
+from gvc_train.eval.zeroshot_reference import KEPT, card_markdown, kept_stream
 
 from conftest import frames_ms_ssim, numpy_psnr
 
@@ -49,12 +50,11 @@ def test_every_mode_has_a_rising_curve_and_the_card_is_rendered_from_it() -> Non
     assert (FOLDER / "CARD.md").read_text() == card_markdown(rd)
 
 
-def test_a_point_is_reproduced_exactly(tmp_path: Path) -> None:
-    point = next(p for p in _rd()["points"] if p.get("mode") == "i2v" and p["quality"] == 0)
+def test_the_kept_stream_decodes_to_its_point() -> None:
+    point = next(p for p in _rd()["points"] if (p.get("mode"), p.get("quality")) == KEPT)
     codec = open_codec(FOLDER)
-    stream = tmp_path / "i2v.gvc"
-    report = codec.encode(sample_video(HELD_OUT), stream, 0, max_frames=FRAMES, mode="i2v")
-    assert report.file_bytes == point["bytes"]
+    stream = FOLDER / kept_stream(HELD_OUT)
+    assert stream.stat().st_size == point["bytes"]
     decoded = {}
     previous = torch.get_num_threads()
     try:

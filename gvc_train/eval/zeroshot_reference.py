@@ -11,6 +11,8 @@ writes into the codec's folder
   decode seconds a frame, and the peak resident memory of each encode and decode (``VmHWM`` after
   resetting it: the whole process, imports and models included); beside them ``--beside``'s points
   (default ``checkpoints/latent_tiny``) and the x264 / x265 anchors;
+* ``<video>.i2v.q0.gvc``: the stream of the lowest i2v point, kept so that a later build can
+  decode what this one wrote (``tests/test_reference_zeroshot.py``);
 * ``CARD.md``: rendered from it (``--card-only`` re-renders it).
 
 Rates are true bits per pixel: file bits / (frames x height x width). The published zero-shot
@@ -21,6 +23,7 @@ figures (GVC) divided by 3 channels as well and gave kbps at 16 fps: ``published
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +33,12 @@ from typing import Any
 import numpy as np
 
 from gvc_train.eval.controlled_reference import ANCHORS, BESIDE, anchor_points, caption_for, measure
+
+KEPT = ("i2v", 0)  # the point whose stream stays in the folder
+
+
+def kept_stream(video: str | Path) -> str:
+    return f"{Path(video).stem}.{KEPT[0]}.q{KEPT[1]}.gvc"
 from gvc_train.strict_json import write_json
 
 
@@ -90,6 +99,8 @@ def measure_reference(codec_dir: str | Path, video: str | Path, frames: int, mod
             for q in range(codec.num_rate_points):
                 log(f"{name} {mode} atoms {codec.settings.atoms[q]}")
                 points.append(zeroshot_point(codec, name, mode, video, frames, q, source, Path(tmp) / "s.gvc", caption))
+                if (mode, q) == KEPT:
+                    shutil.copyfile(Path(tmp) / "s.gvc", Path(codec_dir) / kept_stream(video))
         if beside is not None:
             other = open_codec(beside)
             for q in range(other.num_rate_points):
