@@ -154,3 +154,17 @@ def test_gvc_cli_encodes_with_a_mode_and_seed(codec_dir: Path, tmp_path: Path, c
     assert len(list((tmp_path / "frames").glob("*.png"))) == 5
     assert gvc(["encode", *args, "--seed", "-1", "--overwrite"]) == 2
     assert "seed" in capsys.readouterr().err
+
+
+def test_gvc_eval_draws_a_curve_per_mode(codec_dir: Path, tmp_path: Path) -> None:
+    from gvc_train.gvc_cli import main as gvc
+
+    out = tmp_path / "report"
+    argv = ["eval", "--codec", str(codec_dir), "--anchors", "", "--video", str(sample_video("carphone_pristine.mp4")), "--frames", "5"]
+    assert gvc([*argv, "--modes", "i2v,flf2v", "--no-progress", "--out", str(out)]) == 0
+    points = json.loads((out / "report.json").read_text())["points"]
+    name = codec_dir.name
+    assert [(p["codec"], p["quality"]) for p in points] == [(f"{name}:i2v", 0), (f"{name}:i2v", 1), (f"{name}:flf2v", 0), (f"{name}:flf2v", 1)]
+    assert all(p["mode"] in ("i2v", "flf2v") and p["atom_bits_packed"] >= p["atom_bits_information"] for p in points)
+    assert len({p["stream"] for p in points}) == 4 and all((out / p["stream"]).is_file() for p in points)
+    assert f"{name}:flf2v" in (out / "summary.md").read_text()
