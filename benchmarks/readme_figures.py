@@ -164,6 +164,7 @@ def bench_summary(bench: dict[str, Any]) -> str:
     controls = _controls_summary(bench["controls"]) if "controls" in bench else ""  # runs before issue 14 lack it
     progressive = _progressive_summary(bench["progressive_codec"]) if "fps" in bench.get("progressive_codec", {}) else ""
     controlled = _controlled_summary(bench["controlled"]) if "controlled" in bench else ""  # runs before issue 15 lack it
+    zeroshot = _zeroshot_summary(bench["zeroshot"]) if "zeroshot" in bench else ""  # runs before issue 16 lack it
     return (
         f"\n- **Data.** The sample shards come out of the pipeline at {_span(sample, '.2f')}x the speed of a PyAV "
         f"decode of the same clips per worker; at source pixels (bikes 640x272, bigbuckbunny 1280x720) at "
@@ -180,7 +181,7 @@ def bench_summary(bench: dict[str, Any]) -> str:
         f"fixed mmap threshold; with glibc's default one the peak moves by {_span(default_growth, '.3f')}x). On a CPU "
         f"the tiny codec is far slower than x265 (encode {_span(enc, '.3f')}x, decode {_span(dec, '.3f')}x of one "
         f"x265 thread): its tokenizer decoder's 3D convolutions dominate. It is meant for GPUs; the rows are here to "
-        f"catch regressions.\n" + progressive + controls + controlled
+        f"catch regressions.\n" + progressive + controls + controlled + zeroshot
     )
 
 
@@ -221,6 +222,19 @@ def _controlled_summary(c: dict[str, Any]) -> str:
         f"faster than with classifier-free guidance), and decoding {d['frames']} frames of carphone (keyframes coded, every "
         f"other frame generated in {d['num_steps']} steps) runs at {d['decode_fps'] / d['latent_decode_fps']:.2f}x the "
         f"latent codec's speed.\n"
+    )
+
+
+def _zeroshot_summary(z: dict[str, Any]) -> str:
+    s, c = z["scoring"], z["codec"]
+    two = s["threads_2"]
+    return (
+        f"- **Zero-shot codec.** The encoder draws and scores {two['scored_mvalues_per_s']:.0f} M codebook values/s on 2 "
+        f"threads ({two['scored_mvalues_per_s'] / two['randn_mvalues_per_s']:.2f}x torch.randn's rate for the same work, "
+        f"whose atoms could not be drawn one by one), so a step of K = {s['codebook_size']} atoms on one 176x144 latent "
+        f"frame takes {s['codebook_size'] * s['dim'] / two['scored_mvalues_per_s'] / 1e6 * 1000:.0f} ms; "
+        f"{c['zeroshot']['codec']} decodes at {c['zeroshot']['decode_fps'] / c['latent']['decode_fps']:.2f}x the latent "
+        f"codec's speed (20 transformer steps a GOP) and encodes at {c['zeroshot']['encode_fps']:.2f} frames/s.\n"
     )
 
 
