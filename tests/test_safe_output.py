@@ -312,9 +312,18 @@ def test_encode_picks_a_chunk_size_that_fits(tiny_codec_dir: Path, tmp_path: Pat
     assert report.frames == 5 and report.chunks == 1
 
 
+def _default_sigint() -> None:
+    # A test run started in the background by a non-interactive shell (``cmd &``) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler in the child: Ctrl-C is
+    # what the test sends, so the child gets the default disposition a terminal would give it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _gvc_process(*args: str, **kw: object) -> subprocess.Popen[str]:
     script = Path(sys.executable).with_name("gvc")
-    return subprocess.Popen([str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)  # type: ignore[call-overload]
+    return subprocess.Popen(  # type: ignore[call-overload]
+        [str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

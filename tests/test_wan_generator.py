@@ -114,15 +114,19 @@ def test_encode_and_decode_shapes_ranges_and_normalisation(generators) -> None:
 def test_velocity_is_bit_identical_call_to_call(generators) -> None:
     generator = WanVideoGenerator(generators["i2v"].pipe, guidance_scale=3.0)
     shape = (1, generator.latent_channels, 5, SIZE // 8, SIZE // 8)
-    conditions = generator.conditions("i2v", shape, CAPTION, _keyframe(5))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(6))
-    torch.set_num_threads(1)  # the codec's setting: across thread counts the bits may differ
-    again = generator.conditions("i2v", shape, CAPTION, _keyframe(5))
-    for name in ("prompt_embeds", "negative_prompt_embeds", "image_embeds", "condition_BCThw"):
-        assert torch.equal(getattr(conditions, name), getattr(again, name)), name
-    first = generator.velocity(x, 0.625, conditions)
-    assert first.dtype == torch.float32 and first.shape == x.shape
-    assert torch.equal(first, generator.velocity(x, 0.625, conditions))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the codec's setting (codecs/determinism.py): across thread counts the bits may differ
+    try:
+        conditions = generator.conditions("i2v", shape, CAPTION, _keyframe(5))
+        again = generator.conditions("i2v", shape, CAPTION, _keyframe(5))
+        for name in ("prompt_embeds", "negative_prompt_embeds", "image_embeds", "condition_BCThw"):
+            assert torch.equal(getattr(conditions, name), getattr(again, name)), name
+        first = generator.velocity(x, 0.625, conditions)
+        assert first.dtype == torch.float32 and first.shape == x.shape
+        assert torch.equal(first, generator.velocity(x, 0.625, conditions))
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_identity_follows_the_bytes_not_the_place(folders, tmp_path) -> None:

@@ -99,8 +99,8 @@ def test_bad_streams_end_in_one_clear_error(codec_dir: Path, tmp_path: Path) -> 
         "steps": (_rewritten(stream, num_steps=5), "bytes of atoms"),
         "codebook": (_rewritten(stream, codebook_size=65), "trajectory is not the encoder's"),
         "atoms": (_rewritten(stream, tail_atoms=3), "bytes of atoms"),  # i2v: both coded latent frames are the tail
-        "truncated": (stream.read_bytes()[:-9], ""),
-        "flipped": (stream.read_bytes()[:-5] + bytes([stream.read_bytes()[-5] ^ 1]) + stream.read_bytes()[-4:], ""),
+        "truncated": (stream.read_bytes()[:-9], None),
+        "flipped": (stream.read_bytes()[:-5] + bytes([stream.read_bytes()[-5] ^ 1]) + stream.read_bytes()[-4:], None),
     }
     for name, (data, message) in cases.items():
         bad = tmp_path / f"{name}.gvc"
