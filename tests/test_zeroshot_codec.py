@@ -59,7 +59,7 @@ def test_every_mode_decodes_to_the_encoders_frames(codec_dir: Path, tmp_path: Pa
     assert keyframes == {"t2v": [], "i2v": [0], "flf2v": [0, 4, 8]}[mode]
     assert [row["gop"] for row in info["chunks"] if row["type"] == "ATOMS"] == [0, 1]
     # The atoms: steps x coded latent frames groups (frame 0 is given except in t2v's first GOP).
-    stats = codec.last_stats
+    stats = report.stats
     coded_latents = {"t2v": 2 + 1, "i2v": 1 + 1, "flf2v": 1 + 1}[mode]
     assert stats["groups"] == 3 * coded_latents
     assert stats["atom_bits_information"] <= stats["atom_bits_packed"]

@@ -55,6 +55,7 @@ class CodingReport:
     seconds: float
     model_bits: float | None = None  # encoder only: -sum log2 p of what was coded, as coded
     estimate_bits: float | None = None  # encoder only: the same at the training model's exact probabilities
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # encoder only: a family's own figures (zero-shot: atom bits)
 
     @property
     def bpp(self) -> float:
@@ -171,7 +172,7 @@ class Codec(abc.ABC):
     def curves(self, modes: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
         """The rate curves ``gvc eval`` draws for this codec: ``(label, encode options)`` each, the
         rate points run along each. One unlabelled curve by default; a family with modes (the
-        zero-shot family's t2v, i2v, flf2v) gives one per mode, ``modes`` picking some."""
+        zero-shot family's t2v, i2v, flf2v) gives one per mode, ``modes`` picking some (a family without modes ignores it)."""
         return [("", {})]
 
     @property

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import torch
 
 from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
 from gvc_train.codecs.codec_folder import CodecFolderError
@@ -54,7 +53,7 @@ from gvc_train.codecs.controlled_stream import (
 )
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import read_config_chunk
-from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, assemble_stream
+from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, assemble_stream, stream_body, stream_header
 from gvc_train.coding.container import (
     MAX_CHUNK_BYTES,
     BitstreamError,
@@ -63,8 +62,6 @@ from gvc_train.coding.container import (
     StreamHeader,
     chunk_bytes,
     fingerprint_prefix,
-    fps_fraction,
-    header_bytes,
     iter_chunks,
     read_header,
 )
@@ -75,7 +72,6 @@ from gvc_train.data.video_io import VideoReader, caption_path, read_caption
 from gvc_train.frames import frames_to_tensor
 from gvc_train.models.fixed_point import FixedPointError
 from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
-from gvc_train.safe_output import check_target, temp_beside
 
 MAX_CONFIG_BYTES = 256
 
@@ -236,11 +232,8 @@ class ControlledCodec(Codec):
         extractors = {n: build_extractor(n, **dict(s.control_settings.get(n, {}).get("extractor", {}))) for n in names}
         writer = ControlWriter.build({n: dict(s.control_settings.get(n, {}).get("coder", {})) for n in names}) if names else None
         output = Path(output)
-        check_target(output, inputs=[source], overwrite=True)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        body_path = temp_beside(output.with_name(output.name + ".body"))
         started = time.perf_counter()
-        try:
+        with stream_body(output, source) as body_path:
             with VideoReader(source) as reader, open(body_path, "wb") as body, inference_mode(self.deterministic):
                 info = reader.info
                 if self.clip_pixels(info.width, info.height, s.clip_latent_frames) > self.max_clip_pixels:
@@ -257,16 +250,13 @@ class ControlledCodec(Codec):
                 float_bits(sampling.guidance_scale), sampling.seed, END_ROLES.index(sampling.end_role), int(writer is not None),
             )  # fmt: skip
             config.check()
-            fps_num, fps_den = fps_fraction(info.fps if info.fps > 0 else 30.0)
-            header = StreamHeader(self.stream_id, fingerprint_prefix(self.fingerprint), info.width, info.height, run.frames, fps_num, fps_den)
-            head = header_bytes(header) + chunk_bytes(ChunkType.CONFIG, config.payload())
+            header, fps = stream_header(self.stream_id, self.fingerprint, info.width, info.height, run.frames, info.fps)
+            head = header + chunk_bytes(ChunkType.CONFIG, config.payload())
             if writer is not None:
                 head += chunk_bytes(ChunkType.CONTROL_TABLE, writer.payload)
             assemble_stream(output, head, body_path)
-        finally:
-            body_path.unlink(missing_ok=True)
         return CodingReport(
-            str(output), run.frames, info.width, info.height, fps_num / fps_den, rate_point, output.stat().st_size,
+            str(output), run.frames, info.width, info.height, fps, rate_point, output.stat().st_size,
             run.payload_bytes, run.chunks + 1 + int(writer is not None), time.perf_counter() - started, run.keys.model_bits,
         )  # fmt: skip
 

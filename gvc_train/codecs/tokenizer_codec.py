@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import latent_frames_for
-from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, ChunkCoder, StreamingEncode, assemble_stream, chunk_pixels, latent_size
+from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, ChunkCoder, StreamingEncode, assemble_stream, chunk_pixels, latent_size, stream_body, stream_header
 from gvc_train.coding.container import (
     BitstreamError,
     Chunk,
@@ -33,14 +33,11 @@ from gvc_train.coding.container import (
     StreamHeader,
     chunk_bytes,
     fingerprint_prefix,
-    fps_fraction,
-    header_bytes,
     read_header,
 )
 from gvc_train.data.video_io import VideoReader
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
 from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
-from gvc_train.safe_output import check_target, temp_beside
 
 DEFAULT_LATENTS_PER_RUN = 8
 # decode_chunks(header, config, chunks) -> (rate point, payload bytes, chunks read): a family's
@@ -168,11 +165,8 @@ class TokenizerCodec(Codec):
             raise ValueError(f"the {self.family} codec takes no option {sorted(options)}")
         self._check_encode(rate_point, latents_per_chunk)
         output = Path(output)
-        check_target(output, inputs=[source], overwrite=True)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        body_path = temp_beside(output.with_name(output.name + ".body"))  # a new name: never a user's file
         started = time.perf_counter()
-        try:
+        with stream_body(output, source) as body_path:
             with VideoReader(source) as reader, open(body_path, "wb") as body, inference_mode(self.deterministic):
                 info = reader.info
                 per_run = self._run_length(info.width, info.height, latents_per_chunk)
@@ -181,14 +175,11 @@ class TokenizerCodec(Codec):
                 for frame in reader.frames(max_frames):
                     run.add_frame(frame)
                 run.finish()
-            fps_num, fps_den = fps_fraction(info.fps if info.fps > 0 else 30.0)
-            header = StreamHeader(self.stream_id, fingerprint_prefix(self.fingerprint), info.width, info.height, run.frames, fps_num, fps_den)
+            header, fps = stream_header(self.stream_id, self.fingerprint, info.width, info.height, run.frames, info.fps)
             config = self._config_payload(rate_point, per_run, run.latents, run.latent_hw)
-            assemble_stream(output, header_bytes(header) + chunk_bytes(ChunkType.CONFIG, config), body_path)
-        finally:
-            body_path.unlink(missing_ok=True)
+            assemble_stream(output, header + chunk_bytes(ChunkType.CONFIG, config), body_path)
         return CodingReport(
-            str(output), run.frames, info.width, info.height, fps_num / fps_den, rate_point,
+            str(output), run.frames, info.width, info.height, fps, rate_point,
             output.stat().st_size, run.payload_bytes, run.chunks, time.perf_counter() - started, coder.model_bits, coder.estimate_bits,
         )  # fmt: skip
 

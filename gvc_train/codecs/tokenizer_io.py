@@ -19,8 +19,11 @@ renamed into place when whole. :func:`chunk_pixels` is the memory bound's measur
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -29,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from gvc_train.codecs.base import FrameCallback
-from gvc_train.coding.container import ChunkType, chunk_bytes, end_marker
+from gvc_train.coding.container import ChunkType, StreamHeader, chunk_bytes, end_marker, fingerprint_prefix, fps_fraction, header_bytes
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
-from gvc_train.safe_output import atomic_write_with
+from gvc_train.safe_output import atomic_write_with, check_target, temp_beside
 
 # Pixels the tokenizer codes at once (the frames of one run x the padded frame size), and so
 # memory: ~360 bytes a pixel for the tiny recipe's tokenizer (bench_codec_memory). The bound is
@@ -153,6 +156,27 @@ class StreamingEncode:
         self.in_run = 0
         self.recon.emit(self.run_latents, self.frames)
         self.run_latents = []
+
+
+@contextlib.contextmanager
+def stream_body(output: Path, source: str | os.PathLike) -> Iterator[Path]:
+    """The temporary file an encoder streams its chunks to before :func:`assemble_stream`: checked
+    first (``output`` is never ``source``), a new name beside ``output`` (never a user's file), and
+    removed whatever happens."""
+    check_target(output, inputs=[source], overwrite=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    body_path = temp_beside(output.with_name(output.name + ".body"))
+    try:
+        yield body_path
+    finally:
+        body_path.unlink(missing_ok=True)
+
+
+def stream_header(stream_id: int, fingerprint: str, width: int, height: int, frames: int, fps: float) -> tuple[bytes, float]:
+    """A stream's header bytes and the frame rate it records (30 when the source has none)."""
+    fps_num, fps_den = fps_fraction(fps if fps > 0 else 30.0)
+    header = StreamHeader(stream_id, fingerprint_prefix(fingerprint), width, height, frames, fps_num, fps_den)
+    return header_bytes(header), fps_num / fps_den
 
 
 def assemble_stream(output: Path, head: bytes, body_path: Path) -> None:

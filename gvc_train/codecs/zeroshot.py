@@ -46,7 +46,7 @@ from gvc_train.codecs.controlled_clips import Keyframe, KeyframeCoder
 from gvc_train.codecs.controlled_stream import keyframe_payload, parse_keyframe
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import read_config_chunk
-from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, assemble_stream
+from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, assemble_stream, stream_body, stream_header
 from gvc_train.codecs.zeroshot_stream import (
     MAX_ATOM_BYTES,
     MAX_CAPTION_BYTES,
@@ -67,8 +67,6 @@ from gvc_train.coding.container import (
     StreamHeader,
     chunk_bytes,
     fingerprint_prefix,
-    fps_fraction,
-    header_bytes,
     iter_chunks,
     read_header,
 )
@@ -94,7 +92,6 @@ class ZeroShotCodec(Codec):
         self.latent_codec = modules["latent_codec"].eval()
         self.settings = modules["zeroshot"]
         self.max_gop_pixels = MAX_CHUNK_PIXELS
-        self.last_stats: dict[str, Any] = {}
         try:
             self.tables = self.latent_codec.cdf_tables()
             self.net = self.latent_codec.fixed_point()
@@ -197,14 +194,9 @@ class ZeroShotCodec(Codec):
         config.check()
         self._check_atom_bytes(config, 1 + -(-(config.gop_frames - 1) // self.generator.temporal_stride), ValueError)
         output = Path(output)
-        from gvc_train.safe_output import check_target, temp_beside
-
-        check_target(output, inputs=[source], overwrite=True)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        body_path = temp_beside(output.with_name(output.name + ".body"))
         started = time.perf_counter()
         score_threads = torch.get_num_threads()
-        try:
+        with stream_body(output, source) as body_path:
             with VideoReader(source) as reader, open(body_path, "wb") as body, inference_mode(self.deterministic):
                 info = reader.info
                 self._check_size(info.width, info.height, config, ValueError)
@@ -213,19 +205,15 @@ class ZeroShotCodec(Codec):
                 for frame in reader.frames(max_frames):
                     run.add(frame)
                 run.finish()
-            fps_num, fps_den = fps_fraction(info.fps if info.fps > 0 else 30.0)
-            header = StreamHeader(self.stream_id, fingerprint_prefix(self.fingerprint), info.width, info.height, run.frames, fps_num, fps_den)
-            head = header_bytes(header) + chunk_bytes(ChunkType.CONFIG, config.payload())
+            header, fps = stream_header(self.stream_id, self.fingerprint, info.width, info.height, run.frames, info.fps)
+            head = header + chunk_bytes(ChunkType.CONFIG, config.payload())
             if caption is not None:
                 head += chunk_bytes(ChunkType.TEXT, caption.encode())
             assemble_stream(output, head, body_path)
-        finally:
-            body_path.unlink(missing_ok=True)
-        self.last_stats = run.stats(config)
         return CodingReport(
-            str(output), run.frames, info.width, info.height, fps_num / fps_den, rate_point, output.stat().st_size,
+            str(output), run.frames, info.width, info.height, fps, rate_point, output.stat().st_size,
             run.payload_bytes + (len(caption.encode()) if caption else 0), run.chunks + 1 + int(caption is not None),
-            time.perf_counter() - started, run.keys.model_bits + run.atom_information_bits,
+            time.perf_counter() - started, run.keys.model_bits + run.atom_information_bits, stats=run.stats(),
         )  # fmt: skip
 
     @staticmethod
@@ -429,9 +417,9 @@ class _GopRunner:
         self.chunks += 1
         return keyframe.pixels_HWC
 
-    def stats(self, config: ZeroShotConfig) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """The atoms' bits as coded, as packed (``log2 K + 1`` an atom) and the atom count."""
-        K = config.codebook_size
+        K = self.config.codebook_size
         return {
             "atoms": sum(self.atom_groups),
             "atom_bits_packed": sum(packed_bits(K, m) for m in self.atom_groups),

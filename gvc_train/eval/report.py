@@ -106,7 +106,7 @@ def _codec_points(
     for codec_dir in options.codecs:
         codec = open_codec(codec_dir)
         name = Path(codec_dir).name
-        curves_of_codec = codec.curves(None if options.modes is None or len(codec.curves()) == 1 else list(options.modes))
+        curves_of_codec = codec.curves(None if options.modes is None else list(options.modes))
         if len(curves_of_codec) > 1:
             progress.grow((len(curves_of_codec) - 1) * codec.num_rate_points)
         for label, encode_options in curves_of_codec:
@@ -123,7 +123,7 @@ def _codec_points(
                         "quality": q, "bytes": enc.file_bytes, "bpp": enc.bpp, "frames": enc.frames,
                         "intra_period": codec.intra_period, "encode_seconds": enc.seconds, "decode_seconds": dec.seconds,
                         "stream": str(stream.relative_to(streams.parent)), "metrics": mean, "per_frame": per_frame, "unavailable": unavailable,
-                        **({"mode": label, **getattr(codec, "last_stats", {})} if label else {}),
+                        **({"mode": label} if label else {}), **enc.stats,
                     }
                 )  # fmt: skip
                 progress.step(f"{video.name} {curve_name} q{q}")

@@ -65,7 +65,7 @@ def zeroshot_point(codec: Any, name: str, mode: str, video: Path, frames: int, q
     _reset_peak()
     enc = codec.encode(video, stream, quality, max_frames=frames, **options)
     encode_peak = _peak_mb()
-    stats = dict(codec.last_stats)
+    stats = enc.stats
     decoded: list[np.ndarray] = []
     _reset_peak()
     dec = codec.decode(stream, decoded.append)
