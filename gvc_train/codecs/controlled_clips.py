@@ -41,7 +41,7 @@ from gvc_train.models.controlled.control_maps import model_control_map
 from gvc_train.models.controlled.keyframe_latents import keyframe_conditions, keyframe_latents
 from gvc_train.models.controlled.transformer import KEYFRAMES, TEXT
 from gvc_train.models.fixed_point import ModelCheck
-from gvc_train.models.flow.modality_dropout import drop_masks
+from gvc_train.models.controlled.conditioning import modality_names, sampling_passes
 
 CAPTION = "caption"  # the control that goes through the text pathway, not a map
 
@@ -156,7 +156,7 @@ class ClipGenerator:
                 f"{pw}x{ph} patch: this codec cannot generate clips of that size (crop or scale the video)"
             )
         # The modalities the model can be told are dropped, as the stage's dropout names them.
-        self.names = [*transformer.control_names, KEYFRAMES, *([TEXT] if text_encoder is not None else [])]
+        self.names = modality_names(transformer, text_encoder is not None)
 
     def control_maps(self, controls: dict[str, Any], latent_thw: tuple[int, int, int], clip: int) -> dict[str, torch.Tensor]:
         """The clip's (padded) map controls as ``1 x C x T x H x W`` maps on the grid the model expects."""
@@ -192,8 +192,7 @@ class ClipGenerator:
             **self.text(controls),
         }
         sent = {*conditions["controls"], KEYFRAMES, *([TEXT] if "text_BLE" in conditions else [])}
-        cond = {**conditions, "dropped": drop_masks(self.names, 1, dropped=[m for m in self.names if m not in sent])}
-        uncond = {**conditions, "dropped": drop_masks(self.names, 1, dropped=self.names)}
+        cond, uncond = sampling_passes(self.names, conditions, sent)
         # Imported here: diffusers (the scheduler) probes for training packages at import, and
         # importing codecs/ must not touch them (tests/test_house_rules.py).
         from gvc_train.models.flow.sampler import sample as flow_sample

@@ -19,8 +19,7 @@ import torch
 
 from gvc_train.models.codebook.generator import MODES, VideoGenerator
 from gvc_train.models.controlled.keyframe_latents import keyframe_conditions, keyframe_latents
-from gvc_train.models.controlled.transformer import KEYFRAMES, TEXT
-from gvc_train.models.flow.modality_dropout import drop_masks
+from gvc_train.models.controlled.conditioning import KEYFRAMES, TEXT, modality_names, sampling_passes
 
 
 class ControlledGenerator(VideoGenerator):
@@ -39,7 +38,7 @@ class ControlledGenerator(VideoGenerator):
         self.size_multiple = self.spatial_stride * max(ph, pw)
         self.latent_channels = tokenizer.latent_channels
         self.max_latent_frames = transformer.max_latent_frames
-        self.names = [*transformer.control_names, KEYFRAMES, *([TEXT] if text_encoder is not None else [])]
+        self.names = modality_names(transformer, text_encoder is not None)
 
     @property
     def takes_text(self) -> bool:
@@ -79,8 +78,7 @@ class ControlledGenerator(VideoGenerator):
             text_BLE, mask_BL = self.text_encoder([caption])
             conditions.update(text_BLE=text_BLE, text_mask_BL=mask_BL)
             sent.add(TEXT)
-        conditional = {**conditions, "dropped": drop_masks(self.names, 1, dropped=[m for m in self.names if m not in sent])}
-        unconditional = {**conditions, "dropped": drop_masks(self.names, 1, dropped=self.names)}
+        conditional, unconditional = sampling_passes(self.names, conditions, sent)
         return {"conditional": conditional, "unconditional": unconditional}
 
     def velocity(self, x_BCThw: torch.Tensor, t: float, conditions: Any) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """What the controlled family's velocity models share: the names of the non-control conditions,
-the check of a ``controls`` config, and the preparation of the conditioning inputs (keyframe
+the modalities a sampler drops and its conditional / unconditional passes, the check of a
+``controls`` config, and the preparation of the conditioning inputs (keyframe
 input and role/frame embedding, the control context) as a mixin, so that
 ``ControlledVideoTransformer`` and ``DiffusersControlledTransformer`` condition identically
 without one component module importing the other.
@@ -20,9 +21,22 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from gvc_train.models.controlled.embeddings import KEY_ROLE_NONE, KEY_ROLES
+from gvc_train.models.flow.modality_dropout import drop_masks
 
 # Names of conditions that are not control modalities (keys of ``dropped`` too).
 TEXT, KEYFRAMES = "text", "keyframes"
+
+
+def modality_names(model: Any, text: bool) -> list[str]:
+    """The modalities a sampler can tell ``model`` are dropped, as the training stage's dropout names them."""
+    return [*model.control_names, KEYFRAMES, *([TEXT] if text else [])]
+
+
+def sampling_passes(names: list[str], conditions: dict[str, Any], sent: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(conditional, unconditional)`` inputs of one clip: ``conditions`` with every modality in
+    ``names`` that is not ``sent`` marked dropped, and with all of them dropped (for guidance)."""
+    conditional = {**conditions, "dropped": drop_masks(names, 1, dropped=[m for m in names if m not in sent])}
+    return conditional, {**conditions, "dropped": drop_masks(names, 1, dropped=names)}
 
 
 def check_control_names(controls: Mapping[str, Any]) -> None:
