@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -110,3 +111,33 @@ def test_precision_policy_and_unexportable_components_are_refused_at_start_up(tm
 
     with pytest.raises(ValueError, match=r"^the toy stage: gvc-export could not write head \(Linear is not a registered component\)$"):
         _trainer(tmp_path, 1).fit(Unregistered(), DataLoader([{"video": torch.rand(1, 3, 5, 16, 16)}], batch_size=None))
+
+
+def test_the_lr_schedule_warms_up_then_decays_by_cosine_and_is_a_function_of_the_step() -> None:
+    from gvc_train.lit.stage import lr_factor
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    _, [entry] = StageModule.with_warmup([opt], warmup_steps=4, decay_steps=20, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(24):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        entry["scheduler"].step()
+    assert lrs[:4] == pytest.approx([lr_factor(s, 4, 20, 0.1) for s in range(4)])
+    assert lrs[0] < lrs[1] < lrs[2] < lrs[3]  # warm-up
+    assert all(a > b for a, b in zip(lrs[4:20], lrs[5:21]))  # cosine decay
+    assert lrs[10] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 10 / 20)))
+    assert lrs[20:] == pytest.approx([0.1] * 4)  # flat at the floor after decay_steps
+    # no warm-up and no decay: no scheduler at all
+    assert StageModule.with_warmup([opt], warmup_steps=0) == [opt]
+    # a scheduler restored mid-decay (its state is the step count) continues on the same curve
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    _, [entry] = StageModule.with_warmup([opt], warmup_steps=4, decay_steps=20, min_lr_ratio=0.1)
+    for _ in range(7):
+        entry["scheduler"].step()
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    _, [entry2] = StageModule.with_warmup([opt2], warmup_steps=4, decay_steps=20, min_lr_ratio=0.1)
+    entry2["scheduler"].load_state_dict(entry["scheduler"].state_dict())
+    entry["scheduler"].step()
+    entry2["scheduler"].step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(lrs[8]) == pytest.approx(opt.param_groups[0]["lr"])

@@ -73,6 +73,8 @@ class LatentCodecModule(StageModule):
             decoder in training (much cheaper).
         lr, betas, aux_lr, warmup_steps: Adam for the codec with linear warm-up; Adam at
             ``aux_lr`` for the quantiles.
+        decay_steps, min_lr_ratio: with ``decay_steps > 0`` a cosine decay of the main lr to
+            ``min_lr_ratio`` times it over that many steps.
         grad_clip: gradient-norm clip of the main optimizer's parameters.
         max_consecutive_nonfinite: stop with an error after this many skipped batches in a row
             (training has diverged; skipping forever would spin without progress).
@@ -97,6 +99,8 @@ class LatentCodecModule(StageModule):
         betas: tuple[float, float] = (0.9, 0.999),
         aux_lr: float = 1e-3,
         warmup_steps: int = 0,
+        decay_steps: int = 0,
+        min_lr_ratio: float = 0.05,
         grad_clip: float | None = 1.0,
         max_consecutive_nonfinite: int = 100,
     ) -> None:
@@ -234,4 +238,4 @@ class LatentCodecModule(StageModule):
         opt = torch.optim.Adam(main, lr=hp.lr, betas=tuple(hp.betas))
         aux_opt = torch.optim.Adam(aux, lr=hp.aux_lr)
         # the quantiles' aux optimizer needs no warm-up
-        return self.with_warmup([opt, aux_opt], hp.warmup_steps, scheduled=1)
+        return self.with_warmup([opt, aux_opt], hp.warmup_steps, scheduled=1, decay_steps=hp.decay_steps, min_lr_ratio=hp.min_lr_ratio)

@@ -6,7 +6,8 @@ A stage is its model, its losses and its step; everything else is wired here onc
 - **frozen components**: declared sub-modules (a stage's already trained tokenizer) stay in eval
   mode with ``requires_grad`` False, whatever Lightning switches;
 - **validation/test dispatch**: one ``evaluate(batch)`` serves both, prefixed and logged here;
-- **warm-up schedule**: linear lr warm-up, built and stepped by helpers (manual optimization);
+- **lr schedule**: linear warm-up and an optional cosine decay, built and stepped by helpers
+  (manual optimization);
 - **non-finite guard**: a batch with a non-finite loss is skipped, too many in a row stop the run
   (:mod:`gvc_train.lit.step_guard`); skip counts in checkpoints;
 - **export entry**: the checkpoint's ``gvc`` entry naming the exported components
@@ -23,6 +24,8 @@ implements ``training_step`` (manual optimization), :meth:`StageModule.evaluate`
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +52,15 @@ def load_streaming_tokenizer(tokenizer_path: str | None, tokenizer: nn.Module | 
     require_streaming_tokenizer(tokenizer, who)
     return tokenizer
 
+
+
+def lr_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
+    """The lr multiplier at ``step``: linear warm-up times a cosine decay (see ``with_warmup``)."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if decay_steps > 0:
+        progress = min(1.0, step / decay_steps)
+        factor *= min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
 
 @dataclass
 class EvalResult:
@@ -168,15 +180,24 @@ class StageModule(L.LightningModule):
 
     # ---- warm-up schedule -----------------------------------------------------------------
     @staticmethod
-    def with_warmup(optimizers: list[torch.optim.Optimizer], warmup_steps: int, scheduled: int | None = None) -> Any:
-        """What ``configure_optimizers`` returns: ``optimizers``, and with ``warmup_steps > 0`` a
-        linear warm-up over that many steps for the first ``scheduled`` of them (all by default),
-        advanced by :meth:`step_schedulers`."""
-        if warmup_steps <= 0:
+    def with_warmup(
+        optimizers: list[torch.optim.Optimizer],
+        warmup_steps: int,
+        scheduled: int | None = None,
+        decay_steps: int = 0,
+        min_lr_ratio: float = 0.05,
+    ) -> Any:
+        """What ``configure_optimizers`` returns: ``optimizers``, and for the first ``scheduled`` of
+        them (all by default) a schedule advanced by :meth:`step_schedulers`: a linear warm-up over
+        ``warmup_steps``, times (with ``decay_steps > 0``) a cosine from 1 down to
+        ``min_lr_ratio`` over the first ``decay_steps`` steps, flat after. The factor is a pure
+        function of the step count, which checkpoints keep, so a resumed run follows the same
+        curve."""
+        if warmup_steps <= 0 and decay_steps <= 0:
             return optimizers
+        factor = functools.partial(lr_factor, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio)
         schedulers = [
-            {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warmup_steps)), "interval": "step"}
-            for o in optimizers[:scheduled]
+            {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, factor), "interval": "step"} for o in optimizers[:scheduled]
         ]
         return optimizers, schedulers
 

@@ -36,6 +36,8 @@ class TokenizerModule(StageModule):
         discriminator: an optional 3D patch discriminator; hinge loss, VQGAN's adaptive weight
             times ``gan_weight``, switched on at ``gan_start_step``.
         lr, disc_lr, betas, weight_decay, warmup_steps: AdamW with linear warm-up.
+        decay_steps, min_lr_ratio: with ``decay_steps > 0`` a cosine decay of the lr to
+            ``min_lr_ratio`` times it over that many steps (set it to ``trainer.max_steps``).
         grad_clip: clip the gradient norm of each optimizer's parameters (manual optimization
             means the Trainer's gradient_clip_val does not apply).
         max_consecutive_nonfinite: a batch with a non-finite loss is skipped (no step, counted
@@ -64,6 +66,8 @@ class TokenizerModule(StageModule):
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        decay_steps: int = 0,
+        min_lr_ratio: float = 0.05,
         grad_clip: float | None = 1.0,
         max_consecutive_nonfinite: int = 100,
     ) -> None:
@@ -210,4 +214,4 @@ class TokenizerModule(StageModule):
                     self.discriminator.parameters(), lr=hp.lr if hp.disc_lr is None else hp.disc_lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
                 )
             )
-        return self.with_warmup(optimizers, hp.warmup_steps)
+        return self.with_warmup(optimizers, hp.warmup_steps, decay_steps=hp.decay_steps, min_lr_ratio=hp.min_lr_ratio)
