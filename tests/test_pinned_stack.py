@@ -37,7 +37,8 @@ def test_the_installed_stack_is_exactly_the_pinned_one() -> None:
 
 def test_pyproject_ranges_admit_the_pins_and_have_upper_bounds() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    requirements = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    extras = [r for group in project["optional-dependencies"].values() for r in group]  # dev, finetune
+    requirements = [Requirement(r) for r in project["dependencies"] + extras]
     pins = _pins()
     for req in requirements:
         name = canonicalize_name(req.name)
