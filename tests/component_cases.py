@@ -71,6 +71,26 @@ def _rate_distortion_loss(module: nn.Module, inputs: dict[str, Any], out: Any) -
     return rate + 20.0 * (out["recon"] - latent).square().mean() + module.aux_loss()
 
 
+TINY_SSF = dict(mid_planes=8, planes=8, hyper_planes=8, num_levels=3)
+
+
+def _ssf(num_qualities: int) -> nn.Module:
+    from gvc_train.models import ScaleSpaceFlowCodec
+
+    return ScaleSpaceFlowCodec(**TINY_SSF, num_qualities=num_qualities)
+
+
+def _ssf_gop() -> dict[str, Any]:
+    """A keyframe and an inter frame of 128 x 128 (the codec's frame multiple), at quality 0."""
+    return {"video_BCThw": torch.rand(1, 3, 2, 128, 128), "quality": 0}
+
+
+def _ssf_loss(module: nn.Module, inputs: dict[str, Any], out: Any) -> torch.Tensor:
+    video = inputs["video_BCThw"]
+    bpp = out["bits"].sum() / (video.shape[2] * video.shape[3] * video.shape[4])
+    return bpp + 0.01 * 255**2 * (out["x_hat"] - video).square().mean() + module.aux_loss()
+
+
 def _discriminator(norm: str) -> nn.Module:
     from gvc_train.models import PatchDiscriminator3D
 
@@ -270,6 +290,13 @@ CASES = [
         ready_for_export=lambda codec: codec.update(force=True),  # the entropy tables travel with it
         module_imports=("compressai",),
     ),  # fmt: skip
+    *(
+        ComponentCase(
+            "ScaleSpaceFlowCodec", variant=variant, make=lambda q=q: _ssf(q), inputs=_ssf_gop, loss=_ssf_loss,
+            ready_for_export=lambda codec: codec.update(force=True), module_imports=("compressai",),
+        )  # fmt: skip
+        for variant, q in (("gained", 3), ("plain", 1))
+    ),
     ComponentCase("PatchDiscriminator3D", variant="group", make=lambda: _discriminator("group"), inputs=_video, loss=_hinge_on_real),
     ComponentCase("PatchDiscriminator3D", variant="spectral", make=lambda: _discriminator("spectral"), inputs=_video, loss=_hinge_on_real),
     *(

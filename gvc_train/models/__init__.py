@@ -6,6 +6,7 @@
                  video transformer
     codebook/    zero-shot codebook coding: seeded codebooks, the flow sampler as an SDE, the
                  generators (the controlled transformer, diffusers Wan pipelines) it steers
+    ssf/         the Scale-Space Flow peer: compressai's learned pixel-domain video codec
     losses/      discriminator, GAN losses, LPIPS
     registry.py  the component registry (imports nothing from gvc_train)
     fixed_point.py, sample_noise.py   shared by families
@@ -32,6 +33,7 @@ BUILTIN_COMPONENTS = {
     "MultiScaleQuantizer": "gvc_train.models.progressive.quantizer",
     "PatchDiscriminator3D": "gvc_train.models.losses.discriminator",
     "ProgressiveContextModel": "gvc_train.models.progressive.context_model",
+    "ScaleSpaceFlowCodec": "gvc_train.models.ssf.ssf_codec",
     "TextEncoder": "gvc_train.models.controlled.text_encoder",
     "WanPipelineReference": "gvc_train.models.codebook.wan_reference",
     "ZeroShotSettings": "gvc_train.models.codebook.settings",
