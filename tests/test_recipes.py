@@ -42,6 +42,11 @@ TINY_CAUSAL_VAE = [
     "--model.init_args.vae.init_args.mid_attention=false",
     "--model.init_args.vae.init_args.norm_groups=4",
 ]
+TINY_SSF = [  # compressai's widths (34 M parameters) at CPU size
+    "--model.init_args.model.init_args.mid_planes=8",
+    "--model.init_args.model.init_args.planes=8",
+    "--model.init_args.model.init_args.hyper_planes=8",
+]
 TINY_DISCRIMINATOR = [
     "--model.init_args.discriminator.init_args.base_channels=8",
     "--model.init_args.discriminator.init_args.num_layers=2",
@@ -54,9 +59,12 @@ def _shrink(recipe: str, config: dict) -> list[str]:
     if "/tiny/" in recipe:
         return []
     args = []
-    vae = config["model"]["init_args"]["vae"]
-    if vae["class_path"].endswith("CausalVAE"):
+    vae = config["model"]["init_args"].get("vae")
+    if vae and vae["class_path"].endswith("CausalVAE"):
         args += TINY_CAUSAL_VAE
+    model = config["model"]["init_args"].get("model")
+    if model and model["class_path"].endswith("ScaleSpaceFlowCodec"):
+        args += TINY_SSF
     if config["model"]["init_args"].get("discriminator"):
         args += TINY_DISCRIMINATOR
     return args
