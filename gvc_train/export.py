@@ -5,8 +5,10 @@
 For each component the checkpoint names (see ``lit/checkpoint_meta.py``), writes
 ``NAME.json`` (class, constructor config, provenance, weights fingerprint) beside
 ``NAME.safetensors``. Entropy models (compressai ``CompressionModel``s) get ``update(force=True)``
-first, so their CDF tables travel in the safetensors. When the components make a whole codec
-(those a family of ``codecs/families.py`` names), ``codec.json`` is written too: the folder is then what ``gvc
+first, so their CDF tables travel in the safetensors. A component fine-tuned with LoRA (its entry
+has ``lora``) gets its adapters merged into plain weights first (``lora_merge``; no peft needed),
+so the folder holds no ``lora_`` key. When the components make a whole codec (those a family of
+``codecs/families.py`` names), ``codec.json`` is written too: the folder is then what ``gvc
 encode``/``gvc decode`` take. The result loads with :func:`gvc_train.components.load_component`,
 which needs neither Lightning nor pickle. The training checkpoint is read without unpickling
 code (``gvc_train.safe_load``: torch's weights-only unpickler; gvc_train's checkpoints hold only
@@ -28,6 +30,7 @@ from gvc_train.codecs.codec_folder import write_codec_json
 from gvc_train.codecs.families import FAMILIES
 from gvc_train.components import ComponentError, build_and_load, save_component
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY
+from gvc_train.lora_merge import LoraMergeError, merge_lora
 from gvc_train.safe_load import NotTorchFile, UnsafeFile, load_torch_file
 from gvc_train.cli_parser import OneLineArgumentParser
 from gvc_train.safe_output import OutputError, atomic_output, raise_on_sigterm
@@ -74,6 +77,12 @@ def export_checkpoint(
         spec = components[name]
         prefix = spec["state_prefix"]
         state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        if spec.get("lora"):
+            # plain weights, so that the strict load below proves no adapter key was left over
+            try:
+                state = merge_lora(state, spec["lora"])
+            except LoraMergeError as e:
+                raise ExportError(f"component {name}: {e}") from None
         module = build_and_load(spec["class"], spec["config"], state, f"component {name}")
         if callable(getattr(module, "update", None)) and hasattr(module, "aux_loss"):
             module.update(force=True)  # compressai life cycle: tables before coding

@@ -7,6 +7,10 @@ state-dict prefix, plus provenance (git commit, the run's full config, data, ste
 time). ``gvc-export`` reads only that entry and the state dict: it never needs the
 LightningModule class. The entry's layout is a contract: checkpoints written by earlier
 versions must keep exporting.
+
+A component fine-tuned with LoRA adapters (``lit/lora.py``) has ``"lora"`` in its entry (an
+optional key; ``gvc-export`` merges the adapters before loading the plain class). The stage
+declares its adapters in ``self._lora``: stage attribute -> ``lora.lora_entry(spec)``.
 """
 
 from __future__ import annotations
@@ -22,16 +26,26 @@ from gvc_train.provenance import environment
 CHECKPOINT_KEY = "gvc"
 
 
+def lora_entries(module: L.LightningModule) -> Mapping[str, Mapping[str, Any]]:
+    """The stage's declared adapters: attribute -> lora entry (none for a stage without LoRA)."""
+    return getattr(module, "_lora", None) or {}
+
+
 def unexportable_components(module: L.LightningModule, exported: Mapping[str, str]) -> list[str]:
     """``"name (why)"`` for each exported component that ``gvc-export`` could not write: a
-    missing attribute, or a module whose class is not registered or has no constructor config."""
+    missing attribute, a module whose class is not registered or has no constructor config, or
+    LoRA adapters that the stage's ``_lora`` does not declare (export could not merge them)."""
     problems = []
+    adapters = lora_entries(module)
     for name, attr in exported.items():
         component = getattr(module, attr, None)
         if component is None:
             problems.append(f"{name} (no attribute {attr!r})")
         elif name_of(type(component)) is None or not isinstance(getattr(component, "config", None), dict):
             problems.append(f"{name} ({type(component).__name__} is not a registered component)")
+        elif attr not in adapters and any(".lora_A." in n for n, _ in component.named_parameters()):
+            # the export could not merge them: the strict load of the plain class would fail
+            problems.append(f"{name} (carries LoRA adapters but the stage's _lora has no entry for {attr!r})")
     return problems
 
 
@@ -47,6 +61,7 @@ def checkpoint_entry(
     has_trainer = module._trainer is not None
     datamodule = getattr(module.trainer, "datamodule", None) if has_trainer else None
     components = {}
+    adapters = lora_entries(module)
     for name, attr in exported.items():
         component = getattr(module, attr)
         components[name] = {
@@ -55,6 +70,8 @@ def checkpoint_entry(
             "config": component.config,
             "state_prefix": f"{attr}.",
         }
+        if attr in adapters:
+            components[name]["lora"] = dict(adapters[attr])
     return {
         "components": components,
         "provenance": {
