@@ -52,7 +52,12 @@ def test_report_has_every_point_output_and_plot(report_dir: Path) -> None:
     anchors = [p for p in report["points"] if "crf" in p]
     assert [p["quality"] for p in codec] == [0, 1, 2]
     assert {p["setting"] for p in anchors} == {"low-delay", "random-access"}
-    assert len(anchors) == 2 * 3
+    assert len([p for p in anchors if p["span"] == "rate"]) == 2 * 3
+    # the tiny codec is far below x264's quality: each ladder reached for it (CRF points up to x264's 51)
+    for p in anchors:
+        ladder_end = max(q["crf"] for q in anchors if q["setting"] == p["setting"] and q["span"] == "rate")
+        assert p["span"] == "rate" or (p["span"] == "quality" and ladder_end < p["crf"] <= 51)
+    assert {(r["anchor"], r["metric"]) for r in report["quality_span"]} <= {(a, m) for a in ("x264 (low-delay)", "x264 (random-access)") for m in ("psnr", "ms_ssim_db")}
     for p in report["points"]:
         assert p["frames"] == FRAMES and len(p["per_frame"]["psnr"]) == FRAMES
         assert p["bpp"] == pytest.approx(p["bytes"] * 8 / (FRAMES * 70 * 50))

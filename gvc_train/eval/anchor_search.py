@@ -3,8 +3,9 @@
 An anchor's bits per pixel fall with CRF about log-linearly. :func:`crf_bracket` finds, within a
 probe budget, the two adjacent CRFs around a target rate from measured points (``measure`` is
 the caller's encode); :func:`spread_crfs` spaces the ladder's points between two ends, reusing
-probes where that barely shifts the spacing. :func:`gvc_train.eval.anchors.anchor_ladder` drives
-both with real encodes.
+probes where that barely shifts the spacing. :func:`quality_span_crfs` uses both on quality
+instead of rate, to extend a ladder into the codecs' quality range when the codecs are below all
+of it. :func:`gvc_train.eval.anchors.anchor_ladder` drives them with real encodes.
 """
 
 from __future__ import annotations
@@ -71,3 +72,50 @@ def spread_crfs(top: int, bottom: int, points: int, limits: tuple[int, int], pro
             near = [c for c in (crfs[i] - 1, crfs[i] + 1) if c in probed and crfs[i - 1] < c < crfs[i + 1]]
             crfs[i] = near[0] if near else crfs[i]
     return crfs
+
+
+# Quality per CRF near the top of the CRF range, in dB (PSNR; MS-SSIM as -10 log10(1 - MS-SSIM)):
+# the quality search's first guess of the slope, before two measured points give a local one.
+DB_PER_CRF = -0.4
+# The points the quality span aims for from the last CRF above the codecs' top quality to the
+# first below their lowest, ends included: three inside, so the shared interval holds >= 4 with an end.
+SPAN_POINTS = 5
+
+
+def quality_span_crfs(
+    known: dict[int, dict[str, float]], codec_range: dict[str, tuple[float, float]], measure: Callable[[int], None],
+    budget: Callable[[], int], limits: tuple[int, int], default_slope: float = DB_PER_CRF, points: int = SPAN_POINTS,
+) -> None:  # fmt: skip
+    """Extend an anchor's measured CRFs into the codecs' quality range, metric by metric.
+
+    ``known`` maps each measured CRF to its qualities (higher is better, on a scale about linear
+    in CRF, e.g. dB); ``measure(crf)`` encodes, decodes and adds ``known[crf]``. For each metric
+    of ``codec_range`` ((lowest, highest) quality of the codecs) on which the anchor's lowest
+    quality is still above the codecs' highest, the CRFs go up (:func:`crf_bracket` on quality)
+    until one is below it, or to the CRF limit; then down to the codecs' lowest quality, and up
+    to ``points`` CRFs spread (:func:`spread_crfs`) between the last CRF above the codecs' range
+    and the first below it, so the shared interval is covered from both sides and inside. A
+    metric whose curves already overlap costs nothing; the whole search stops when ``budget()``
+    (encodes left) is spent.
+    """
+    for metric, (bottom, top) in codec_range.items():
+        values = {c: q[metric] for c, q in known.items() if metric in q}
+        if not values or min(values.values()) <= top:
+            continue  # already overlapping (or nothing to compare): the rate ladder stands
+
+        def measure_metric(crf: int, values: dict[int, float] = values, metric: str = metric) -> None:
+            measure(crf)
+            values[crf] = known[crf][metric]
+
+        above, past = crf_bracket(top, values, measure_metric, budget, limits, default_slope)
+        if past not in values or values[past] >= top:
+            continue  # the CRF limit (or the budget) came first: no overlap on this metric
+        last_inside, below = crf_bracket(bottom, values, measure_metric, budget, limits, default_slope)
+        end = below if below in values else last_inside
+        if end - above + 1 <= points:
+            spread = list(range(above, end + 1))
+        else:
+            spread = spread_crfs(above, end, points, limits, set(values))
+        for crf in spread:
+            if crf not in values and budget() > 0:
+                measure_metric(crf)

@@ -47,7 +47,7 @@ import shlex
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -63,9 +63,12 @@ from gvc_train.eval.anchor_commands import (  # noqa: F401 (re-exported)
     anchor_spec, check_frames, decode_command, encode_command, ffmpeg_rate_arg, ffmpeg_version, input_recipe, pad_frames,
     padded_size, require_encoder, resolve_preset, write_raw_input,
 )  # fmt: skip
-from gvc_train.eval.anchor_search import crf_bracket, spread_crfs
+from gvc_train.eval.anchor_search import crf_bracket, quality_span_crfs, spread_crfs
 
 MAX_PROBES = 8  # ladder search encodes on top of the ladder's own points (see anchor_ladder)
+# Encodes (each decoded and measured) that may extend a ladder into the codecs' quality range:
+# on carphone a bracket to the top of the range, one to its bottom and the points between take 4-7.
+MAX_SPAN_ENCODES = 8
 CacheDir = Union[str, "os.PathLike[str]", None, Literal[False]]
 
 
@@ -89,6 +92,8 @@ class AnchorPoint:
     ffmpeg_version: str = ""
     encode_seconds: float = 0.0  # of the encode that made the stream (also when read from the cache)
     cached: bool = False
+    # "rate": placed to span the codecs' rates; "quality": added to reach the codecs' quality range
+    span: str = "rate"
     stream: bytes = dataclasses.field(default=b"", repr=False)
 
     def record(self) -> dict[str, Any]:
@@ -233,8 +238,11 @@ def anchor_ladder(
     frames_THWC: np.ndarray, fps: float, anchor: str, *, low_delay: bool = True, intra_period: int = -1,
     bpp_range: tuple[float, float] | None = None, points: int = 5, preset: str | int | None = None,
     threads: int = DEFAULT_THREADS, cache_dir: CacheDir = None, max_probes: int = MAX_PROBES,
+    quality_of: Callable[[AnchorPoint], dict[str, float]] | None = None, quality_range: dict[str, tuple[float, float]] | None = None,
+    max_span_encodes: int = MAX_SPAN_ENCODES,
 ) -> list[AnchorPoint]:  # fmt: skip
-    """``points`` anchor points, by increasing CRF, whose rates span ``bpp_range``.
+    """``points`` anchor points, by increasing CRF, whose rates span ``bpp_range``, then any
+    points that reach the codecs' quality range.
 
     ``bpp_range`` is (lowest, highest) bits per pixel of the learned codecs on these frames. The
     ladder's ends are the tightest CRFs that still cover it (the first point's bpp >= highest,
@@ -244,12 +252,30 @@ def anchor_ladder(
     plus one per ladder CRF not already probed, so at most ``max_probes + points``; typically 6
     to 9 search encodes for both ends (every one cached, so a second ladder over the same frames
     and settings encodes nothing).
+
+    Quality span: a codec far below the anchor in quality has no quality in common with a ladder
+    placed by rate, hence no BD-rate. With ``quality_range`` ({metric: (lowest, highest) quality
+    of the codecs}, on a scale about linear in CRF: dB) and ``quality_of`` (a point's qualities
+    by the same names), a metric on which the ladder's lowest quality is above the codecs'
+    highest gets CRFs toward the CRF limit until one is below it, then points through the shared
+    interval (:func:`~gvc_train.eval.anchor_search.quality_span_crfs`); at most
+    ``max_span_encodes`` more points, each marked ``span="quality"``.
     """
     s = _settings(anchor, low_delay, intra_period, preset, threads)
     cache = _open_cache(cache_dir)
     with _prepared(frames_THWC, fps, anchor) as src:
         crfs, probes = _choose_crfs(src, s, cache, bpp_range, points, max_probes)
-        return [_point(src, c, s, cache, probes.get(c)) for c in crfs]
+        ladder = {c: _point(src, c, s, cache, probes.get(c)) for c in crfs}
+        if quality_range and quality_of is not None:
+            known = {c: quality_of(p) for c, p in ladder.items()}
+
+            def measure(crf: int) -> None:
+                ladder[crf] = dataclasses.replace(_point(src, crf, s, cache, probes.get(crf)), span="quality")
+                known[crf] = quality_of(ladder[crf])
+
+            budget = lambda: max_span_encodes - sum(p.span == "quality" for p in ladder.values())  # noqa: E731
+            quality_span_crfs(known, quality_range, measure, budget, ANCHORS[anchor].crf_limits)
+        return [ladder[c] for c in sorted(ladder)]
 
 
 def crf_ladder(

@@ -1,7 +1,7 @@
 """``gvc eval``: codecs and anchors on the same frames, RD points, BD-rate, plots.
 
     gvc eval --codec DIR... --video FILE... --out REPORT_DIR [--anchors x264,x265,svtav1]
-             [--control-subsets 'luma;luma,flow;none']
+             [--control-subsets 'luma;luma,flow;none'] [--reference-codec NAME] [--no-quality-span]
 
 The command lives here, above ``codecs/``, and joins the ``gvc`` parser through
 ``gvc_train.gvc_cli``: ``codecs/`` (what a user who only decodes installs) never imports
@@ -53,6 +53,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             frames=args.frames, intra_period=args.intra_period, ladder_points=args.ladder_points,
             anchor_cache=args.anchor_cache, metric_options=metric_options, progress=not args.no_progress,
             control_subsets=control_subsets, modes=[m for m in args.modes.split(",") if m] if args.modes else None,
+            reference_codec=args.reference_codec, quality_span=not args.no_quality_span,
         )  # fmt: skip
         # A rerun into the same report folder keeps its anchor cache (the anchors' encodes are
         # the slow part): moved into the new folder, and back if the run fails.
@@ -91,6 +92,15 @@ def add_eval_command(subparsers: Any) -> None:
     ev.add_argument(
         "--modes", default=None, metavar="MODES",
         help="codecs with modes (zero-shot: t2v, i2v, flf2v): the modes to code, one rate curve each, comma-separated (default: all a codec has)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--reference-codec", default=None, metavar="NAME",
+        help="also the BD-rate / BD-metric of every other codec against this one (its folder name, or name:mode)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--no-quality-span", action="store_true",
+        help="anchors' ladders span the codecs' rates only (default: also extended into the codecs' PSNR / MS-SSIM range "
+        "where the two share none, so a BD-rate exists)",
     )  # fmt: skip
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("--out", required=True, help="report folder (new or empty; a previous report with --overwrite)")

@@ -6,9 +6,15 @@
 For every video: the same ``frames`` RGB frames go to every exported codec at each of its
 qualities (through ``encode``/``decode`` to real files) and to every anchor at a CRF ladder
 that spans the learned codecs' bits-per-pixel range on that video, in the low-delay and the
-random-access setting. Every reconstruction is measured against the source by the same metric
-suite (``eval.metric_suite``); BD-rate and BD-metric of each codec against each anchor setting
-follow (``eval.bdrate``). A codec whose streams can be cut (``Codec.can_cut``) also gets its
+random-access setting. Where the codecs' quality (PSNR, MS-SSIM) is below every point of that
+ladder, so that the curves share no quality and no BD-rate exists, the ladder is extended toward
+the encoder's CRF limit into the codecs' quality range (the quality span: points marked
+``"span": "quality"``, one summary line per anchor setting; ``--no-quality-span`` turns it off);
+a BD-rate there averages over the quality interval the curves share, which its overlap states.
+Every reconstruction is measured against the source by the same metric suite
+(``eval.metric_suite``); BD-rate and BD-metric of each codec against each anchor setting, and
+with ``--reference-codec`` of each codec against that codec, follow (``eval.bd_rows``,
+``eval.bdrate``). A codec whose streams can be cut (``Codec.can_cut``) also gets its
 truncation curve (``eval.truncation``): its top rate point's stream cut after every scale, each
 cut decoded with each of the codec's fills. A codec that sends controls
 (``Codec.known_controls``) also gets its control ablation (``eval.ablation``): the video coded
@@ -31,6 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# The BD rows live in bd_rows (re-exported: scripts import them from here too).
+from gvc_train.eval.bd_rows import (  # noqa: F401 (re-exported)
+    LOWER_IS_BETTER, SPAN_METRICS, bd_table, codec_vs_codec_bd, quality_range, quality_span_records,
+)  # fmt: skip
 from gvc_train.eval.report_tables import BD_COLUMNS, points_csv, summary_markdown
 from gvc_train.strict_json import write_json
 
@@ -45,8 +55,6 @@ PROTOCOL = (
     "with the ffmpeg CLI to rgb24. Bits per pixel count every source pixel of every frame. Metrics per frame, "
     "averaged over frames."
 )
-# BD figures of these are computed with the curves flipped (bdrate's higher_is_better=False).
-LOWER_IS_BETTER = {"lpips", "dists", "fvd"}
 # What the cuts of a truncation curve are measured with (a dozen or more decodes a codec): the
 # frame metrics without VMAF and without the networks, which the codec's own points carry.
 TRUNCATION_METRICS = {"vmaf": False}
@@ -71,6 +79,10 @@ class EvalOptions:
     # The modes a codec with modes (Codec.curves) is coded in, a curve each; None: all it has.
     modes: Sequence[str] | None = None
     shown_out: str | None = None  # the name to print for ``out`` (gvc eval writes beside it, then moves it there)
+    # Extend each anchor's ladder into the codecs' quality range where the two share none (SPAN_METRICS).
+    quality_span: bool = True
+    # A codec curve (its folder name, or name:mode) every other codec is also compared with (BD rows).
+    reference_codec: str | None = None
 
 
 class _Progress:
@@ -220,21 +232,37 @@ def _codec_notes(points: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _anchor_points(
-    options: EvalOptions, video: Path, source_THWC: np.ndarray, fps: float, bpp_range: tuple[float, float] | None, progress: _Progress
+    options: EvalOptions, video: Path, source_THWC: np.ndarray, fps: float, codec_points: list[dict[str, Any]], progress: _Progress
 ) -> list[dict[str, Any]]:
     from gvc_train.eval.anchors import anchor_ladder
     from gvc_train.eval.metric_suite import compute_metrics
 
+    rates = [p["bpp"] for p in codec_points]
+    bpp_range = (min(rates), max(rates)) if rates else None
+    with_derived_metrics(codec_points)
+    span_range = quality_range(codec_points) if options.quality_span else None
     points = []
     for anchor in options.anchors:
         for setting in options.settings:
             low_delay = setting == "low-delay"
+            measured: dict[int, tuple[dict[str, list[float]], dict[str, float], dict[str, str]]] = {}
+
+            def quality_of(a: Any) -> dict[str, float]:
+                """The point's metrics, measured once (kept for its report record below)."""
+                measured[a.crf] = compute_metrics(a.frames, source_THWC, options.metric_options)
+                point = {"metrics": dict(measured[a.crf][1])}
+                with_derived_metrics([point])
+                return point["metrics"]
+
             ladder = anchor_ladder(
                 source_THWC, fps, anchor, low_delay=low_delay, intra_period=options.intra_period, bpp_range=bpp_range,
-                points=options.ladder_points, cache_dir=options.anchor_cache,
+                points=options.ladder_points, cache_dir=options.anchor_cache, quality_of=quality_of, quality_range=span_range,
             )  # fmt: skip
+            progress.grow(sum(a.span == "quality" for a in ladder))
             for a in ladder:
-                per_frame, mean, unavailable = compute_metrics(a.frames, source_THWC, options.metric_options)
+                if a.crf not in measured:
+                    measured[a.crf] = compute_metrics(a.frames, source_THWC, options.metric_options)
+                per_frame, mean, unavailable = measured[a.crf]
                 record = a.record()  # command, input recipe, decode command, ffmpeg version, coded size...
                 record.pop("anchor", None)
                 points.append(
@@ -254,45 +282,6 @@ def with_derived_metrics(points: list[dict[str, Any]]) -> None:
         m = p["metrics"]
         if m.get("ms_ssim") is not None:
             m["ms_ssim_db"] = -10 * math.log10(max(1e-10, 1 - m["ms_ssim"]))
-
-
-def bd_table(points: list[dict[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
-    """BD-rate and BD-metric of every codec curve against every anchor curve, per video and metric."""
-    from gvc_train.eval.bdrate import bd_metric, bd_rate
-    from gvc_train.eval.plots import curve_label
-
-    rows = []
-    for video in sorted({p["video"] for p in points}):
-        on_video = [p for p in points if p["video"] == video]
-        curves: dict[str, list[dict[str, Any]]] = {}
-        for p in on_video:
-            curves.setdefault(curve_label(p), []).append(p)
-        learned = [k for k, v in curves.items() if "quality" in v[0]]
-        anchors = [k for k, v in curves.items() if "quality" not in v[0]]
-        for test in learned:
-            for anchor in anchors:
-                for metric in metrics:
-                    a = [(p["bpp"], p["metrics"].get(metric)) for p in curves[anchor]]
-                    t = [(p["bpp"], p["metrics"].get(metric)) for p in curves[test]]
-                    if any(v is None for _, v in a + t):
-                        continue
-                    args = ([r for r, _ in a], [v for _, v in a], [r for r, _ in t], [v for _, v in t])
-                    higher = metric not in LOWER_IS_BETTER
-                    try:
-                        rate, delta = bd_rate(*args, higher_is_better=higher), bd_metric(*args, higher_is_better=higher)
-                    except ValueError as e:
-                        rows.append({"video": video, "codec": test, "anchor": anchor, "metric": metric, "error": str(e)})
-                        continue
-                    rows.append(
-                        {
-                            "video": video, "codec": test, "anchor": anchor, "metric": metric,
-                            # each figure with its own overlap and warning: the two integrate
-                            # over different axes, so one can be valid while the other has no overlap
-                            "bd_rate_percent": rate.value, "bd_rate_overlap": rate.overlap, "bd_rate_warning": rate.warning,
-                            "bd_metric": delta.value, "bd_metric_overlap": delta.overlap, "bd_metric_warning": delta.warning,
-                        }
-                    )  # fmt: skip
-    return rows
 
 
 def metric_settings_for(options: EvalOptions) -> dict[str, dict[str, str]]:
@@ -315,6 +304,9 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
 
     for anchor in options.anchors:  # bad names fail before any work (and before the progress bar)
         anchor_spec(anchor)
+    names = [Path(c).name for c in options.codecs]
+    if options.reference_codec is not None and options.reference_codec.split(":")[0] not in names:
+        raise ValueError(f"--reference-codec {options.reference_codec}: not one of the codecs' folder names ({', '.join(names) or 'none given'})")
     for video in options.videos:
         if not Path(video).exists():
             raise FileNotFoundError(f"no video at {video}")
@@ -341,15 +333,13 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
             codec_points, curves, tables = _codec_points(options, video, source_THWC, streams, progress)
             truncation += curves
             ablation += tables
-            rates = [p["bpp"] for p in codec_points]
-            bpp_range = (min(rates), max(rates)) if rates else None
-            points += codec_points + _anchor_points(options, video, source_THWC, fps, bpp_range, progress)
+            points += codec_points + _anchor_points(options, video, source_THWC, fps, codec_points, progress)
     finally:
         progress.close()
     with_derived_metrics(points)
     metrics = sorted({k for p in points for k, v in p["metrics"].items() if v is not None})
     unavailable = {k: v for p in points for k, v in p.get("unavailable", {}).items()}
-    bd = bd_table(points, metrics)
+    bd = bd_table(points, metrics, options.reference_codec)
     plots = []
     for video in sorted({p["video"] for p in points}):
         for metric in metrics:
@@ -373,6 +363,8 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         "seconds": round(time.perf_counter() - started, 1),
         "points": points,
         "bd": bd,
+        "reference_codec": options.reference_codec,
+        "quality_span": quality_span_records(points),
         "truncation": truncation,
         "ablation": ablation,
         "plots": plots,

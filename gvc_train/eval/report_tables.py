@@ -7,6 +7,8 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+from gvc_train.eval.bd_rows import SPAN_METRICS
+
 POINT_COLUMNS = ("video", "codec", "setting", "quality", "crf", "preset", "intra_period", "frames", "bytes", "bpp")
 # bd.csv: each figure beside its own overlap and warning; ``error`` when neither could be computed
 BD_COLUMNS = (
@@ -73,6 +75,30 @@ def _ablation_sections(tables: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _quality_span_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per anchor curve whose ladder was extended into the codecs' quality range."""
+    by_curve: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        by_curve.setdefault((r["video"], r["anchor"]), []).append(r)
+    lines = []
+    for (video, anchor), rs in by_curve.items():
+        crfs = sorted({c for r in rs for c in r["crfs"]})
+        reached = [SPAN_METRICS.get(r["metric"], r["metric"]) for r in rs if r["overlap"]]
+        missed = [SPAN_METRICS.get(r["metric"], r["metric"]) for r in rs if not r["overlap"]]
+        line = (
+            f"Quality span: {anchor} on {video}: the ladder was extended toward the codecs' quality range on "
+            f"{' and '.join(reached + missed)} (CRF {', '.join(map(str, crfs)) or 'none left'}; points marked span=quality)"
+        )
+        if reached:
+            line += f"; it now shares a quality interval with them on {' and '.join(reached)}, the interval BD-rate averages over (see its overlap)"
+        if missed:
+            r = rs[0]
+            end = f"at its CRF limit {r['crf_limit']}" if r["last_crf"] >= r["crf_limit"] else f"at CRF {r['last_crf']}, where the encode budget ended"
+            line += f"; on {' and '.join(missed)} it is still above them {end}: no BD-rate"
+        lines.append(line + ".")
+    return ["", *lines] if lines else []
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     """Points per video (rate and the metrics), then the BD table, the truncation curves, the
     control ablations, the anchors' commands, what was not measured and the plots."""
@@ -86,10 +112,14 @@ def summary_markdown(report: dict[str, Any]) -> str:
         lines.append("|---|---|---|" + "---|" * len(metrics))
         for p in (p for p in report["points"] if p["video"] == video):
             setting = f"quality {p['quality']}" if "quality" in p else f"{p['setting']}, crf {p['crf']}"
+            setting += " (quality span)" if p.get("span") == "quality" else ""
             values = " | ".join(_fmt(p["metrics"].get(m), 4 if m in ("ms_ssim", "lpips", "dists") else 2) for m in metrics)
             lines.append(f"| {p['codec']} | {setting} | {p['bpp']:.4f} | {values} |")
+    lines += _quality_span_lines(report.get("quality_span", []))
     if report["bd"]:
         lines += ["", "## BD-rate (negative: fewer bits than the anchor at equal quality) and BD-metric", ""]
+        if report.get("reference_codec"):
+            lines += [f"Rows whose anchor is {report['reference_codec']} compare the other codecs with that codec (--reference-codec).", ""]
         lines += [
             "| video | codec | anchor | metric | BD-rate (%) | overlap | BD-rate warning | BD-metric | overlap | BD-metric warning |",
             "|---|---|---|---|---|---|---|---|---|---|",
