@@ -47,6 +47,13 @@ SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
+class ComponentError(RuntimeError):
+    """A component folder is missing, foreign, damaged, edited or does not match its config.
+
+    Here, not in ``gvc_train.components`` (which re-exports it), so that a reader of
+    ``codec.json`` that needs no weights (``gvc info``) raises it without importing torch."""
+
+
 def canonical_json(meta: dict[str, Any]) -> str:
     """The exporter's text for ``meta``: sorted keys, two-space indent, ASCII, newline."""
     return json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"

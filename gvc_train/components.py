@@ -37,8 +37,9 @@ from safetensors.torch import save_file
 
 # register_component is re-exported: models import it from gvc_train.models.registry
 from gvc_train.models.registry import jsonable, name_of, register_component, registered, registered_names  # noqa: F401
-from gvc_train.component_checks import (
+from gvc_train.component_checks import (  # ComponentError is re-exported: it lives there, torch-free
     SHA256_RE,
+    ComponentError,
     check_config,
     check_fields,
     member_path,
@@ -59,10 +60,6 @@ _TORCH_TO_SAFETENSORS = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL",
 }  # fmt: skip
-
-
-class ComponentError(RuntimeError):
-    """A component folder is missing, foreign, damaged, edited or does not match its config."""
 
 
 def registered_components() -> dict[str, type[torch.nn.Module]]:

@@ -146,7 +146,8 @@ def test_cli_info(streams: dict[str, Stream], tmp_path: Path, capsys: Capture) -
     assert fields["family"] == "latent" and fields["fingerprint"] == streams["chunked"].header.fingerprint.hex()
     assert (fields["width"], fields["height"], fields["frames"], fields["fps"]) == ("40", "24", "9", "30/1")
     assert fields["bytes"] == str(len(streams["chunked"].data))
-    table = out.splitlines()[9:]
+    *table, codec = out.splitlines()[9:]
+    assert codec == "codec       not found (pass --codec DIR)"  # a test codec: in no search folder
     assert table[0].split() == ["chunk", "type", "offset", "bytes", "frames", "bits/frame"]
     assert [row.split()[1] for row in table[1:]] == ["CONFIG", "FRAMES", "FRAMES", "FRAMES"]
     assert [row.split()[4] for row in table[2:]] == ["0-0", "1-4", "5-8"]

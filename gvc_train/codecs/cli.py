@@ -2,7 +2,7 @@
 
     gvc encode INPUT OUTPUT --codec DIR [--quality Q] [--frames N] [--overwrite]
     gvc decode INPUT OUTPUT [--codec DIR] [--overwrite]   OUTPUT: out.mp4, out.mkv, out.y4m or a PNG folder
-    gvc info FILE [--json]                      header, chunk table, bits per frame (and per scale)
+    gvc info FILE [--json] [--codec DIR]        header, chunk table, bits per frame (and per scale); the codec and its lineage
     gvc truncate INPUT OUTPUT (--scales K | --bytes N) [--overwrite]   cut a stream after a scale, no model
     gvc eval --codec DIR... --video FILE... --out REPORT_DIR [--anchors x264,x265,svtav1]   (gvc_train/eval/cli.py)
 
@@ -48,9 +48,10 @@ def _codec_search_path() -> list[Path]:
 
 
 def find_codec(fingerprint: bytes) -> Path:
-    """The exported codec folder whose fingerprint starts with ``fingerprint``."""
-    from gvc_train.codecs.codec_folder import CODEC_JSON, read_codec_json
-    from gvc_train.components import ComponentError
+    """The exported codec folder whose fingerprint starts with ``fingerprint``; reads only
+    codec.json files (torch-free: ``gvc info`` uses it too)."""
+    from gvc_train.codecs.codec_meta import CODEC_JSON, read_codec_json
+    from gvc_train.component_checks import ComponentError
 
     for root in _codec_search_path():
         for json_path in sorted(root.glob(f"*/{CODEC_JSON}")) if root.is_dir() else []:
@@ -125,12 +126,32 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def stream_codec(fingerprint_hex: str, folder: str | None) -> dict[str, Any] | None:
+    """The codec a stream was made with: ``folder`` (``--codec``; refused in one line when it
+    is another codec) or the one :func:`find_codec` finds; None when none is found. Reads
+    codec.json only, never torch: ``{"folder", "fingerprint", "lineage", "rows"}``."""
+    from gvc_train.codecs.codec_meta import read_codec_json
+    from gvc_train.codecs.lineage import lineage_of, lineage_rows
+
+    if folder is None:
+        try:
+            folder = str(find_codec(bytes.fromhex(fingerprint_hex)))
+        except UsageError:
+            return None
+    meta = read_codec_json(folder)
+    if not meta["fingerprint"].startswith(fingerprint_hex):
+        raise UsageError(f"--codec {folder} is codec {meta['fingerprint'][:16]}, the stream was made with {fingerprint_hex}")
+    return {"folder": folder, "fingerprint": meta["fingerprint"], "lineage": lineage_of(meta), "rows": lineage_rows(meta)}
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from gvc_train.codecs.base import describe_stream
 
     summary = describe_stream(args.input)
     rows = summary["chunks"]
+    codec = stream_codec(summary["fingerprint"], args.codec)
     if args.json:
+        summary["codec"] = None if codec is None else {k: v for k, v in codec.items() if k != "rows"}
         print(strict_json.dumps(summary, indent=2))
         return 0
     for key in ("file", "family", "fingerprint", "width", "height", "frames", "fps", "bytes"):
@@ -161,6 +182,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         pixels = summary["width"] * summary["height"] * summary["frames"]
         for scale, size in sorted(per_scale.items()):
             print(f"scale {scale:<6d} {size:8d} bytes {size * 8 / pixels:.6f} bpp")
+    # last, so that the header rows and the chunk table keep their places
+    print(f"{'codec':12s}{'not found (pass --codec DIR)' if codec is None else codec['folder']}")
+    for line in [] if codec is None else codec["rows"]:
+        print(line)
     return 0
 
 
@@ -231,6 +256,8 @@ def build_parser(extra_commands: Sequence[Callable[[Any], None]] = ()) -> argpar
     info = sub.add_parser("info", help="header, chunk table and bits per frame of a bitstream")
     info.add_argument("input")
     info.add_argument("--json", action="store_true")
+    info.add_argument("--codec", default=None, metavar="DIR",
+                      help="the stream's codec folder, for its lineage (default: found by fingerprint, as decode does)")
     info.set_defaults(func=cmd_info)
     cut = sub.add_parser("truncate", help="cut a stream after a scale (progressive families), without decoding it")
     cut.add_argument("input")
@@ -250,7 +277,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [UsageError, OutputError, ValueError, OSError]
     for module, name in (
         ("gvc_train.coding.container", "BitstreamError"),
-        ("gvc_train.components", "ComponentError"),
+        ("gvc_train.component_checks", "ComponentError"),
         ("gvc_train.data.video_io", "VideoReadError"),
     ):
         if module in sys.modules:
