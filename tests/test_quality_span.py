@@ -21,6 +21,10 @@ def psnr_of(crf: int) -> float:
     return 40.0 - 0.4 * crf  # dB, linear in CRF as near the top of x264's range
 
 
+def ssim_db_of(crf: int) -> float:
+    return 21.0 - 0.4 * crf  # MS-SSIM in dB, lower than PSNR
+
+
 def bpp_of(crf: int) -> float:
     return 2.0 * math.exp(-0.11 * crf)
 
@@ -29,14 +33,14 @@ class Encoder:
     """A stand-in for the anchor's encode + decode + metrics: counts what it measures."""
 
     def __init__(self, ladder: range | list[int], budget: int = 8) -> None:
-        self.known = {c: {"psnr": psnr_of(c)} for c in ladder}
+        self.known = {c: {"psnr": psnr_of(c), "ms_ssim_db": ssim_db_of(c)} for c in ladder}
         self.measured: list[int] = []
         self.budget = budget
 
     def measure(self, crf: int) -> None:
         assert LIMITS[0] <= crf <= LIMITS[1] and crf not in self.known
         self.measured.append(crf)
-        self.known[crf] = {"psnr": psnr_of(crf)}
+        self.known[crf] = {"psnr": psnr_of(crf), "ms_ssim_db": ssim_db_of(crf)}
 
     def left(self) -> int:
         return self.budget - len(self.measured)
@@ -64,6 +68,15 @@ def test_ladder_stops_at_the_crf_limit() -> None:
     enc.measured.clear()
     enc.span({"psnr": (15.0, 16.0)})  # the limit is known: nothing more to try
     assert enc.measured == []
+
+
+def test_a_metric_out_of_reach_does_not_cut_the_span_of_another() -> None:
+    """PSNR first: its search ends at CRF 51, below MS-SSIM's range too; MS-SSIM (the codec:
+    0.6-1.4 dB, CRF 49-51) still gets its points through the shared interval."""
+    enc = Encoder(range(23, 44, 5))
+    enc.span({"psnr": (15.0, 16.0), "ms_ssim_db": (0.6, 1.4)})
+    assert 51 in enc.measured and len(enc.measured) <= enc.budget
+    assert {48, 49, 50, 51} <= set(enc.known)  # from above the codec's range to its bottom, every CRF between
 
 
 def test_no_extension_when_the_curves_already_overlap_or_budget_is_spent() -> None:

@@ -98,14 +98,17 @@ def quality_span_crfs(
     metric whose curves already overlap costs nothing; the whole search stops when ``budget()``
     (encodes left) is spent.
     """
+    ladder = set(known)  # whether a metric needs the span is the rate ladder's to say, not another metric's probes
     for metric, (bottom, top) in codec_range.items():
         values = {c: q[metric] for c, q in known.items() if metric in q}
-        if not values or min(values.values()) <= top:
+        on_ladder = [v for c, v in values.items() if c in ladder]
+        if not on_ladder or min(on_ladder) <= top:
             continue  # already overlapping (or nothing to compare): the rate ladder stands
 
         def measure_metric(crf: int, values: dict[int, float] = values, metric: str = metric) -> None:
             measure(crf)
-            values[crf] = known[crf][metric]
+            if metric in known[crf]:  # a point without the metric (not measurable there) is not on its curve
+                values[crf] = known[crf][metric]
 
         above, past = crf_bracket(top, values, measure_metric, budget, limits, default_slope)
         if past not in values or values[past] >= top:

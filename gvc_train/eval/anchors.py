@@ -268,12 +268,14 @@ def anchor_ladder(
         ladder = {c: _point(src, c, s, cache, probes.get(c)) for c in crfs}
         if quality_range and quality_of is not None:
             known = {c: quality_of(p) for c, p in ladder.items()}
+            spent = [0]  # measure calls, so that the budget ends the search whatever they return
 
             def measure(crf: int) -> None:
+                spent[0] += 1
                 ladder[crf] = dataclasses.replace(_point(src, crf, s, cache, probes.get(crf)), span="quality")
                 known[crf] = quality_of(ladder[crf])
 
-            budget = lambda: max_span_encodes - sum(p.span == "quality" for p in ladder.values())  # noqa: E731
+            budget = lambda: max_span_encodes - spent[0]  # noqa: E731
             quality_span_crfs(known, quality_range, measure, budget, ANCHORS[anchor].crf_limits)
         return [ladder[c] for c in sorted(ladder)]
 
