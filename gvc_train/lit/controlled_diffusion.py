@@ -58,6 +58,7 @@ from gvc_train.components import load_component, read_component_meta, save_compo
 from gvc_train.lit.clip_lengths import check_range, cut_batch, draw_latent_frames
 from gvc_train.lit.controlled_validation import validation_videos
 from gvc_train.lit.ema_strategy import refuse_sharded_ema
+from gvc_train.lit.finetune import FineTune
 from gvc_train.lit.latent_cache import ContentCache
 from gvc_train.lit.optim import clip_grad_norm, weight_decay_groups
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
@@ -96,6 +97,8 @@ class ControlledDiffusionModule(StageModule):
         ema_decay: decay of the exported EMA weights.
         val_times, val_seed: validation's fixed times and noise seed.
         lr, betas, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up.
+        finetune: start the transformer from an export, freeze parts or train LoRA adapters
+            (:mod:`gvc_train.lit.finetune`); the EMA starts from the loaded weights.
     """
 
     stage_name = "the controlled diffusion stage"
@@ -107,6 +110,7 @@ class ControlledDiffusionModule(StageModule):
     }  # fmt: skip
     exported_components = {"tokenizer": "tokenizer", "transformer": "ema_transformer", "coding": "coding"}
     frozen_components = ("tokenizer", "latent_codec", "ema_transformer", "text_encoder")
+    finetune_targets = {"transformer": "transformer"}  # trained here, exported as its EMA
     progress_bar_metrics = ("loss",)
 
     def __init__(
@@ -138,6 +142,7 @@ class ControlledDiffusionModule(StageModule):
         warmup_steps: int = 0,
         grad_clip: float | None = 1.0,
         max_consecutive_nonfinite: int = 100,
+        finetune: FineTune | None = None,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
         tokenizer = load_streaming_tokenizer(tokenizer_path, tokenizer, self.stage_name)
@@ -160,15 +165,20 @@ class ControlledDiffusionModule(StageModule):
         if outside:  # else the first step that draws a short clip fails, hours in
             raise ValueError(f"keyframes {outside} are outside the shortest clip of latent_frames_range ({shortest} latent frames)")
         coding_settings = _coding_settings(coding, latent_scale, transformer, text_encoder is not None, keyframes)
-        self.save_hyperparameters(ignore=["transformer", "tokenizer", "latent_codec", "text_encoder"])
+        self.save_hyperparameters(ignore=["transformer", "tokenizer", "latent_codec", "text_encoder", "finetune"])
         self.transformer = transformer
-        self.ema_transformer = copy.deepcopy(transformer)  # frozen_components: eval, no gradients
         self.tokenizer = tokenizer
         self.latent_codec = latent_codec
         self.text_encoder = text_encoder
         self.coding = coding_settings
+        self.exported_components = {name: attr for name, attr in self.all_components.items() if getattr(self, attr, None) is not None}  # type: ignore[misc]
+        # the parent's weights (and adapters) first: the EMA starts from the fine-tune's start
+        self.apply_finetune(finetune)
+        self.ema_transformer = copy.deepcopy(self.transformer)  # frozen_components: eval, no gradients
         self.latent_cache = ContentCache(latent_cache)  # a miss is computed per clip: bit-identical to a hit
         self.exported_components = {name: attr for name, attr in self.all_components.items() if getattr(self, attr) is not None}  # type: ignore[misc]
+        if "transformer" in self._lora:  # the exported EMA copy carries the same adapters
+            self._lora["ema_transformer"] = self._lora["transformer"]
         self.times = TimeSampling(time_kind, time_mean, time_std, time_shift)  # type: ignore[arg-type]
         # The dropout's columns in a fixed order: controls (sorted), keyframes, text.
         names = [*transformer.control_names, *([KEYFRAMES] if keyframes else []), *([TEXT] if text_encoder is not None else [])]

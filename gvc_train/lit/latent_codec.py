@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from gvc_train.eval.metrics import psnr
+from gvc_train.lit.finetune import FineTune
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
 from gvc_train.lit.tokenizer_latents import clip_latent, decoded_pixel_mse, target_pixels, video_pixels
@@ -76,6 +77,8 @@ class LatentCodecModule(StageModule):
         decay_steps, min_lr_ratio: with ``decay_steps > 0`` a cosine decay of the main lr to
             ``min_lr_ratio`` times it over that many steps.
         grad_clip: gradient-norm clip of the main optimizer's parameters.
+        finetune: start from an exported codec or component, freeze or adapt named parts
+            (:mod:`gvc_train.lit.finetune`).
         max_consecutive_nonfinite: stop with an error after this many skipped batches in a row
             (training has diverged; skipping forever would spin without progress).
     """
@@ -103,6 +106,7 @@ class LatentCodecModule(StageModule):
         min_lr_ratio: float = 0.05,
         grad_clip: float | None = 1.0,
         max_consecutive_nonfinite: int = 100,
+        finetune: FineTune | None = None,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
         tokenizer = load_streaming_tokenizer(tokenizer_path, tokenizer, self.stage_name)
@@ -117,10 +121,11 @@ class LatentCodecModule(StageModule):
             raise ValueError(f"lambdas must be positive and strictly increasing with the quality index, got {lambdas}")
         if pixel_weight < 0:
             raise ValueError(f"pixel_weight must be >= 0, got {pixel_weight}")
-        self.save_hyperparameters(ignore=["codec", "tokenizer"])
+        self.save_hyperparameters(ignore=["codec", "tokenizer", "finetune"])
         self.hparams["lambdas"] = lambdas
         self.codec = codec
         self.tokenizer = tokenizer  # frozen_components: eval mode, no gradients
+        self.apply_finetune(finetune)
 
     # ---- rate and distortion ------------------------------------------------------------
     def pixels_per_clip(self, latent: torch.Tensor) -> int:
@@ -231,8 +236,8 @@ class LatentCodecModule(StageModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         named = list(self.codec.named_parameters())
-        main = [p for n, p in named if not _is_aux(n)]
-        aux = [p for n, p in named if _is_aux(n)]
+        main = [p for n, p in named if not _is_aux(n) and p.requires_grad]
+        aux = [p for n, p in named if _is_aux(n)]  # frozen quantiles get no gradient: Adam skips them
         if not aux:
             raise ValueError("the codec has no entropy-bottleneck quantiles to train in the aux optimizer")
         opt = torch.optim.Adam(main, lr=hp.lr, betas=tuple(hp.betas))

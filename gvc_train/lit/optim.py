@@ -42,8 +42,11 @@ def clip_grad_norm(module: L.LightningModule, optimizer: Any, max_norm: float | 
 
 def weight_decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW parameter groups: matrices and convolution kernels (``*.weight`` of 2 or more
-    dimensions) decay; biases, norms and learned embedding tables do not."""
+    dimensions) decay; biases, norms and learned embedding tables do not. Parameters that do not
+    train (frozen by a fine-tune) are left out."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
-        (decay if p.dim() >= 2 and name.endswith(".weight") else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and name.endswith(".weight") else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]

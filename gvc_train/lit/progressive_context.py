@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from gvc_train.components import load_component
+from gvc_train.lit.finetune import FineTune
 from gvc_train.lit.optim import clip_grad_norm, weight_decay_groups
 from gvc_train.lit.progressive_quantizer import SUPPORTED_PRECISIONS, finite_on_every_rank
 from gvc_train.lit.tokenizer_latents import clip_latent, video_pixels
@@ -60,6 +61,8 @@ class ProgressiveContextModule(StageModule):
             embeddings, norms and biases).
         grad_clip: gradient-norm clip (None or 0: none).
         max_consecutive_nonfinite: stop with an error after this many skipped batches in a row.
+        finetune: start from an exported codec or component, freeze or adapt named parts
+            (:mod:`gvc_train.lit.finetune`).
     """
 
     stage_name = "the progressive context stage"
@@ -80,6 +83,7 @@ class ProgressiveContextModule(StageModule):
         warmup_steps: int = 0,
         grad_clip: float | None = 1.0,
         max_consecutive_nonfinite: int = 100,
+        finetune: FineTune | None = None,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
         if quantizer_path is not None and (quantizer is not None or tokenizer is not None):
@@ -92,10 +96,11 @@ class ProgressiveContextModule(StageModule):
         else:
             tokenizer = load_streaming_tokenizer(None, tokenizer, self.stage_name)
         check_pairing(context_model, quantizer, tokenizer)
-        self.save_hyperparameters(ignore=["context_model", "quantizer", "tokenizer"])
+        self.save_hyperparameters(ignore=["context_model", "quantizer", "tokenizer", "finetune"])
         self.context_model = context_model
         self.quantizer = quantizer  # frozen_components: eval mode, no gradients
         self.tokenizer = tokenizer
+        self.apply_finetune(finetune)
         self._tallies: dict[str, torch.Tensor] = {}
         # The training tokens' per-scale histogram (over every rank): the table of the unigram
         # baseline a real coder could ship (val/bpp_unigram_train). In checkpoints, so it resumes.

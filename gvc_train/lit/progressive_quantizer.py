@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from gvc_train.eval.metrics import psnr
+from gvc_train.lit.finetune import FineTune
 from gvc_train.lit.optim import clip_grad_norm
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
 from gvc_train.lit.tokenizer_latents import clip_latent, decoded_pixel_mse, target_pixels, video_pixels
@@ -70,6 +71,8 @@ class ProgressiveQuantizerModule(StageModule):
             (projections, refine convs, a gradient codebook or the bit magnitudes).
         grad_clip: gradient-norm clip (None or 0: none).
         max_consecutive_nonfinite: stop with an error after this many skipped batches in a row.
+        finetune: start from an exported codec or component, freeze or adapt named parts
+            (:mod:`gvc_train.lit.finetune`).
     """
 
     stage_name = "the progressive quantizer stage"
@@ -89,6 +92,7 @@ class ProgressiveQuantizerModule(StageModule):
         warmup_steps: int = 0,
         grad_clip: float | None = 1.0,
         max_consecutive_nonfinite: int = 100,
+        finetune: FineTune | None = None,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
         tokenizer = load_streaming_tokenizer(tokenizer_path, tokenizer, self.stage_name)
@@ -100,9 +104,10 @@ class ProgressiveQuantizerModule(StageModule):
             raise ValueError(f"pixel_weight must be >= 0, got {pixel_weight}")
         if not any(p.requires_grad for p in quantizer.parameters()):
             raise ValueError("the quantizer has no trainable parameters (EMA codebook, no projections, refine_groups=0)")
-        self.save_hyperparameters(ignore=["quantizer", "tokenizer"])
+        self.save_hyperparameters(ignore=["quantizer", "tokenizer", "finetune"])
         self.quantizer = quantizer
         self.tokenizer = tokenizer  # frozen_components: eval mode, no gradients
+        self.apply_finetune(finetune)
 
     # ---- the objective ------------------------------------------------------------------
     def objective(self, latent: torch.Tensor, pixel_target: torch.Tensor | None = None) -> dict[str, Any]:

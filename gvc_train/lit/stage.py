@@ -37,6 +37,17 @@ from torch import nn
 
 from gvc_train.components import load_component
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY, checkpoint_entry, train_seconds_so_far, unexportable_components
+from gvc_train.lit.finetune import (
+    FineTune,
+    FineTuneError,
+    check_frozen_matches,
+    frozen_parameter_names,
+    lineage_of,
+    load_parent_weights,
+    named_parts,
+    resolve_parent,
+)
+from gvc_train.lit.lora import inject_lora, lora_entry
 from gvc_train.lit.step_guard import NonFiniteGuard, TrainingRngStream
 from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
 from gvc_train.provenance import git_commit
@@ -53,7 +64,6 @@ def load_streaming_tokenizer(tokenizer_path: str | None, tokenizer: nn.Module | 
     return tokenizer
 
 
-
 def lr_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
     """The lr multiplier at ``step``: linear warm-up times a cosine decay (see ``with_warmup``)."""
     factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
@@ -61,6 +71,7 @@ def lr_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: floa
         progress = min(1.0, step / decay_steps)
         factor *= min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return factor
+
 
 @dataclass
 class EvalResult:
@@ -90,6 +101,10 @@ class StageModule(L.LightningModule):
             unscales, and would update the scaler once per optimizer step.
         progress_bar_metrics: names (unprefixed) of :meth:`evaluate`'s metrics shown in the
             progress bar during validation.
+        finetune_targets: component name -> the attribute that trains it, for ``finetune``
+            (:mod:`gvc_train.lit.finetune`); None: the exported components not frozen.
+        extra_parts: the stage's own named parts for ``finetune.train``/``freeze`` beyond its
+            components' (part -> module paths, e.g. ``{"discriminator": ("discriminator",)}``).
     """
 
     stage_name: ClassVar[str] = "this stage"
@@ -97,6 +112,8 @@ class StageModule(L.LightningModule):
     frozen_components: ClassVar[tuple[str, ...]] = ()
     supported_precisions: ClassVar[tuple[str, ...] | None] = None
     progress_bar_metrics: ClassVar[tuple[str, ...]] = ()
+    finetune_targets: ClassVar[Mapping[str, str] | None] = None
+    extra_parts: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     run_config: str | None = None  # the resolved recipe as YAML, set by the CLI
 
@@ -110,6 +127,9 @@ class StageModule(L.LightningModule):
         self._fit_started: float | None = None
         self._git_commit: str | None = None
         self._train_seconds_before = 0.0
+        self._idle_paths: list[str] = []  # fine-tune: frozen parts, kept in eval mode
+        self._lineage: dict[str, Any] | None = None
+        self._lora: dict[str, dict[str, Any]] = {}  # attribute -> adapter record (gvc-export merges)
 
     # ---- frozen components ----------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
@@ -125,7 +145,59 @@ class StageModule(L.LightningModule):
             frozen = getattr(self, attr, None)
             if frozen is not None:
                 frozen.eval()
+        for path in self._idle_paths:
+            self.get_submodule(path).eval()
         return self
+
+    # ---- fine-tuning ----------------------------------------------------------------------
+    def finetune_component_attrs(self) -> dict[str, str]:
+        """Component name -> attribute, for the components this stage trains."""
+        if self.finetune_targets is not None:
+            return dict(self.finetune_targets)
+        return {n: a for n, a in self.exported_components.items() if a not in self.frozen_components and getattr(self, a, None) is not None}
+
+    def apply_finetune(self, finetune: FineTune | None) -> None:
+        """Start from ``finetune.init_from`` (see :mod:`gvc_train.lit.finetune`); a stage calls
+        this at the end of ``__init__``, once its components are built."""
+        if finetune is None:
+            return
+        targets = self.finetune_component_attrs()
+        parent = resolve_parent(finetune.init_from, finetune.expect_fingerprint)
+        mapping = dict(finetune.components) if finetune.components else {n: n for n in targets if n in parent.component_fingerprints}
+        for ours in mapping.values():
+            if ours not in targets:
+                raise FineTuneError(f"finetune.components: {self.stage_name} trains {sorted(targets)}, not {ours!r}")
+        if not mapping:
+            raise FineTuneError(
+                f"finetune.init_from: {parent.path} has none of the components {self.stage_name} trains ({sorted(targets)})"
+            )
+        for theirs, ours in mapping.items():
+            load_parent_weights(getattr(self, targets[ours]), parent, theirs, ours)
+        relations = {
+            name: check_frozen_matches(getattr(self, attr), parent, name, self.stage_name)
+            for name, attr in self.exported_components.items()
+            if attr in self.frozen_components and name in parent.component_fingerprints and name not in mapping.values()
+            and getattr(self, attr, None) is not None
+        }  # fmt: skip
+        parts = named_parts({n: (a, getattr(self, a)) for n, a in targets.items()}, dict(self.extra_parts))
+        frozen, self._idle_paths = frozen_parameter_names(self, parts, tuple(targets.values()), finetune.train, finetune.freeze)
+        for name, param in self.named_parameters():
+            if name in frozen:
+                param.requires_grad_(False)
+        lora = None
+        if finetune.lora is not None:
+            spec = finetune.lora
+            if spec.on not in targets:
+                raise FineTuneError(f"finetune.lora.on: {self.stage_name} trains {sorted(targets)}, not {spec.on!r}")
+            inject_lora(getattr(self, targets[spec.on]), spec)
+            self._lora[targets[spec.on]] = lora = lora_entry(spec)
+        trained = list(finetune.train) if finetune.train is not None else sorted(targets)
+        self._lineage = lineage_of(parent, mapping, trained, list(finetune.freeze), lora, relations)
+        self.train(self.training)  # the idle parts to eval mode now
+
+    def trainable(self, params: Any) -> list[nn.Parameter]:
+        """The parameters of ``params`` that train (a fine-tune freezes some)."""
+        return [p for p in params if p.requires_grad]
 
     # ---- start-up checks ------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -237,6 +309,8 @@ class StageModule(L.LightningModule):
             run_config=self.run_config,
             train_seconds=self._train_seconds_before + elapsed,
         )
+        if self._lineage is not None:
+            checkpoint[CHECKPOINT_KEY]["provenance"]["lineage"] = self._lineage
         for guard in self._nonfinite_guards:
             checkpoint[guard.name] = guard.skipped
 

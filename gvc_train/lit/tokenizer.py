@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from gvc_train.eval.metrics import frame_psnr, ms_ssim, psnr
+from gvc_train.lit.finetune import FineTune
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
 from gvc_train.lit.stage import EvalResult, StageModule
 from gvc_train.lit.step_guard import step_noise
@@ -40,6 +41,8 @@ class TokenizerModule(StageModule):
             ``min_lr_ratio`` times it over that many steps (set it to ``trainer.max_steps``).
         grad_clip: clip the gradient norm of each optimizer's parameters (manual optimization
             means the Trainer's gradient_clip_val does not apply).
+        finetune: start from an exported codec or component, freeze or adapt named parts
+            (:mod:`gvc_train.lit.finetune`).
         max_consecutive_nonfinite: a batch with a non-finite loss is skipped (no step, counted
             in ``train/nonfinite_skipped``); this many in a row save a checkpoint and stop the
             run (see :mod:`gvc_train.lit.step_guard`).
@@ -47,6 +50,7 @@ class TokenizerModule(StageModule):
 
     stage_name = "the tokenizer stage"
     exported_components = {"tokenizer": "vae"}
+    extra_parts = {"discriminator": ("discriminator",)}
     progress_bar_metrics = ("psnr", "ms_ssim", "l1")
     # supported_precisions: the base's (no fp16: the grad scaler would also update twice per GAN batch)
 
@@ -70,9 +74,10 @@ class TokenizerModule(StageModule):
         min_lr_ratio: float = 0.05,
         grad_clip: float | None = 1.0,
         max_consecutive_nonfinite: int = 100,
+        finetune: FineTune | None = None,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
-        self.save_hyperparameters(ignore=["vae", "discriminator"])
+        self.save_hyperparameters(ignore=["vae", "discriminator", "finetune"])
         self.vae = vae
         self.discriminator = discriminator
         # Held in a list, not as a submodule: the frozen LPIPS network (tens of MB) is loaded from
@@ -86,6 +91,9 @@ class TokenizerModule(StageModule):
             self._lpips.append(LPIPS(backbone_path=lpips_backbone).eval().requires_grad_(False))
         # its own count: a finite generator loss must not hide a discriminator that diverged
         self.nonfinite_d = self.add_nonfinite_guard("discriminator loss", "nonfinite_skipped_d")
+        self.apply_finetune(finetune)
+        if discriminator is not None and not self.trainable(discriminator.parameters()):
+            raise ValueError("finetune leaves the discriminator nothing to train: train it too, or set discriminator: null")
 
     def check_trainer(self, trainer: L.Trainer) -> None:
         from lightning.pytorch.strategies import DDPStrategy
@@ -206,12 +214,12 @@ class TokenizerModule(StageModule):
     # ---- optimizers ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        opt_g = torch.optim.AdamW(self.vae.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        opt_g = torch.optim.AdamW(self.trainable(self.vae.parameters()), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
         optimizers = [opt_g]
         if self.discriminator is not None:
             optimizers.append(
                 torch.optim.AdamW(
-                    self.discriminator.parameters(), lr=hp.lr if hp.disc_lr is None else hp.disc_lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+                    self.trainable(self.discriminator.parameters()), lr=hp.lr if hp.disc_lr is None else hp.disc_lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
                 )
             )
         return self.with_warmup(optimizers, hp.warmup_steps, decay_steps=hp.decay_steps, min_lr_ratio=hp.min_lr_ratio)

@@ -114,6 +114,9 @@ class DiffusersControlledTransformer(ConditionInputs, nn.Module):
     main block ``j * num_layers // control_depth``.
     """
 
+    # named parts for finetune.train / freeze (gvc_train.lit.finetune): part -> sub-modules
+    parts = {"blocks": ("wan.blocks",), "context_blocks": ("context_blocks",), "control_encoders": ("control_encoders",)}
+
     # Wan's cross-attention takes no padding mask: zeroed padding tokens still take attention
     # weight when real tokens are present, so the output depends on the padded length. The stage
     # refuses a text encoder that does not pad to one fixed length (``padding="max_length"``).

@@ -78,6 +78,14 @@ class ControlledVideoTransformer(ConditionInputs, nn.Module):
     frame-position tables. A CPU test size: ``width=32, depth=2, heads=2, control_depth=1``.
     """
 
+    # named parts for finetune.train / freeze (gvc_train.lit.finetune): part -> sub-modules
+    parts = {
+        "blocks": ("blocks",),
+        "context_blocks": ("context_blocks",),
+        "control_encoders": ("control_encoders",),
+        "output": ("final_ada", "final_out"),
+    }
+
     config_bounds = {
         "latent_channels": (1, 256), "patch_size": (1, 8), "len(patch_size)": (3, 3), "width": (8, 8192),
         "depth": (1, 64), "heads": (1, 128), "mlp_ratio": (0.25, 8.0), "text_dim": (1, 16384),

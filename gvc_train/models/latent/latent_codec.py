@@ -71,6 +71,13 @@ class LatentVideoCodec(CompressionModel):
     A CPU test size is ``channels=16, y_channels=8, z_channels=8, memory_channels=8``.
     """
 
+    # named parts for finetune.train / freeze (gvc_train.lit.finetune): part -> sub-modules
+    parts = {
+        "transforms": ("g_a", "g_s"),
+        "entropy_models": ("h_a", "h_s", "entropy_params", "entropy_bottleneck", "gaussian_conditional"),
+        "context_model": ("ctx_net", "memory"),
+    }
+
     # What a loaded config may hold (checked by gvc_train.components before building).
     config_bounds = {
         "latent_channels": (1, 1024), "channels": (1, 4096), "y_channels": (1, 4096), "z_channels": (1, 4096),

@@ -107,6 +107,9 @@ class ProgressiveContextModel(nn.Module):
     A CPU test size is ``width=32, depth=2, heads=2, pos_grid=4``.
     """
 
+    # named parts for finetune.train / freeze (gvc_train.lit.finetune): part -> sub-modules
+    parts = {"blocks": ("blocks",), "inputs": ("input_proj", "context_proj", "aligned_proj"), "head": ("head_norm", "head")}
+
     # What a loaded config may hold (checked by gvc_train.components before building); the
     # constructor also bounds the parameter count.
     config_bounds = {

@@ -128,6 +128,9 @@ class MultiScaleQuantizer(nn.Module):
     A CPU test size: ``latent_channels=4, code_dim=4, codebook_size=32, scales=[0.25, 0.5, 1]``.
     """
 
+    # named parts for finetune.train / freeze (gvc_train.lit.finetune): part -> sub-modules
+    parts = {"refine": ("refine",), "projections": ("project_in", "project_out")}
+
     # What a loaded config may hold (checked by gvc_train.components before building).
     config_bounds = {
         "latent_channels": (1, 1024), "code_dim": (1, 512), "codebook_size": (2, 1 << 15),

@@ -36,6 +36,9 @@ class CausalVAE(VideoVAEBase, nn.Module, StreamingTokenizer):
     test size is ``base_channels=8, num_res_blocks=1``.
     """
 
+    # named parts for finetune.train / freeze (gvc_train.lit.finetune): part -> sub-modules
+    parts = {"encoder": ("encoder",), "decoder": ("decoder",)}
+
     # What a loaded config may hold (gvc_train.components checks them before building): generous
     # for real models, small enough that a forged file cannot ask for terabytes or hours.
     config_bounds = {

@@ -66,6 +66,9 @@ class DiffusersVAE(VideoVAEBase, nn.Module):
     e.g. ``"vae"`` for a pipeline folder); loaded with ``local_files_only=True``.
     """
 
+    # named parts for finetune.train / freeze (gvc_train.lit.finetune): part -> sub-modules
+    parts = {"encoder": ("vae.encoder", "vae.quant_conv"), "decoder": ("vae.decoder", "vae.post_quant_conv")}
+
     # What a loaded config may hold (checked by gvc_train.components before building): an
     # exported component holds the diffusers config itself, never a path to read from; the
     # nested config's numbers are bounded (latents' statistics are signed floats).
