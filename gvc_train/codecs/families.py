@@ -76,4 +76,6 @@ register_family(FamilyEntry("controlled_text", 5, ("tokenizer", "latent_codec", 
 register_family(FamilyEntry("zeroshot", 4, ("tokenizer", "latent_codec", "transformer", "coding", "zeroshot"), "gvc_train.codecs.zeroshot:ZeroShotCodec", "gvc_train.codecs.zeroshot_stream:describe_chunks"))
 register_family(FamilyEntry("zeroshot_text", 6, ("tokenizer", "latent_codec", "transformer", "coding", "text_encoder", "zeroshot"), "gvc_train.codecs.zeroshot_text:ZeroShotTextCodec", "gvc_train.codecs.zeroshot_stream:describe_chunks"))
 register_family(FamilyEntry("zeroshot_wan", 7, ("tokenizer", "latent_codec", "pipeline", "zeroshot"), "gvc_train.codecs.zeroshot_wan:ZeroShotWanCodec", "gvc_train.codecs.zeroshot_stream:describe_chunks"))
+# The learned pixel-domain peer: compressai's Scale-Space Flow, one component, its rANS strings per frame.
+register_family(FamilyEntry("ssf", 8, ("ssf",), "gvc_train.codecs.ssf:SSFCodec", "gvc_train.codecs.ssf_stream:describe_chunks"))
 # fmt: on
