@@ -26,7 +26,7 @@ STAGE = "gvc_train.lit.latent_codec.LatentCodecModule"
 LATENT_RECIPES = sorted(
     p.relative_to(REPO).as_posix()
     for p in (REPO / "recipes").rglob("*.yaml")
-    if p.parent.name not in ("cluster", "base")  # overlays (tests/test_scale_out.py), bases (test_recipes.py)
+    if p.parent.name not in ("cluster", "base", "finetune")  # overlays (test_scale_out.py), bases (test_recipes.py), fine-tunes (test_finetune_recipes.py)
     if load_recipe(p)["model"]["class_path"] == STAGE
 )
 TINY_CODEC = dict(channels=16, y_channels=8, z_channels=8, memory_channels=8, num_res_blocks=1)

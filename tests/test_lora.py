@@ -29,7 +29,7 @@ from gvc_train.lit.lora import LoraSpec, inject_lora, linear_targets, lora_entry
 
 TINY = dict(num_scales=3, code_dim=4, codebook_size=16, width=32, depth=2, heads=2, mlp_ratio=2.0, pos_grid=3)
 SCALES = [(1, 1), (2, 2), (3, 3)]
-SPEC = LoraSpec(on="context_model", r=4, alpha=8.0, targets=["qkv", "proj", "0", "2"])
+SPEC = LoraSpec(component="context_model", r=4, alpha=8.0, targets=["qkv", "proj", "0", "2"])
 
 
 def _plain() -> ProgressiveContextModel:
@@ -139,7 +139,7 @@ def test_lora_b_at_zero_leaves_the_outputs_and_the_merge_is_exact() -> None:
 
 @pytest.mark.parametrize("rslora", [False, True])
 def test_merge_equals_peft_merge_and_unload(rslora: bool) -> None:
-    spec = LoraSpec(on="context_model", r=4, alpha=8.0, targets=["qkv", "proj", "0", "2"], rslora=rslora)
+    spec = LoraSpec(component="context_model", r=4, alpha=8.0, targets=["qkv", "proj", "0", "2"], rslora=rslora)
     adapted = _adapted(spec)
     config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, target_modules=linear_targets(_plain(), spec.targets), use_rslora=rslora)
     tuner = peft.LoraModel(_plain(), config, "default")
@@ -153,7 +153,7 @@ def test_merge_equals_peft_merge_and_unload(rslora: bool) -> None:
 
 def test_targets_that_match_no_linear_are_named_with_the_linear_layers() -> None:
     with pytest.raises(ValueError, match=r"'blocks' matches no nn.Linear of ProgressiveContextModel; its Linear layers are \['input_proj'"):
-        inject_lora(_plain(), LoraSpec(on="context_model", r=2, alpha=2.0, targets=["qkv", "blocks"]))
+        inject_lora(_plain(), LoraSpec(component="context_model", r=2, alpha=2.0, targets=["qkv", "blocks"]))
 
 
 def test_a_missing_peft_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,7 @@ STAGE_2 = "gvc_train.lit.progressive_context.ProgressiveContextModule"
 RECIPES = {
     p.relative_to(REPO).as_posix(): load_recipe(p)
     for p in sorted((REPO / "recipes").rglob("*.yaml"))
-    if p.parent.name not in ("cluster", "base") and load_recipe(p)["model"]["class_path"] in (STAGE_1, STAGE_2)
+    if p.parent.name not in ("cluster", "base", "finetune") and load_recipe(p)["model"]["class_path"] in (STAGE_1, STAGE_2)
 }
 TINY_QUANTIZER = dict(latent_channels=4, code_dim=4, codebook_size=16, scales=[0.25, 0.5, 1.0], refine_groups=2)
 TINY_CONTEXT = dict(num_scales=3, code_dim=4, codebook_size=16, width=32, depth=2, heads=2, pos_grid=4)

@@ -29,7 +29,7 @@ TESTED_ELSEWHERE = {
 STAGE_RECIPES = sorted(
     p.relative_to(REPO).as_posix()
     for p in (REPO / "recipes").rglob("*.yaml")
-    if p.parent.name not in ("cluster", "base")  # overlays (tests/test_scale_out.py) and bases (below)
+    if p.parent.name not in ("cluster", "base", "finetune")  # overlays (tests/test_scale_out.py), bases (below), fine-tunes (tests/test_finetune_recipes.py)
 )
 RECIPES = [r for r in STAGE_RECIPES if load_recipe(REPO / r)["model"]["class_path"] not in TESTED_ELSEWHERE]
 BASES = sorted((REPO / "recipes" / "base").glob("*.yaml"))

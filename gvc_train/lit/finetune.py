@@ -7,7 +7,7 @@ Every stage takes ``finetune: FineTune | None``::
       expect_fingerprint: 5c1e0a3f           # optional: a hex prefix of the parent's fingerprint
       train: [latent_codec]                  # optional: the named parts that train, all else frozen
       freeze: [latent_codec.entropy_models]  # optional: parts taken out of training
-      lora: {on: transformer, r: 4, alpha: 8, targets: [q, kv, out]}   # optional: adapters
+      lora: {component: transformer, r: 4, alpha: 8, targets: [q, kv, out]}   # optional: adapters
 
 What happens, at the end of the stage's ``__init__`` (:meth:`StageModule.apply_finetune`):
 

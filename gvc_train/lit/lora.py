@@ -25,13 +25,14 @@ PEFT_PIN = "peft==0.21.2"
 
 @dataclass
 class LoraSpec:
-    """``on``: the stage attribute to adapt (e.g. ``context_model``). ``r``, ``alpha``: rank and
+    """``component``: the stage's component to adapt (e.g. ``context_model``; not ``on``, which
+    YAML reads as a boolean). ``r``, ``alpha``: rank and
     scale numerator (the adapter's output is scaled by ``alpha / r``, or ``alpha / sqrt(r)`` with
     ``rslora``). ``targets``: ``nn.Linear`` module names or name suffixes, as peft matches them
     (``qkv`` matches ``blocks.0.attn.qkv``, ``"0"`` matches ``blocks.0.mlp.0`` but never the
     block ``blocks.0``: only Linear layers are adapted). ``dropout``: on the adapter's input."""
 
-    on: str
+    component: str
     r: int
     alpha: float
     targets: list[str] = field(default_factory=list)
@@ -79,7 +80,7 @@ def inject_lora(module: nn.Module, spec: LoraSpec) -> None:
     """Adapt ``module`` in place (module docstring). Afterwards only its ``lora_`` parameters
     require grad; lora_B starts at zero, so the adapted module computes what it did."""
     if any("lora_" in name for name, _ in module.named_parameters()):
-        raise ValueError(f"finetune.lora: {spec.on} already carries LoRA adapters")
+        raise ValueError(f"finetune.lora: {spec.component} already carries LoRA adapters")
     names = linear_targets(module, spec.targets)
     peft = _peft()
     config = peft.LoraConfig(

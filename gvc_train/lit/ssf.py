@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from gvc_train.eval.metrics import frame_psnr
+from gvc_train.lit.finetune import FineTune
 from gvc_train.lit.optim import clip_grad_norm, step_uncounted
 from gvc_train.lit.stage import EvalResult, StageModule
 from gvc_train.lit.step_guard import step_noise
@@ -69,6 +70,8 @@ class SSFModule(StageModule):
             ``min_lr_ratio`` times it over that many steps.
         grad_clip: gradient-norm clip of the main optimizer's parameters (None: no clipping).
         max_consecutive_nonfinite: stop with an error after this many skipped batches in a row.
+        finetune: start from an exported codec or component, freeze named parts
+            (:mod:`gvc_train.lit.finetune`).
     """
 
     stage_name = "the Scale-Space Flow stage"
@@ -88,6 +91,7 @@ class SSFModule(StageModule):
         min_lr_ratio: float = 0.05,
         grad_clip: float | None = 1.0,
         max_consecutive_nonfinite: int = 100,
+        finetune: FineTune | None = None,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
         if not isinstance(model, ScaleSpaceFlowCodec):
@@ -97,9 +101,10 @@ class SSFModule(StageModule):
             raise ValueError(f"lambdas needs one value per quality index ({model.num_qualities}), got {len(lambdas)}")
         if lambdas[0] <= 0 or any(b <= a for a, b in zip(lambdas, lambdas[1:])):
             raise ValueError(f"lambdas must be positive and strictly increasing with the quality index, got {lambdas}")
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "finetune"])
         self.hparams["lambdas"] = lambdas
         self.model = model
+        self.apply_finetune(finetune)
 
     # ---- rate and distortion ------------------------------------------------------------
     def rate_distortion(self, video_BCThw: torch.Tensor, quality: int | torch.Tensor) -> dict[str, torch.Tensor]:
@@ -184,7 +189,7 @@ class SSFModule(StageModule):
         hp = self.hparams
         named = list(self.model.named_parameters())
         main = [p for n, p in named if not _is_aux(n) and p.requires_grad]
-        aux = [p for n, p in named if _is_aux(n) and p.requires_grad]
+        aux = [p for n, p in named if _is_aux(n)]  # frozen quantiles get no gradient: Adam skips them
         if not aux:
             raise ValueError(f"{self.stage_name}: the model has no entropy-bottleneck quantiles to train in the aux optimizer")
         opt = torch.optim.Adam(main, lr=hp.lr, betas=tuple(hp.betas))

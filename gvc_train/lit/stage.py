@@ -187,10 +187,10 @@ class StageModule(L.LightningModule):
         lora = None
         if finetune.lora is not None:
             spec = finetune.lora
-            if spec.on not in targets:
-                raise FineTuneError(f"finetune.lora.on: {self.stage_name} trains {sorted(targets)}, not {spec.on!r}")
-            inject_lora(getattr(self, targets[spec.on]), spec)
-            self._lora[targets[spec.on]] = lora = lora_entry(spec)
+            if spec.component not in targets:
+                raise FineTuneError(f"finetune.lora.component: {self.stage_name} trains {sorted(targets)}, not {spec.component!r}")
+            inject_lora(getattr(self, targets[spec.component]), spec)
+            self._lora[targets[spec.component]] = lora = lora_entry(spec)
         trained = list(finetune.train) if finetune.train is not None else sorted(targets)
         self._lineage = lineage_of(parent, mapping, trained, list(finetune.freeze), lora, relations)
         self.train(self.training)  # the idle parts to eval mode now
