@@ -246,3 +246,14 @@ def test_gvc_eval_draws_a_curve_over_the_qualities_with_the_intra_period(ssf_dir
     for p in points:
         assert p["bytes"] == (report_dir / p["stream"]).stat().st_size
     assert any("intra period" in note for note in report["notes"])
+
+
+def test_gvc_decode_of_a_damaged_stream_is_one_line_and_exit_2(ssf_dir: Path, odd_video: Path, tmp_path: Path, capsys) -> None:
+    SSFCodec(ssf_dir).encode(odd_video, tmp_path / "x.gvc", 1, max_frames=3)
+    data = (tmp_path / "x.gvc").read_bytes()
+    (tmp_path / "cut.gvc").write_bytes(data[: len(data) - 20])
+    capsys.readouterr()
+    assert gvc_cli.main(["decode", str(tmp_path / "cut.gvc"), str(tmp_path / "out"), "--codec", str(ssf_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gvc: error: ") and err.count("\n") == 1
+    assert "the 2 frames decoded before it are in" in err  # frame by frame: what came before the damage is kept

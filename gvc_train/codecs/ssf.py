@@ -155,8 +155,9 @@ class SSFCodec(Codec):
     def _symbols_per_frame(self, width: int, height: int) -> int:
         """Symbols an inter frame codes at most (two latents, each y and z): bounds a FRAMES chunk."""
         h, w = self.padded_size(width, height)
+        m = self.model.frame_multiple  # z's stride; y's is 16
         y = self.model.planes * (h // 16) * (w // 16)
-        z = self.model.motion_hyperprior.entropy_bottleneck.channels * (h // 128) * (w // 128)
+        z = self.model.motion_hyperprior.entropy_bottleneck.channels * (h // m) * (w // m)
         return 2 * (y + z)
 
     # ---- encoding -----------------------------------------------------------------------------
@@ -268,7 +269,7 @@ class SSFCodec(Codec):
     def _decode_frames(self, header: StreamHeader, config: StreamConfig, chunks: Any, on_frame: FrameCallback | None) -> int:
         """Every frame to ``on_frame``, one at a time; the strings' bytes."""
         h, w = self.padded_size(header.width, header.height)
-        z_hw = (h // 128, w // 128)
+        z_hw = (h // self.model.frame_multiple, w // self.model.frame_multiple)  # z's size (check_components: 128)
         q, x_ref, payload_bytes = config.quality, None, 0
         for index in range(header.frames):
             chunk: Chunk | None = next(chunks, None)
