@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.gvc-installed
 MP_VENV  ?= .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.gvc-installed
 
-.PHONY: setup demo test bench samples control-samples text-encoder-tiny clean-runs lock-update readme-figures
+.PHONY: setup demo finetune-demo test bench samples control-samples text-encoder-tiny clean-runs lock-update readme-figures
 
 setup: $(STAMP) $(MP_STAMP)
 
@@ -52,6 +52,13 @@ data/text_encoder_tiny/config.json: gvc_train/models/controlled/tiny_text_encode
 
 demo: samples
 	$(PY) -m gvc_train.demo
+
+# What a domain fine-tune buys: the reference latent codec and its tokenizer decoder fine-tuned on
+# vtest.avi's frames 0-559, gvc eval of generic vs fine-tuned on frames 600-695 with x264/x265, the
+# BD-rate printed and written to docs/results/vtest/ (gvc_train/finetune_demo.py).
+finetune-demo: setup
+	$(MAKE) -C data vtest-shards PY=$(abspath $(PY))
+	$(PY) -m gvc_train.finetune_demo
 
 test: setup
 	$(PY) -m pytest -q

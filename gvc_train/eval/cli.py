@@ -53,7 +53,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             frames=args.frames, intra_period=args.intra_period, ladder_points=args.ladder_points,
             anchor_cache=args.anchor_cache, metric_options=metric_options, progress=not args.no_progress,
             control_subsets=control_subsets, modes=[m for m in args.modes.split(",") if m] if args.modes else None,
-            reference_codec=args.reference_codec, quality_span=not args.no_quality_span,
+            reference_codec=args.reference_codec, quality_span=not args.no_quality_span, png_fps=args.png_fps,
         )  # fmt: skip
         # A rerun into the same report folder keeps its anchor cache (the anchors' encodes are
         # the slow part): moved into the new folder, and back if the run fails.
@@ -78,6 +78,7 @@ def add_eval_command(subparsers: Any) -> None:
     ev.add_argument("--anchors", default="x264,x265,svtav1", help="comma-separated: x264, x265, svtav1 ('' for none)")
     ev.add_argument("--video", nargs="+", required=True, help="video files or PNG folders")
     ev.add_argument("--frames", type=positive_int, default=96, help="the first N frames of each video")
+    ev.add_argument("--png-fps", type=float, default=30.0, help="frame rate of PNG-folder videos (they carry none; the anchors encode at it)")
     ev.add_argument("--intra-period", type=int, default=-1, help="anchors' intra period in frames (-1: first frame only)")
     ev.add_argument("--ladder-points", type=positive_int, default=5, help="CRF points per anchor and setting")
     ev.add_argument("--anchor-cache", default=None, help="cache folder for anchor results (default: OUT/anchor_cache, kept by --overwrite)")

@@ -83,6 +83,7 @@ class EvalOptions:
     quality_span: bool = True
     # A codec curve (its folder name, or name:mode) every other codec is also compared with (BD rows).
     reference_codec: str | None = None
+    png_fps: float = 30.0  # (gvc_train.data.video_io.DEFAULT_PNG_FPS) the frame rate of a PNG-folder video (the anchors encode at it)
 
 
 class _Progress:
@@ -329,7 +330,7 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         for video_path in options.videos:
             video = Path(video_path)
             source_THWC = read_frames(video, count=options.frames)
-            fps = probe(video).fps or 30.0
+            fps = probe(video, png_fps=options.png_fps).fps or 30.0
             codec_points, curves, tables = _codec_points(options, video, source_THWC, streams, progress)
             truncation += curves
             ablation += tables

@@ -1,0 +1,177 @@
+"""``make finetune-demo``: what a domain fine-tune buys, measured with real bitstreams.
+
+The domain is OpenCV's ``vtest.avi`` (a static camera over a pedestrian walkway; Debian's
+opencv-doc), cut by ``make -C data vtest-shards`` into frames 0-559 (training), 560-599
+(validation during training) and 600-794 (held out, never trained on). Then:
+
+1. fine-tune the reference codec's tokenizer DECODER on the training frames
+   (``recipes/finetune/tokenizer_decoder.yaml``; the encoder stays the parent's, so the latent
+   space does too) and export it;
+2. shard the training and validation frames as that tokenizer's latents;
+3. fine-tune the reference latent codec from ``checkpoints/latent_tiny`` on them
+   (``recipes/finetune/latent_codec.yaml``) and export it, tokenizer included;
+4. ``gvc eval`` the generic and the fine-tuned codec on the held-out frames, with x264 and x265;
+5. print the BD-rate of the fine-tuned codec against the generic one (negative: the fine-tune
+   saves bits at equal quality) and write it to ``docs/results/vtest/``.
+
+Both trainings are bounded by steps (their recipes), so the figures reproduce.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gvc_train.safe_output import free_name
+from gvc_train.strict_json import write_json
+
+PARENT = Path("checkpoints/latent_tiny")
+SPLITS = Path("data/vtest")
+PIXEL_SHARDS = Path("data/vtest_shards")
+LATENT_SHARDS = Path("data/vtest_latent")
+TOKENIZER_RECIPE = "recipes/finetune/tokenizer_decoder.yaml"
+CODEC_RECIPE = "recipes/finetune/latent_codec.yaml"
+TOKENIZER_RUN = Path("runs/tokenizer_decoder_vtest")
+CODEC_RUN = Path("runs/latent_codec_vtest")
+TOKENIZER_EXPORT = Path("exports/tokenizer_vtest")
+CODEC_EXPORT = Path("exports/latent_vtest")
+REPORT = Path("reports/vtest")
+RESULTS = Path("docs/results/vtest")
+VTEST_FPS = 10.0
+EVAL_FRAMES = 96  # held-out frames 600-695, the reference card's clip length
+METRICS = ("psnr", "ms_ssim")
+
+
+def _fresh(run_dir: Path) -> None:
+    """An earlier run of the demo is kept under a new name: gvc-train never writes into one."""
+    if run_dir.exists():
+        kept = free_name(run_dir.with_name(run_dir.name + "-earlier"))
+        run_dir.rename(kept)
+        print(f"   the earlier run in {run_dir} is kept in {kept}", flush=True)
+
+
+def _train(recipe: str, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    from gvc_train.cli import run as train
+
+    _fresh(run_dir)
+    started = time.perf_counter()
+    cli = train(["fit", "--config", recipe, *overrides])
+    return {"recipe": recipe, "steps": cli.trainer.global_step, "train_seconds": round(time.perf_counter() - started, 1)}
+
+
+def _export(run_dir: Path, out: Path) -> None:
+    import shutil
+
+    from gvc_train.export import export_checkpoint
+
+    if out.exists():
+        shutil.rmtree(out)  # the demo's own export of an earlier run
+    export_checkpoint(run_dir / "checkpoints" / "last.ckpt", out)
+
+
+def _latent_shards() -> None:
+    from gvc_train.data.latent_shards import write_latent_shards
+
+    for split, overlap in (("train", 12), ("val", 0)):
+        out = LATENT_SHARDS / split
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        write_latent_shards([str(SPLITS / split)], str(out), tokenizer=str(TOKENIZER_EXPORT), clip_frames=17, overlap=overlap,
+                            png_fps=VTEST_FPS, prefix=split, maxcount=16, workers=1, progress=False, log=lambda line: None)  # fmt: skip
+
+
+def finetune_rows(report: dict[str, Any], codec: str, reference: str) -> list[dict[str, Any]]:
+    """BD rows of ``codec`` against ``reference`` in a ``gvc eval`` report, one per metric."""
+    from gvc_train.eval.report import codec_vs_codec_bd
+
+    return codec_vs_codec_bd(report, codec, reference, list(METRICS))
+
+
+def _fmt(value: Any, unit: str, signed: bool = True) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.1f}{unit}" if signed else f"{value:.1f}{unit}"
+
+
+def summary_lines(rows: list[dict[str, Any]], frames: str) -> list[str]:
+    lines = []
+    for row in rows:
+        lines.append(
+            f"BD-rate ({row['metric']}) fine-tuned vs generic on vtest frames {frames}: "
+            f"{_fmt(row.get('bd_rate_percent'), '%')} (BD-{row['metric']} {_fmt(row.get('bd_metric'), ' dB' if row['metric'] == 'psnr' else '')})"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gvc_train.finetune_demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokenizer-steps", type=int, default=None, help="override the tokenizer recipe's max_steps")
+    parser.add_argument("--codec-steps", type=int, default=None, help="override the codec recipe's max_steps")
+    parser.add_argument("--frames", type=int, default=EVAL_FRAMES, help="held-out frames gvc eval codes")
+    parser.add_argument("--anchors", default="x264,x265")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the BD figures are written")
+    args = parser.parse_args(argv)
+
+    for split in ("train", "val"):
+        if not (PIXEL_SHARDS / split / "index.json").is_file() or not (SPLITS / split).is_dir():
+            print(f"gvc_train.finetune_demo: no vtest shards in {PIXEL_SHARDS / split}; run `make -C data vtest-shards` first", file=sys.stderr)
+            return 2
+    if not (PARENT / "codec.json").is_file():
+        print(f"gvc_train.finetune_demo: the reference codec {PARENT} is missing (it ships in the repository)", file=sys.stderr)
+        return 2
+
+    steps = lambda n: [f"--trainer.max_steps={n}", f"--model.init_args.decay_steps={n}"] if n is not None else []  # noqa: E731
+    print(f"== 1/5 fine-tuning the tokenizer decoder: {TOKENIZER_RECIPE}", flush=True)
+    tokenizer = _train(TOKENIZER_RECIPE, TOKENIZER_RUN, steps(args.tokenizer_steps))
+    _export(TOKENIZER_RUN, TOKENIZER_EXPORT)
+    print(f"== 2/5 latent shards of the vtest training and validation frames ({TOKENIZER_EXPORT})", flush=True)
+    _latent_shards()
+    print(f"== 3/5 fine-tuning the latent codec from {PARENT}: {CODEC_RECIPE}", flush=True)
+    codec = _train(CODEC_RECIPE, CODEC_RUN, steps(args.codec_steps))
+    _export(CODEC_RUN, CODEC_EXPORT)
+
+    print(f"== 4/5 gvc eval of {PARENT.name} and {CODEC_EXPORT.name} on {args.frames} held-out frames with {args.anchors}", flush=True)
+    from gvc_train.gvc_cli import main as gvc
+
+    code = gvc([
+        "eval", "--codec", str(PARENT), str(CODEC_EXPORT), "--video", str(SPLITS / "heldout"), "--frames", str(args.frames),
+        "--png-fps", str(VTEST_FPS), "--anchors", args.anchors, "--reference-codec", PARENT.name, "--out", str(REPORT), "--overwrite",
+    ])  # fmt: skip
+    if code != 0:
+        return code
+    report = json.loads((REPORT / "report.json").read_text())
+    rows = finetune_rows(report, CODEC_EXPORT.name, PARENT.name)
+    first = json.loads((SPLITS / "splits.json").read_text())["ranges"]["heldout"][0]
+    frames = f"{first}-{first + args.frames - 1}"
+
+    print("== 5/5 fine-tuned vs generic", flush=True)
+    summary = {
+        "parent": str(PARENT),
+        "tokenizer_finetune": tokenizer,
+        "codec_finetune": codec,
+        "held_out_frames": frames,
+        "bd": rows,
+        "command": "make finetune-demo",
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_json(args.results / "finetune.json", summary, indent=2)
+    for name in ("summary.md", "bd.csv"):
+        if (REPORT / name).is_file():
+            (args.results / name).write_text((REPORT / name).read_text())
+    print()
+    for line in summary_lines(rows, frames):
+        print(line)
+    print(f"training     tokenizer decoder {tokenizer['steps']} steps {tokenizer['train_seconds']:.0f} s, latent codec {codec['steps']} steps {codec['train_seconds']:.0f} s")
+    print(f"report       {REPORT / 'summary.md'}; figures in {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
