@@ -235,17 +235,26 @@ def test_the_model_check_covers_frame_index_and_quality() -> None:
     assert len(values) == 3
 
 
-def test_gvc_eval_draws_a_curve_over_the_qualities_with_the_intra_period(ssf_dir: Path, odd_video: Path, tmp_path: Path) -> None:
-    report_dir = tmp_path / "report"
-    argv = ["eval", "--codec", str(ssf_dir), "--anchors", "", "--video", str(odd_video), "--frames", "5", "--no-progress", "--out", str(report_dir)]
-    assert gvc_cli.main(argv) == 0
-    report = json.loads((report_dir / "report.json").read_text())
-    points = [p for p in report["points"] if p["codec"] == ssf_dir.name]
-    assert [p["quality"] for p in points] == [0, 1] and {p["family"] for p in points} == {"ssf"}
-    assert {p["intra_period"] for p in points} == {4} and {p["frames"] for p in points} == {5}
-    for p in points:
-        assert p["bytes"] == (report_dir / p["stream"]).stat().st_size
-    assert any("intra period" in note for note in report["notes"])
+def test_gvc_eval_codes_at_the_protocols_intra_period(ssf_dir: Path, odd_video: Path, tmp_path: Path) -> None:
+    sizes = {}
+    for period in (-1, 2):  # the anchors' --intra-period reaches the codec: both refresh alike
+        report_dir = tmp_path / f"report{period}"
+        argv = ["eval", "--codec", str(ssf_dir), "--anchors", "", "--video", str(odd_video), "--frames", "5", "--no-progress",
+                "--intra-period", str(period), "--out", str(report_dir)]  # fmt: skip
+        assert gvc_cli.main(argv) == 0
+        report = json.loads((report_dir / "report.json").read_text())
+        points = [p for p in report["points"] if p["codec"] == ssf_dir.name]
+        assert [p["quality"] for p in points] == [0, 1] and {p["family"] for p in points} == {"ssf"}
+        assert {p["intra_period"] for p in points} == {period} and {p["frames"] for p in points} == {5}
+        for p in points:
+            assert p["bytes"] == (report_dir / p["stream"]).stat().st_size
+        sizes[period] = sum(p["bytes"] for p in points)
+    assert sizes[-1] != sizes[2]
+    # gvc encode --intra-period: keyframes at 0, 2, 4
+    stream = tmp_path / "cli.gvc"
+    assert gvc_cli.main(["encode", str(odd_video), str(stream), "--codec", str(ssf_dir), "--frames", "5", "--intra-period", "2"]) == 0
+    rows = describe_stream(stream)["chunks"]
+    assert [r["first_frame"] for r in rows if "keyframe" in r] == [0, 2, 4]
 
 
 def test_gvc_decode_of_a_damaged_stream_is_one_line_and_exit_2(ssf_dir: Path, odd_video: Path, tmp_path: Path, capsys) -> None:

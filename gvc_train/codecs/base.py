@@ -84,6 +84,9 @@ class Codec(abc.ABC):
     # What gvc eval writes beside the codec's points (e.g. that it has no intra refresh).
     report_notes: ClassVar[tuple[str, ...]] = ()
     intra_period: ClassVar[int] = -1  # frames between intra refreshes; -1: one GOP a video
+    # Whether ``encode`` takes ``intra_period=`` (gvc encode --intra-period; gvc eval gives the
+    # codec the anchors' own, so that both refresh alike).
+    takes_intra_period: ClassVar[bool] = False
     # How the decoder may predict what a stream cut by :meth:`truncate` does not carry
     # (:meth:`decode_cut`'s ``fill``), the family's default first. Empty (the default): the
     # family's streams cannot be cut. A family that overrides ``truncate`` lists one at least.

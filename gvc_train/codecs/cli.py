@@ -88,7 +88,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             raise UsageError(f"--quality {quality} is outside this codec's 0..{codec.num_rate_points - 1}")
         # a family's own flags reach it only when given: a family that has no such setting says so
         given = {"latents_per_chunk": args.latents_per_chunk, "controls": args.controls, "keyframes": args.keyframes, "caption": args.caption,
-                 "mode": args.mode, "seed": args.seed}  # fmt: skip
+                 "mode": args.mode, "seed": args.seed, "intra_period": args.intra_period}  # fmt: skip
         options = {name: value for name, value in given.items() if value is not None}
         report = codec.encode(args.input, tmp, quality, max_frames=args.frames, **options)
     report = dataclasses.replace(report, path=str(args.output))
@@ -243,6 +243,7 @@ def build_parser(extra_commands: Sequence[Callable[[Any], None]] = ()) -> argpar
     )  # fmt: skip
     enc.add_argument("--mode", default=None, choices=["t2v", "i2v", "flf2v"], help="zero-shot codecs: text-, image- or first-last-frame-to-video (default: the codec's)")
     enc.add_argument("--seed", type=int, default=None, help="zero-shot codecs: the seed of the codebooks (default: the codec's; sent in the stream)")
+    enc.add_argument("--intra-period", type=int, default=None, help="codecs with intra refresh (ssf): frames between keyframes, -1 the first only (default: the codec's)")
     enc.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     enc.add_argument("--nondeterministic", action="store_true", help="use all torch threads (exact only at equal thread counts)")
     enc.set_defaults(func=cmd_encode)

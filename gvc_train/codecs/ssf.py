@@ -97,10 +97,7 @@ class SSFCodec(Codec):
     """
 
     family = "ssf"
-    report_notes: ClassVar[tuple[str, ...]] = (
-        "ssf codes with its own intra period (codec.json's intra_period, in each point's intra_period); "
-        "give the anchors the same with gvc eval --intra-period",
-    )
+    takes_intra_period = True  # gvc eval codes it at the anchors' --intra-period
 
     def __init__(self, folder: str | os.PathLike, deterministic: bool = True) -> None:
         modules = self._load_folder(folder, deterministic)

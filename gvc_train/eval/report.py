@@ -122,6 +122,8 @@ def _codec_points(
         curves_of_codec = codec.curves(None if options.modes is None else list(options.modes))
         if len(curves_of_codec) > 1:
             progress.grow((len(curves_of_codec) - 1) * codec.num_rate_points)
+        if codec.takes_intra_period:  # the codec refreshes where the anchors do (the protocol's intra period)
+            curves_of_codec = [(label, {**opts, "intra_period": options.intra_period}) for label, opts in curves_of_codec]
         for label, encode_options in curves_of_codec:
             curve_name = f"{name}:{label}" if label else name
             for q in range(codec.num_rate_points):
@@ -134,7 +136,7 @@ def _codec_points(
                     {
                         "video": video.name, "codec": curve_name, "codec_dir": str(codec_dir), "family": codec.family,
                         "quality": q, "bytes": enc.file_bytes, "bpp": enc.bpp, "frames": enc.frames,
-                        "intra_period": codec.intra_period, "encode_seconds": enc.seconds, "decode_seconds": dec.seconds,
+                        "intra_period": encode_options.get("intra_period", codec.intra_period), "encode_seconds": enc.seconds, "decode_seconds": dec.seconds,
                         "stream": str(stream.relative_to(streams.parent)), "metrics": mean, "per_frame": per_frame, "unavailable": unavailable,
                         **({"mode": label} if label else {}), **enc.stats,
                     }
