@@ -50,6 +50,8 @@ def test_resume_from_last_continues_the_step_count(tiny_shards, tmp_path, monkey
     after = torch.load(last, map_location="cpu", weights_only=False)
     assert after["global_step"] == 4
     assert after["gvc"]["provenance"]["train_seconds"] >= saved["gvc"]["provenance"]["train_seconds"]
+    # CPU time accumulates over resumes too (the two runs' steps each cost CPU)
+    assert after["gvc"]["provenance"]["cpu_seconds"] > saved["gvc"]["provenance"]["cpu_seconds"] > 0
     # a best checkpoint beside last, chosen on val/psnr
     assert list(last.parent.glob("best-*.ckpt"))
 

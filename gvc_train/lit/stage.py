@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import resource
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,13 @@ def load_streaming_tokenizer(tokenizer_path: str | None, tokenizer: nn.Module | 
         tokenizer = load_component(tokenizer_path, "tokenizer")
     require_streaming_tokenizer(tokenizer, who)
     return tokenizer
+
+
+def cpu_seconds_now() -> float:
+    """CPU seconds (user + system) this process has used, all its threads, plus its children
+    that have exited (data-loader workers, once an epoch's end stops them)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def lr_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
@@ -127,6 +135,8 @@ class StageModule(L.LightningModule):
         self._fit_started: float | None = None
         self._git_commit: str | None = None
         self._train_seconds_before = 0.0
+        self._cpu_started: float | None = None
+        self._cpu_seconds_before = 0.0
         self._idle_paths: list[str] = []  # fine-tune: frozen parts, kept in eval mode
         self._lineage: dict[str, Any] | None = None
         self._lora: dict[str, dict[str, Any]] = {}  # attribute -> adapter record (gvc-export merges)
@@ -287,6 +297,7 @@ class StageModule(L.LightningModule):
     # ---- hooks: RNG stream, divergence stop, checkpoint entry -----------------------------
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
+        self._cpu_started = cpu_seconds_now()
         self._git_commit = git_commit()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -309,13 +320,18 @@ class StageModule(L.LightningModule):
             run_config=self.run_config,
             train_seconds=self._train_seconds_before + elapsed,
         )
+        provenance = checkpoint[CHECKPOINT_KEY]["provenance"]
+        cpu = cpu_seconds_now() - self._cpu_started if self._cpu_started is not None else 0.0
+        # CPU time beside wall time: on a shared machine the wall clock also counts the others' work
+        provenance["cpu_seconds"] = round(self._cpu_seconds_before + cpu, 1)
         if self._lineage is not None:
-            checkpoint[CHECKPOINT_KEY]["provenance"]["lineage"] = self._lineage
+            provenance["lineage"] = self._lineage
         for guard in self._nonfinite_guards:
             checkpoint[guard.name] = guard.skipped
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._train_seconds_before = train_seconds_so_far(checkpoint)
+        self._cpu_seconds_before = float(checkpoint.get(CHECKPOINT_KEY, {}).get("provenance", {}).get("cpu_seconds", 0.0))
         self._rng_stream.resume_from(checkpoint.get("rng_state"))
         for guard in self._nonfinite_guards:
             guard.skipped = int(checkpoint.get(guard.name, 0))
