@@ -141,3 +141,19 @@ def test_the_lr_schedule_warms_up_then_decays_by_cosine_and_is_a_function_of_the
     entry["scheduler"].step()
     entry2["scheduler"].step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(lrs[8]) == pytest.approx(opt.param_groups[0]["lr"])
+
+
+def test_cpu_budget_stops_the_run_once_its_cpu_seconds_are_spent(tmp_path: Path) -> None:
+    from gvc_train.lit.cpu_budget import CpuBudget
+
+    stage = ToyStage(_tiny_vae())
+    clip = {"video": torch.rand(1, 3, 5, 16, 16)}
+    stage._cpu_seconds_before = 1e6  # a resumed run already past its budget
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=50, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, default_root_dir=tmp_path, enable_checkpointing=False, callbacks=[CpuBudget(10.0)],
+    )  # fmt: skip
+    trainer.fit(stage, DataLoader([clip] * 50, batch_size=None))
+    assert trainer.global_step == 1
+    with pytest.raises(ValueError, match="max_cpu_seconds"):
+        CpuBudget(0)

@@ -321,13 +321,17 @@ class StageModule(L.LightningModule):
             train_seconds=self._train_seconds_before + elapsed,
         )
         provenance = checkpoint[CHECKPOINT_KEY]["provenance"]
-        cpu = cpu_seconds_now() - self._cpu_started if self._cpu_started is not None else 0.0
         # CPU time beside wall time: on a shared machine the wall clock also counts the others' work
-        provenance["cpu_seconds"] = round(self._cpu_seconds_before + cpu, 1)
+        provenance["cpu_seconds"] = round(self.cpu_seconds_so_far(), 1)
         if self._lineage is not None:
             provenance["lineage"] = self._lineage
         for guard in self._nonfinite_guards:
             checkpoint[guard.name] = guard.skipped
+
+    def cpu_seconds_so_far(self) -> float:
+        """CPU seconds the run has trained, over every resume (:func:`cpu_seconds_now`)."""
+        cpu = cpu_seconds_now() - self._cpu_started if self._cpu_started is not None else 0.0
+        return self._cpu_seconds_before + cpu
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._train_seconds_before = train_seconds_so_far(checkpoint)
