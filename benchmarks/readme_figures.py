@@ -103,37 +103,106 @@ def stream_overhead(rd: dict[str, Any]) -> str:
     return f"{p['overhead_bytes']} bytes for 96 frames of 176x144 ({p['overhead_bytes'] / p['bytes'] * 100:.1f}% of the quality-0 file)"
 
 
+# BD-rate columns: these always (the metrics the anchors' ladders are extended on, bd_rows.SPAN_METRICS),
+# the others only where some anchor row has a finite BD-rate on them.
+BD_RATE_ALWAYS = [("psnr", "PSNR"), ("ms_ssim", "MS-SSIM")]
+BD_RATE_OPTIONAL = [("psnr_y", "PSNR-Y"), ("vmaf", "VMAF")]
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and value == value
+
+
+def _anchor_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """``bd`` entries of the codec against an anchor: rows whose anchor is a codec's curve (the
+    codec-vs-codec rows of ``--reference-codec``, eval.bd_rows.bd_table) are left out."""
+    codecs = {str(p["codec"]) for p in report["points"] if "quality" in p}
+    return [e for e in report["bd"] if e["anchor"] not in codecs]
+
+
+def _bd_rate_cell(entry: dict[str, Any] | None) -> str:
+    if entry is None or not _finite(entry.get("bd_rate_percent")):
+        return "none: no quality overlap"
+    cell = f"{entry['bd_rate_percent']:+.0f}%"
+    # a warned figure says how much of the anchor's quality range it averaged over
+    return cell + (f" (overlap {entry['bd_rate_overlap'] * 100:.0f}%)" if entry.get("bd_rate_warning") else "")
+
+
 def bd_table(report: dict[str, Any]) -> str:
     """BD figures of the codec against each anchor and setting (``gvc eval``'s ``bd`` entries)."""
     names = {"x264": "x264", "x265": "x265", "svtav1": "SVT-AV1"}
     metrics = [("psnr", "BD-PSNR (dB)", ".2f"), ("psnr_y", "BD-PSNR-Y (dB)", ".2f"), ("ms_ssim", "BD-MS-SSIM", ".3f"), ("vmaf", "BD-VMAF", ".1f")]
-    rows = ["| anchor | setting | " + " | ".join(m[1] for m in metrics) + " | BD-rate |", "|---" * (len(metrics) + 3) + "|"]
+    entries = _anchor_rows(report)
+    rated = BD_RATE_ALWAYS + [(m, n) for m, n in BD_RATE_OPTIONAL if any(e["metric"] == m and _finite(e.get("bd_rate_percent")) for e in entries)]
+    header = [m[1] for m in metrics] + [f"BD-rate ({name})" for _, name in rated]
+    rows = ["| anchor | setting | " + " | ".join(header) + " |", "|---" * (len(header) + 2) + "|"]
     table: dict[tuple[str, str], dict[str, Any]] = {}
-    for entry in report["bd"]:
+    for entry in entries:
         anchor, _, setting = entry["anchor"].partition(" (")
         table.setdefault((anchor, setting.rstrip(")")), {})[entry["metric"]] = entry
     order = list(names)
-    for (anchor, setting), entries in sorted(table.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else 99, kv[0][1])):
+    for (anchor, setting), by_metric in sorted(table.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else 99, kv[0][1])):
         cells = []
         for metric, _, fmt in metrics:
-            value = entries.get(metric, {}).get("bd_metric")
-            cells.append("-" if value is None or value != value else format(value, fmt))
-        rate = entries.get("psnr", {}).get("bd_rate_percent")
-        rate = None if rate is None or rate != rate else rate
-        rows.append(f"| {names.get(anchor, anchor)} | {setting} | " + " | ".join(cells) + f" | {'none: no quality overlap' if rate is None else f'{rate:.1f}% (PSNR)'} |")
+            value = by_metric.get(metric, {}).get("bd_metric")
+            cells.append(format(value, fmt) if _finite(value) else "-")
+        cells += [_bd_rate_cell(by_metric.get(metric)) for metric, _ in rated]
+        rows.append(f"| {names.get(anchor, anchor)} | {setting} | " + " | ".join(cells) + " |")
     return "\n" + "\n".join(rows) + "\n"
 
 
+def _quality_span_clause(report: dict[str, Any]) -> str:
+    """One sentence from ``quality_span`` (eval.bd_rows.quality_span_records): the CRFs each anchor's
+    ladder was extended by, the metrics on which that reached the codec's quality and those it did not."""
+    from gvc_train.eval.bd_rows import SPAN_METRICS
+
+    records = report.get("quality_span") or []  # reports before the quality span lack it
+    if not records:
+        return ""
+    names = {"x264": "x264", "x265": "x265", "svtav1": "SVT-AV1"}
+
+    def encoder(label: str) -> str:
+        return names.get(label.partition(" (")[0], label)
+
+    crfs: dict[str, list[int]] = {}
+    for r in records:
+        crfs.setdefault(encoder(r["anchor"]), []).extend(r["crfs"])
+    ladders = ", ".join(f"{name} {_span(values, 'd')}" for name, values in crfs.items() if values)
+    reached, missed = [], []
+    for metric in dict.fromkeys(r["metric"] for r in records):
+        on_metric = [r for r in records if r["metric"] == metric]
+        label = SPAN_METRICS.get(metric, metric)
+        if all(r["overlap"] for r in on_metric):
+            reached.append(f"the codec's {label} range")
+        elif not any(r["overlap"] for r in on_metric):
+            missed.append(label)
+        else:  # the encoders all of whose settings reached it, then the single settings that did
+            encoders = dict.fromkeys(encoder(r["anchor"]) for r in on_metric)
+            whole = [n for n in encoders if all(r["overlap"] for r in on_metric if encoder(r["anchor"]) == n)]
+            some = [
+                f"{encoder(r['anchor'])} ({r['anchor'].partition(' (')[2]}" for r in on_metric if r["overlap"] and encoder(r["anchor"]) not in whole
+            ]
+            reached.append(f"the codec's {label} range for {' and '.join(whole + some)} only")
+    outcome = f"it reached {' and '.join(reached)}" if reached else ""
+    if missed:
+        outcome += f", but not its {' and '.join(missed)} range" if reached else f"it did not reach the codec's {' and '.join(missed)} range"
+    return (
+        f" Where the codec's quality was below an anchor's whole rate ladder, `gvc eval` extended the ladder toward it "
+        f"(CRFs added: {ladders or 'none left'}; points marked `span: quality`): {outcome}, and a BD-rate averages over the quality "
+        f"interval both curves share only (the overlap: that interval's share of the anchor's quality range)."
+    )
+
+
 def bd_prose(report: dict[str, Any]) -> str:
-    codec = [p for p in report["points"] if p.get("family")]
-    anchors = [p for p in report["points"] if not p.get("family")]
+    codec = [p for p in report["points"] if "quality" in p]
+    anchors = [p for p in report["points"] if "crf" in p]
     bpp = [p["bpp"] for p in codec]
     psnr = [p["metrics"]["psnr"] for p in codec]
     floor = min(p["metrics"]["psnr"] for p in anchors)
     return (
         f"(BD-metric: the mean quality difference over the bit rates both curves cover, {_span(bpp, '.3f')} bpp; "
-        f"`gvc eval` took {report['seconds']:.0f} s here.) The reference codec's whole curve ({_span(psnr, '.1f')} dB) "
-        f"lies below every anchor's lowest point ({floor:.1f} dB and up)"
+        f"`gvc eval` took {report['seconds']:.0f} s here.){_quality_span_clause(report)} The reference codec's whole "
+        f"PSNR curve ({_span(psnr, '.1f')} dB) lies below every anchor's lowest point ({floor:.1f} dB and up)"
     )
 
 
