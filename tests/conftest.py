@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,6 +154,22 @@ def peak_rss_growth() -> Iterator[_Growth]:
         yield growth
     finally:
         growth.mb = _status_mb("VmHWM") - start
+
+
+def bounded_decode(codec: Any, stream: Path, seconds: float, mb: float) -> tuple[list[Any], float]:
+    """``codec.decode(stream)``'s frames and its time; whether it succeeds or raises, the call
+    must end within ``seconds`` and its memory peak stay under ``mb`` above where it started
+    (the fuzz tests' bound on what a damaged stream can cost)."""
+    frames: list[Any] = []
+    started = time.perf_counter()
+    try:
+        with peak_rss_growth() as memory:
+            codec.decode(stream, frames.append)
+    finally:
+        elapsed = time.perf_counter() - started
+        assert elapsed < seconds, f"{elapsed:.2f} s"
+        assert memory.mb < mb, f"the decoder's memory peaked {memory.mb:.0f} MB above its start"
+    return frames, elapsed
 
 
 def _status_mb(field: str) -> float:

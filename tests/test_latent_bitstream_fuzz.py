@@ -44,7 +44,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import peak_rss_growth
+from conftest import bounded_decode
 
 from gvc_train.codecs.latent import LatentCodec, StreamConfig
 from gvc_train.codecs.latent_stream import STREAM_VERSION
@@ -330,16 +330,7 @@ def _undetectable(codec: LatentCodec, s: Stream, single: Stream, other: Stream, 
 def _decode(codec: LatentCodec, data: bytes, path: Path) -> tuple[list[np.ndarray], float]:
     """Decode ``data``; the time and the memory peak of each call, failed or not, are bounded."""
     path.write_bytes(data)
-    frames: list[np.ndarray] = []
-    started = time.perf_counter()
-    try:
-        with peak_rss_growth() as memory:
-            codec.decode(path, frames.append)
-    finally:
-        elapsed = time.perf_counter() - started
-        assert elapsed < CASE_SECONDS, f"{elapsed:.2f} s"
-        assert memory.mb < CASE_MB, f"the decoder's memory peaked {memory.mb:.0f} MB above its start"
-    return frames, elapsed
+    return bounded_decode(codec, path, CASE_SECONDS, CASE_MB)
 
 
 # ---- the fuzz tests -----------------------------------------------------------------------

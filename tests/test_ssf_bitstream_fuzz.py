@@ -16,14 +16,13 @@ from __future__ import annotations
 import dataclasses
 import random
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import peak_rss_growth
+from conftest import bounded_decode
 from test_latent_bitstream_fuzz import _chunk, _header
 from test_ssf_codec import FRAMES, HEIGHT, WIDTH, export_ssf
 
@@ -165,16 +164,7 @@ def _split(payload: bytes) -> tuple[bytes, bytes]:
 
 def _decode(codec: SSFCodec, data: bytes, path: Path) -> list[np.ndarray]:
     path.write_bytes(data)
-    frames: list[np.ndarray] = []
-    started = time.perf_counter()
-    try:
-        with peak_rss_growth() as memory:
-            codec.decode(path, frames.append)
-    finally:
-        elapsed = time.perf_counter() - started
-        assert elapsed < CASE_SECONDS, f"{elapsed:.2f} s"
-        assert memory.mb < CASE_MB, f"the decoder's memory peaked {memory.mb:.0f} MB above its start"
-    return frames
+    return bounded_decode(codec, path, CASE_SECONDS, CASE_MB)[0]
 
 
 def test_every_damaged_stream_is_one_bitstream_error(setup: tuple[SSFCodec, dict[str, Stream]], tmp_path: Path) -> None:
