@@ -210,7 +210,7 @@ def named_parts(component_modules: dict[str, nn.Module], extra: dict[str, tuple[
     return parts
 
 
-def _under(param_name: str, paths: tuple[str, ...]) -> bool:
+def under_paths(param_name: str, paths: tuple[str, ...]) -> bool:
     return any(param_name == p or param_name.startswith(p + ".") for p in paths)
 
 
@@ -222,19 +222,19 @@ def frozen_parameter_names(
     for part in [*(train or []), *freeze]:
         if part not in parts:
             raise FineTuneError(f"finetune: no part {part!r} in this stage; its parts are {sorted(parts)}")
-    names = [n for n, _ in stage.named_parameters() if _under(n, trainable_attrs)]
+    names = [n for n, _ in stage.named_parameters() if under_paths(n, trainable_attrs)]
     frozen: set[str] = set()
     if train is not None:
         kept = tuple(p for part in train for p in parts[part])
-        frozen |= {n for n in names if not _under(n, kept)}
+        frozen |= {n for n in names if not under_paths(n, kept)}
     for part in freeze:
-        frozen |= {n for n in names if _under(n, parts[part])}
+        frozen |= {n for n in names if under_paths(n, parts[part])}
     if frozen and len(frozen) == len(names):
         raise FineTuneError(f"finetune: train {train} minus freeze {freeze} leaves nothing to train")
     idle = set()
     for paths in parts.values():
         for path in paths:
-            inside = [n for n in names if _under(n, (path,))]
+            inside = [n for n in names if under_paths(n, (path,))]
             if inside and all(n in frozen for n in inside):
                 idle.add(path)
     return frozen, sorted(idle)

@@ -47,6 +47,7 @@ from gvc_train.lit.finetune import (
     load_parent_weights,
     named_parts,
     resolve_parent,
+    under_paths,
 )
 from gvc_train.lit.lora import inject_lora, lora_entry
 from gvc_train.lit.step_guard import NonFiniteGuard, TrainingRngStream
@@ -190,7 +191,9 @@ class StageModule(L.LightningModule):
             and getattr(self, attr, None) is not None
         }  # fmt: skip
         parts = named_parts({n: (a, getattr(self, a)) for n, a in targets.items()}, dict(self.extra_parts))
-        frozen, self._idle_paths = frozen_parameter_names(self, parts, tuple(targets.values()), finetune.train, finetune.freeze)
+        # the stage's own parts (a discriminator) train too, so train/freeze must reach them
+        trainable_attrs = (*targets.values(), *(p for paths in self.extra_parts.values() for p in paths))
+        frozen, self._idle_paths = frozen_parameter_names(self, parts, trainable_attrs, finetune.train, finetune.freeze)
         for name, param in self.named_parameters():
             if name in frozen:
                 param.requires_grad_(False)
@@ -199,8 +202,17 @@ class StageModule(L.LightningModule):
             spec = finetune.lora
             if spec.component not in targets:
                 raise FineTuneError(f"finetune.lora.component: {self.stage_name} trains {sorted(targets)}, not {spec.component!r}")
-            inject_lora(getattr(self, targets[spec.component]), spec)
+            adapted = getattr(self, targets[spec.component])
+            # parts that train names inside the adapted component keep training beside the adapters
+            named_inside = tuple(p for part in finetune.train or [] if part.startswith(f"{spec.component}.") for p in parts[part])
+            kept = [p for n, p in self.named_parameters() if p.requires_grad and named_inside and under_paths(n, named_inside)]
+            inject_lora(adapted, spec)
+            for param in kept:
+                param.requires_grad_(True)
             self._lora[targets[spec.component]] = lora = lora_entry(spec)
+        idle_components = sorted(n for n, a in targets.items() if not self.trainable(getattr(self, a).parameters()))
+        if idle_components:
+            raise FineTuneError(f"finetune: {', '.join(idle_components)} would have nothing to train (train {finetune.train}, freeze {finetune.freeze})")
         trained = list(finetune.train) if finetune.train is not None else sorted(targets)
         self._lineage = lineage_of(parent, mapping, trained, list(finetune.freeze), lora, relations)
         self.train(self.training)  # the idle parts to eval mode now
