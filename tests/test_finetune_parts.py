@@ -53,3 +53,13 @@ def test_a_part_that_train_names_inside_the_lora_component_keeps_training() -> N
     assert not any(n.startswith("input_proj.") for n in trains)
     plain = {n for n, p in _context_stage().context_model.named_parameters() if p.requires_grad}
     assert plain and all("lora_" in n for n in plain)  # without train: the adapters only
+
+
+def test_gvc_info_shows_the_lora_record_a_fine_tune_writes() -> None:
+    # the stage writes one flat adapter record; gvc info read it as {attribute: record} and printed "r r=? alpha=? ?; ..."
+    pytest.importorskip("peft")
+    from gvc_train.codecs.lineage import lineage_rows
+
+    lineage = _context_stage()._lineage
+    fine_tune = lineage_rows({"provenance": {"lineage": lineage}})[2]
+    assert fine_tune.endswith("lora context_model r=2 alpha=4 [qkv]"), fine_tune

@@ -6,7 +6,7 @@ from the training stage's record; sealed by the file's checksum, outside the fin
     {"parent": {"path", "kind": "codec"|"component", "family", "fingerprint",
                 "component_fingerprints", "recipe", "git_commit", "global_step", "train_seconds"},
      "loaded": {parent component: stage attribute}, "trained": [part], "frozen": [part],
-     "lora": {attribute: {"r", "alpha", "targets"}} | None,
+     "lora": {"component", "r", "alpha", "rslora", "targets", "adapter"} | None,
      "ancestors": [parent dicts of older generations, nearest first]}
 
 A codec without the key was trained from scratch. The rows never fail on a lineage written by
@@ -64,6 +64,8 @@ def _lora(value: Any) -> str:
         return "-"
     if not isinstance(value, dict):
         return "?"
+    if "r" in value:  # what a fine-tune writes: one adapter record, naming its component
+        value = {value.get("component", "?"): value}
     parts = []
     for attribute, spec in value.items():
         spec = spec if isinstance(spec, dict) else {}

@@ -209,7 +209,8 @@ class StageModule(L.LightningModule):
             inject_lora(adapted, spec)
             for param in kept:
                 param.requires_grad_(True)
-            self._lora[targets[spec.component]] = lora = lora_entry(spec)
+            self._lora[targets[spec.component]] = lora_entry(spec)
+            lora = {"component": spec.component, **lora_entry(spec)}  # gvc info names the adapted component
         idle_components = sorted(n for n, a in targets.items() if not self.trainable(getattr(self, a).parameters()))
         if idle_components:
             raise FineTuneError(f"finetune: {', '.join(idle_components)} would have nothing to train (train {finetune.train}, freeze {finetune.freeze})")
