@@ -63,3 +63,16 @@ def test_gvc_info_shows_the_lora_record_a_fine_tune_writes() -> None:
     lineage = _context_stage()._lineage
     fine_tune = lineage_rows({"provenance": {"lineage": lineage}})[2]
     assert fine_tune.endswith("lora context_model r=2 alpha=4 [qkv]"), fine_tune
+
+
+def test_a_lora_fine_tune_without_peft_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gvc-train prints ValueErrors as one line; a bare ImportError was a traceback
+    import sys
+
+    from torch import nn
+
+    from gvc_train.lit.lora import inject_lora
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft raises ImportError
+    with pytest.raises(ValueError, match="needs the peft package"):
+        inject_lora(nn.Sequential(nn.Linear(4, 4)), LoraSpec(component="m", r=1, alpha=1, targets=["0"]))

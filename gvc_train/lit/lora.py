@@ -68,11 +68,15 @@ def linear_targets(module: nn.Module, targets: list[str]) -> list[str]:
     return [name for name in linears if any(_matches(name, t) for t in targets)]
 
 
+class PeftMissing(ImportError, ValueError):
+    """peft is not installed. A ValueError too, so gvc-train prints it as its one-line user error."""
+
+
 def _peft() -> Any:
     try:
         import peft
     except ImportError:
-        raise ImportError(f"finetune.lora needs the peft package: pip install {PEFT_PIN}") from None
+        raise PeftMissing(f"finetune.lora needs the peft package: pip install {PEFT_PIN}") from None
     return peft
 
 
