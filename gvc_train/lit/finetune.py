@@ -254,6 +254,7 @@ def lineage_of(parent: Parent, loaded: dict[str, str], trained: list[str], froze
         "git_commit": prov.get("git_commit"),
         "global_step": prov.get("global_step"),
         "train_seconds": prov.get("train_seconds"),
+        "cpu_seconds": prov.get("cpu_seconds"),
     }
     older = prov.get("lineage") or {}
     ancestors = ([older["parent"]] if "parent" in older else []) + list(older.get("ancestors", []))

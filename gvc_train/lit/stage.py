@@ -67,10 +67,19 @@ def load_streaming_tokenizer(tokenizer_path: str | None, tokenizer: nn.Module | 
 
 
 def cpu_seconds_now() -> float:
-    """CPU seconds (user + system) this process has used, all its threads, plus its children
-    that have exited (data-loader workers, once an epoch's end stops them)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    """CPU seconds (user + system) this process has used, all its threads, plus its children's:
+    those running now (data-loader workers) and those that have exited."""
+    import psutil
+
+    exited = resource.getrusage(resource.RUSAGE_CHILDREN)
+    running = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:  # exited meanwhile: counted by the next call's RUSAGE_CHILDREN
+            continue
+        running += times.user + times.system
+    return time.process_time() + exited.ru_utime + exited.ru_stime + running
 
 
 def lr_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
