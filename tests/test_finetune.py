@@ -136,3 +136,16 @@ def test_train_names_the_tokenizer_decoder_and_the_encoder_stays_bit_identical(t
     assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("decoder."))
     assert not vae.encoder.training and vae.decoder.training
     assert stage._lineage["trained"] == ["tokenizer.decoder"]
+
+
+def test_a_checkpoint_resumes_only_under_the_finetune_it_was_trained_with(tmp_path: Path) -> None:
+    stage = _latent_stage(freeze=["latent_codec.entropy_models"])
+    trainer = _fit(stage, _latent_batch(), 1, tmp_path)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    saved = torch.load(tmp_path / "a.ckpt", map_location="cpu", weights_only=False)
+    _latent_stage(freeze=["latent_codec.entropy_models"]).on_load_checkpoint(saved)  # the same: fine
+    with pytest.raises(FineTuneError, match=r"trained with finetune from .*latent_tiny .*frozen \['latent_codec.entropy_models'\]"):
+        _latent_stage().on_load_checkpoint(saved)
+    plain = LatentCodecModule(_parent_codec(), lambdas=[0.1 * 2**q for q in range(_parent_codec().num_qualities)], tokenizer_path=str(PARENT))
+    with pytest.raises(FineTuneError, match="resume it with the recipe it was started with"):
+        plain.on_load_checkpoint(saved)

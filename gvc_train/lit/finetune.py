@@ -267,3 +267,18 @@ def lineage_of(parent: Parent, loaded: dict[str, str], trained: list[str], froze
         "lora": lora,
         "ancestors": ancestors[:MAX_ANCESTORS],
     }
+
+
+def check_same_finetune(saved: dict[str, Any] | None, rebuilt: dict[str, Any] | None) -> None:
+    """Refuse to resume a checkpoint under another ``finetune:`` than the one it was trained with
+    (another parent, other trained/frozen parts or adapters): its optimizer state and weights
+    would not fit, and torch would say so in a page of its own words."""
+    def key(lineage: dict[str, Any] | None) -> Any:
+        if lineage is None:
+            return None
+        return (lineage["parent"].get("fingerprint"), lineage["parent"].get("component_fingerprints"), lineage.get("loaded"),
+                lineage.get("trained"), lineage.get("frozen"), lineage.get("lora"))  # fmt: skip
+
+    if key(saved) != key(rebuilt):
+        was = "no finetune" if saved is None else f"finetune from {saved['parent'].get('path')} (trained {saved.get('trained')}, frozen {saved.get('frozen')})"
+        raise FineTuneError(f"--ckpt_path: this checkpoint was trained with {was}; resume it with the recipe it was started with")

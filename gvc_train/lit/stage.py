@@ -42,6 +42,7 @@ from gvc_train.lit.finetune import (
     FineTune,
     FineTuneError,
     check_frozen_matches,
+    check_same_finetune,
     frozen_parameter_names,
     lineage_of,
     load_parent_weights,
@@ -356,8 +357,10 @@ class StageModule(L.LightningModule):
         return self._cpu_seconds_before + cpu
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        provenance = checkpoint.get(CHECKPOINT_KEY, {}).get("provenance", {})
+        check_same_finetune(provenance.get("lineage"), self._lineage)
         self._train_seconds_before = train_seconds_so_far(checkpoint)
-        self._cpu_seconds_before = float(checkpoint.get(CHECKPOINT_KEY, {}).get("provenance", {}).get("cpu_seconds", 0.0))
+        self._cpu_seconds_before = float(provenance.get("cpu_seconds", 0.0))
         self._rng_stream.resume_from(checkpoint.get("rng_state"))
         for guard in self._nonfinite_guards:
             guard.skipped = int(checkpoint.get(guard.name, 0))
