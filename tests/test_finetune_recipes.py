@@ -128,7 +128,7 @@ def test_the_domain_chain_tokenizer_decoder_then_latent_codec(tiny_shards, workd
 
 def test_lora_on_the_progressive_context_model_exports_plain_weights_that_decode_without_peft(workdir: Path) -> None:
     recipe = "recipes/finetune/progressive_context_lora.yaml"
-    shards = _latent_shards(workdir / "latent", LATENT_TINY)
+    shards = _latent_shards(workdir / "latent", CHECKPOINTS / "progressive_tiny")  # its own tokenizer's latents
     trainer = _run(_latent_args(recipe, shards, "checkpoints/progressive_tiny", crop=8)).trainer
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["val/bpp"])
     out = workdir / "exports" / "progressive_lora"
