@@ -30,7 +30,7 @@ import time
 import zlib
 from array import array
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO
 
 import torch
 import torch.nn.functional as F
