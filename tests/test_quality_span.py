@@ -146,3 +146,12 @@ def test_real_ladder_marks_the_points_it_adds() -> None:
     assert 0 < len(added) <= A.MAX_SPAN_ENCODES and all(43 < p.crf <= 51 for p in added)
     assert [p.crf for p in ladder] == sorted(p.crf for p in ladder) and added[0].record()["span"] == "quality"
     assert min(quality_of(p)["psnr"] for p in added) < top
+
+
+def test_a_reference_codec_mode_the_codec_has_no_curve_for_is_one_line(tiny_codec_dir, tmp_path) -> None:
+    from gvc_train.eval.report import EvalOptions, run_eval
+
+    options = EvalOptions(codecs=[str(tiny_codec_dir)], videos=[str(tmp_path / "none.mp4")], out=str(tmp_path / "r"), anchors=[],
+                          reference_codec=f"{tiny_codec_dir.name}:i2v", progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"draws no curve 'i2v' here \(its curves: one, unlabelled\)"):
+        run_eval(options)

@@ -310,6 +310,14 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
     names = [Path(c).name for c in options.codecs]
     if options.reference_codec is not None and options.reference_codec.split(":")[0] not in names:
         raise ValueError(f"--reference-codec {options.reference_codec}: not one of the codecs' folder names ({', '.join(names) or 'none given'})")
+    if options.reference_codec is not None and ":" in options.reference_codec:  # a mode the codec draws a curve for
+        from gvc_train.codecs.base import open_codec
+
+        name, mode = options.reference_codec.split(":", 1)
+        folder = options.codecs[names.index(name)]
+        labels = [label for label, _ in open_codec(folder).curves(None if options.modes is None else list(options.modes))]
+        if mode not in labels:
+            raise ValueError(f"--reference-codec {options.reference_codec}: {name} draws no curve {mode!r} here (its curves: {', '.join(l for l in labels if l) or 'one, unlabelled'})")
     for video in options.videos:
         if not Path(video).exists():
             raise FileNotFoundError(f"no video at {video}")
