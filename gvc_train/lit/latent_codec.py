@@ -44,7 +44,7 @@ from torch import nn
 
 from gvc_train.eval.metrics import psnr
 from gvc_train.lit.finetune import FineTune
-from gvc_train.lit.optim import clip_grad_norm, step_uncounted
+from gvc_train.lit.optim import clip_grad_norm, entropy_model_optimizers, rd_lambdas, step_uncounted
 from gvc_train.lit.stage import EvalResult, StageModule, load_streaming_tokenizer
 from gvc_train.lit.tokenizer_latents import clip_latent, decoded_pixel_mse, target_pixels, video_pixels
 from gvc_train.lit.step_guard import step_noise
@@ -55,10 +55,6 @@ from gvc_train.models.latent.latent_codec import LatentVideoCodec
 # Not 16-mixed: manual optimization clips before the grad scaler unscales, and fp16 overflows in
 # the rate terms; *-true half precisions would cast the entropy models.
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
-
-
-def _is_aux(name: str) -> bool:
-    return name.endswith(".quantiles")
 
 
 class LatentCodecModule(StageModule):
@@ -114,11 +110,7 @@ class LatentCodecModule(StageModule):
             raise ValueError(
                 f"the tokenizer has {tokenizer.latent_channels} latent channels, the codec codes {codec.latent_channels}"
             )
-        lambdas = [float(v) for v in lambdas]
-        if len(lambdas) != codec.num_qualities:
-            raise ValueError(f"lambdas needs one value per quality index ({codec.num_qualities}), got {len(lambdas)}")
-        if lambdas[0] <= 0 or any(b <= a for a, b in zip(lambdas, lambdas[1:])):
-            raise ValueError(f"lambdas must be positive and strictly increasing with the quality index, got {lambdas}")
+        lambdas = rd_lambdas(lambdas, codec.num_qualities)
         if pixel_weight < 0:
             raise ValueError(f"pixel_weight must be >= 0, got {pixel_weight}")
         self.save_hyperparameters(ignore=["codec", "tokenizer", "finetune"])
@@ -235,12 +227,6 @@ class LatentCodecModule(StageModule):
     # ---- optimizers and checkpoints -----------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        named = list(self.codec.named_parameters())
-        main = [p for n, p in named if not _is_aux(n) and p.requires_grad]
-        aux = [p for n, p in named if _is_aux(n)]  # frozen quantiles get no gradient: Adam skips them
-        if not aux:
-            raise ValueError("the codec has no entropy-bottleneck quantiles to train in the aux optimizer")
-        opt = torch.optim.Adam(main, lr=hp.lr, betas=tuple(hp.betas))
-        aux_opt = torch.optim.Adam(aux, lr=hp.aux_lr)
+        opt, aux_opt = entropy_model_optimizers(self.codec, hp.lr, hp.betas, hp.aux_lr, self.stage_name)
         # the quantiles' aux optimizer needs no warm-up
         return self.with_warmup([opt, aux_opt], hp.warmup_steps, scheduled=1, decay_steps=hp.decay_steps, min_lr_ratio=hp.min_lr_ratio)

@@ -8,6 +8,36 @@ import lightning as L
 import torch
 
 
+def rd_lambdas(lambdas: Any, num_qualities: int) -> list[float]:
+    """A rate-distortion stage's lambdas as floats, one per quality index, positive and strictly
+    increasing; ValueError (one line) otherwise."""
+    lambdas = [float(v) for v in lambdas]
+    if len(lambdas) != num_qualities:
+        raise ValueError(f"lambdas needs one value per quality index ({num_qualities}), got {len(lambdas)}")
+    if lambdas[0] <= 0 or any(b <= a for a, b in zip(lambdas, lambdas[1:])):
+        raise ValueError(f"lambdas must be positive and strictly increasing with the quality index, got {lambdas}")
+    return lambdas
+
+
+def is_aux_parameter(name: str) -> bool:
+    """An entropy bottleneck's quantiles: trained by the aux loss in an optimizer of their own."""
+    return name.endswith(".quantiles")
+
+
+def entropy_model_optimizers(
+    model: torch.nn.Module, lr: float, betas: Any, aux_lr: float, who: str
+) -> list[torch.optim.Optimizer]:
+    """``[main, aux]`` Adam optimizers of a compressai-style model: the main one over the
+    parameters that train (a fine-tune freezes some), the aux one over the quantiles (frozen
+    ones get no gradient and Adam skips them)."""
+    named = list(model.named_parameters())
+    main = [p for n, p in named if not is_aux_parameter(n) and p.requires_grad]
+    aux = [p for n, p in named if is_aux_parameter(n)]
+    if not aux:
+        raise ValueError(f"{who}: the model has no entropy-bottleneck quantiles to train in the aux optimizer")
+    return [torch.optim.Adam(main, lr=lr, betas=tuple(betas)), torch.optim.Adam(aux, lr=aux_lr)]
+
+
 def step_uncounted(module: L.LightningModule, optimizer: Any) -> None:
     """Step a second optimizer (a discriminator's, the entropy model's aux) without advancing
     ``global_step``.

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from gvc_train.eval.metrics import frame_psnr
 from gvc_train.lit.finetune import FineTune
-from gvc_train.lit.optim import clip_grad_norm, step_uncounted
+from gvc_train.lit.optim import clip_grad_norm, entropy_model_optimizers, rd_lambdas, step_uncounted
 from gvc_train.lit.stage import EvalResult, StageModule
 from gvc_train.lit.step_guard import step_noise
 from gvc_train.models import sample_noise
@@ -42,10 +42,6 @@ from gvc_train.models.ssf.ssf_codec import FRAME_MULTIPLE, ScaleSpaceFlowCodec
 # optimization clips before the grad scaler unscales), nor *-true half precisions.
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
 PIXEL_PEAK = 255.0  # compressai's loss scales the MSE of [0, 1] pixels by 255^2
-
-
-def _is_aux(name: str) -> bool:
-    return name.endswith(".quantiles")
 
 
 def pad_to_multiple(video_BCThw: torch.Tensor, multiple: int = FRAME_MULTIPLE) -> torch.Tensor:
@@ -96,11 +92,7 @@ class SSFModule(StageModule):
         super().__init__(max_consecutive_nonfinite)
         if not isinstance(model, ScaleSpaceFlowCodec):
             raise TypeError(f"{self.stage_name} trains a ScaleSpaceFlowCodec, got {type(model).__name__}")
-        lambdas = [float(v) for v in lambdas]
-        if len(lambdas) != model.num_qualities:
-            raise ValueError(f"lambdas needs one value per quality index ({model.num_qualities}), got {len(lambdas)}")
-        if lambdas[0] <= 0 or any(b <= a for a, b in zip(lambdas, lambdas[1:])):
-            raise ValueError(f"lambdas must be positive and strictly increasing with the quality index, got {lambdas}")
+        lambdas = rd_lambdas(lambdas, model.num_qualities)
         self.save_hyperparameters(ignore=["model", "finetune"])
         self.hparams["lambdas"] = lambdas
         self.model = model
@@ -187,12 +179,6 @@ class SSFModule(StageModule):
     # ---- optimizers ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        named = list(self.model.named_parameters())
-        main = [p for n, p in named if not _is_aux(n) and p.requires_grad]
-        aux = [p for n, p in named if _is_aux(n)]  # frozen quantiles get no gradient: Adam skips them
-        if not aux:
-            raise ValueError(f"{self.stage_name}: the model has no entropy-bottleneck quantiles to train in the aux optimizer")
-        opt = torch.optim.Adam(main, lr=hp.lr, betas=tuple(hp.betas))
-        aux_opt = torch.optim.Adam(aux, lr=hp.aux_lr)
+        opt, aux_opt = entropy_model_optimizers(self.model, hp.lr, hp.betas, hp.aux_lr, self.stage_name)
         # the quantiles' aux optimizer needs no warm-up or decay
         return self.with_warmup([opt, aux_opt], hp.warmup_steps, scheduled=1, decay_steps=hp.decay_steps, min_lr_ratio=hp.min_lr_ratio)
