@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from gvc_train.data.sample_videos import HELD_OUT, sample_video
-from gvc_train.safe_output import free_name
+from gvc_train.safe_output import keep_aside
 from gvc_train.strict_json import write_json
 
 RECIPE = "recipes/tiny/tokenizer.yaml"
@@ -186,9 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== 1/7 sample shards in {SHARDS_DIR}/{{train,val}}", flush=True)
 
     print(f"== 2/7 training {RECIPE} (a fresh run in {RUN_DIR})", flush=True)
-    if RUN_DIR.exists():  # an earlier run (perhaps trained further by hand) is kept, under a new name
-        kept = free_name(RUN_DIR.with_name(RUN_DIR.name + "-earlier"))
-        RUN_DIR.rename(kept)
+    kept = keep_aside(RUN_DIR)  # an earlier run (perhaps trained further by hand) is kept, under a new name
+    if kept is not None:
         print(f"   the earlier run in {RUN_DIR} is kept in {kept}", flush=True)
     overrides = [f"--trainer.max_time={args.max_time}"]
     if args.max_steps is not None:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gvc_train.safe_output import free_name
+from gvc_train.safe_output import keep_aside
 from gvc_train.strict_json import write_json
 
 PARENT = Path("checkpoints/latent_tiny")
@@ -47,44 +47,32 @@ EVAL_FRAMES = 96  # held-out frames 600-695, the reference card's clip length
 METRICS = ("psnr", "ms_ssim")
 
 
-def _fresh(run_dir: Path) -> None:
-    """An earlier run of the demo is kept under a new name: gvc-train never writes into one."""
-    if run_dir.exists():
-        kept = free_name(run_dir.with_name(run_dir.name + "-earlier"))
-        run_dir.rename(kept)
-        print(f"   the earlier run in {run_dir} is kept in {kept}", flush=True)
-
-
 def _train(recipe: str, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     from gvc_train.cli import run as train
 
-    _fresh(run_dir)
+    kept = keep_aside(run_dir)  # gvc-train never writes into an earlier run: the demo's is kept
+    if kept is not None:
+        print(f"   the earlier run in {run_dir} is kept in {kept}", flush=True)
     started = time.perf_counter()
     cli = train(["fit", "--config", recipe, *overrides])
     return {"recipe": recipe, "steps": cli.trainer.global_step, "train_seconds": round(time.perf_counter() - started, 1)}
 
 
-def _export(run_dir: Path, out: Path) -> None:
-    import shutil
+def _export(run_dir: Path, out: Path) -> int:
+    """gvc-export's own --overwrite: an earlier export is replaced, a folder holding anything
+    else is refused."""
+    from gvc_train.export import main as export
 
-    from gvc_train.export import export_checkpoint
-
-    if out.exists():
-        shutil.rmtree(out)  # the demo's own export of an earlier run
-    export_checkpoint(run_dir / "checkpoints" / "last.ckpt", out)
+    return export([str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(out), "--overwrite"])
 
 
 def _latent_shards() -> None:
     from gvc_train.data.latent_shards import write_latent_shards
 
-    for split, overlap in (("train", 12), ("val", 0)):
-        out = LATENT_SHARDS / split
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        write_latent_shards([str(SPLITS / split)], str(out), tokenizer=str(TOKENIZER_EXPORT), clip_frames=17, overlap=overlap,
-                            png_fps=VTEST_FPS, prefix=split, maxcount=16, workers=1, progress=False, log=lambda line: None)  # fmt: skip
+    for split, overlap in (("train", 12), ("val", 0)):  # overwrite: replaces the demo's own shards only
+        write_latent_shards([str(SPLITS / split)], str(LATENT_SHARDS / split), tokenizer=str(TOKENIZER_EXPORT), clip_frames=17,
+                            overlap=overlap, png_fps=VTEST_FPS, prefix=split, maxcount=16, workers=1, overwrite=True,
+                            progress=False, log=lambda line: None)  # fmt: skip
 
 
 def finetune_rows(report: dict[str, Any], codec: str, reference: str) -> list[dict[str, Any]]:
@@ -130,12 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     steps = lambda n: [f"--trainer.max_steps={n}", f"--model.init_args.decay_steps={n}"] if n is not None else []  # noqa: E731
     print(f"== 1/5 fine-tuning the tokenizer decoder: {TOKENIZER_RECIPE}", flush=True)
     tokenizer = _train(TOKENIZER_RECIPE, TOKENIZER_RUN, steps(args.tokenizer_steps))
-    _export(TOKENIZER_RUN, TOKENIZER_EXPORT)
+    if _export(TOKENIZER_RUN, TOKENIZER_EXPORT) != 0:
+        return 2
     print(f"== 2/5 latent shards of the vtest training and validation frames ({TOKENIZER_EXPORT})", flush=True)
     _latent_shards()
     print(f"== 3/5 fine-tuning the latent codec from {PARENT}: {CODEC_RECIPE}", flush=True)
     codec = _train(CODEC_RECIPE, CODEC_RUN, steps(args.codec_steps))
-    _export(CODEC_RUN, CODEC_EXPORT)
+    if _export(CODEC_RUN, CODEC_EXPORT) != 0:
+        return 2
 
     print(f"== 4/5 gvc eval of {PARENT.name} and {CODEC_EXPORT.name} on {args.frames} held-out frames with {args.anchors}", flush=True)
     from gvc_train.gvc_cli import main as gvc

@@ -165,6 +165,16 @@ def free_name(path: Path) -> Path:
     return candidate
 
 
+def keep_aside(path: Path, suffix: str = "-earlier") -> Path | None:
+    """Move an existing ``path`` (an earlier run's folder) to a free name ending in ``suffix``,
+    so that nothing of it is lost; the new name, or None when there was nothing there."""
+    if not path.exists():
+        return None
+    kept = free_name(path.with_name(path.name + suffix))
+    path.rename(kept)
+    return kept
+
+
 def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

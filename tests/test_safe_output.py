@@ -401,3 +401,16 @@ def test_gvc_encode_quality_default_and_range(seed_folder: Path, tiny_codec_dir:
     assert not (tmp_path / "b.gvc").exists()
     encode_help = build_parser()._subparsers._group_actions[0].choices["encode"].format_help()  # type: ignore[union-attr]
     assert "qualities // 2" in encode_help and "0 to the codec's" in " ".join(encode_help.split())
+
+
+def test_keep_aside_moves_an_earlier_run_to_a_free_name_and_loses_nothing(tmp_path: Path) -> None:
+    from gvc_train.safe_output import keep_aside
+
+    run = tmp_path / "run"
+    assert keep_aside(run) is None  # nothing there: nothing moved
+    for n in (1, 2):
+        run.mkdir()
+        (run / "last.ckpt").write_text(str(n))
+        kept = keep_aside(run)
+        assert not run.exists() and (kept / "last.ckpt").read_text() == str(n)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-earlier", "run-earlier-2"]
