@@ -131,7 +131,7 @@ def stream_codec(fingerprint_hex: str, folder: str | None) -> dict[str, Any] | N
     is another codec) or the one :func:`find_codec` finds; None when none is found. Reads
     codec.json only, never torch: ``{"folder", "fingerprint", "lineage", "rows"}``."""
     from gvc_train.codecs.codec_meta import read_codec_json
-    from gvc_train.codecs.lineage import lineage_of, lineage_rows
+    from gvc_train.codecs.lineage import recorded_lineage, lineage_rows
 
     if folder is None:
         try:
@@ -141,7 +141,7 @@ def stream_codec(fingerprint_hex: str, folder: str | None) -> dict[str, Any] | N
     meta = read_codec_json(folder)
     if not meta["fingerprint"].startswith(fingerprint_hex):
         raise UsageError(f"--codec {folder} is codec {meta['fingerprint'][:16]}, the stream was made with {fingerprint_hex}")
-    return {"folder": folder, "fingerprint": meta["fingerprint"], "lineage": lineage_of(meta), "rows": lineage_rows(meta)}
+    return {"folder": folder, "fingerprint": meta["fingerprint"], "lineage": recorded_lineage(meta), "rows": lineage_rows(meta)}
 
 
 def cmd_info(args: argparse.Namespace) -> int:

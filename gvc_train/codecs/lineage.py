@@ -22,7 +22,7 @@ LABEL_WIDTH = 12
 _RUN_NAME_RE = re.compile(r"^\s*logger:\s*$.*?^\s+name:\s*(\S+)\s*$", re.MULTILINE | re.DOTALL)
 
 
-def lineage_of(codec_meta: dict[str, Any]) -> Any:
+def recorded_lineage(codec_meta: dict[str, Any]) -> Any:
     """The lineage a ``codec.json`` records, or None (trained from scratch)."""
     provenance = codec_meta.get("provenance")
     return provenance.get("lineage") if isinstance(provenance, dict) else None
@@ -88,7 +88,7 @@ def _row(label: str, text: str) -> str:
 def lineage_rows(codec_meta: dict[str, Any]) -> list[str]:
     """Lines for ``gvc info``: the parent, the parent's run, what the fine-tune trained, the
     generations before; or ``trained from scratch``."""
-    lineage = lineage_of(codec_meta)
+    lineage = recorded_lineage(codec_meta)
     if lineage is None:
         return ["trained from scratch"]
     if not isinstance(lineage, dict):
