@@ -10,6 +10,10 @@ entropy models, and flushes once; :class:`SymbolDecoder` reads them back in the 
 The CDF tables are the entropy models' own (``update()`` builds them and ``state_dict`` keeps
 them), turned into Python lists once per model by :class:`CdfTables`, not once per call.
 
+Only compressai's ``ans`` extension is loaded, by file (:func:`_ans`): ``import compressai.ans``
+would run compressai's package ``__init__``, which imports torch_geometric, transformers, scipy
+and pandas (+290 MB and ~4 s before ``gvc decode`` reads a byte).
+
 The decoder is given the stream padded with zeros: compressai's decoder reads the stream
 without bounds checks, and a stream that passed its CRC but was made inconsistent on purpose
 (or by a bug) must make it decode garbage, never read past the buffer.
@@ -18,10 +22,16 @@ without bounds checks, and a stream that passed its CRC but was made inconsisten
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
-from compressai.entropy_models import EntropyModel
+
+if TYPE_CHECKING:
+    from compressai.entropy_models import EntropyModel
 
 # Bytes of zeros after the payload for each symbol the decoder may read: one 32-bit renorm
 # read per symbol, plus bypass-coded escapes, which read zeros as "no more bypass values".
@@ -34,6 +44,46 @@ _PAD_BYTES_PER_PAYLOAD_BYTE = 16
 _PAD_BYTES_FIXED = 256
 
 
+def _ans() -> ModuleType:
+    """compressai's ``ans`` extension module without compressai's package ``__init__``.
+
+    It is registered as ``sys.modules["compressai.ans"]``, so a later real ``import compressai``
+    (training, encoding) reuses this very module and its pybind types stay one set: compressai
+    reaches it as ``from compressai import ans`` and ``from compressai.ans import ...``, which
+    read ``sys.modules``. (The package attribute ``compressai.ans`` is set only when the package
+    was imported first: Python sets it when it loads the submodule itself.) When the extension
+    file cannot be found (another packaging of compressai), the ordinary import.
+    """
+    if (loaded := sys.modules.get("compressai.ans")) is not None:
+        return loaded
+    spec = importlib.util.find_spec("compressai")  # locates the package, runs nothing
+    folders = spec.submodule_search_locations if spec is not None else None
+    found = sorted(p for folder in folders or () for p in Path(folder).glob("ans.*") if p.suffix in (".so", ".pyd"))
+    if not found:
+        import compressai.ans
+
+        return compressai.ans
+    ans_spec = importlib.util.spec_from_file_location("compressai.ans", found[0])
+    if ans_spec is None or ans_spec.loader is None:
+        import compressai.ans
+
+        return compressai.ans
+    module = importlib.util.module_from_spec(ans_spec)
+    sys.modules["compressai.ans"] = module
+    try:
+        ans_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["compressai.ans"]
+        raise
+    if (package := sys.modules.get("compressai")) is not None:
+        package.ans = module
+    return module
+
+
+_ANS = _ans()
+BufferedRansEncoder, RansDecoder = _ANS.BufferedRansEncoder, _ANS.RansDecoder
+
+
 @dataclasses.dataclass(frozen=True)
 class CdfTables:
     """An entropy model's quantized CDFs as the lists compressai's coder takes."""
@@ -43,14 +93,29 @@ class CdfTables:
     offsets: list[int]
 
     @classmethod
-    def of(cls, model: EntropyModel) -> "CdfTables":
-        if model._quantized_cdf.numel() == 0 or model._offset.numel() == 0:
-            raise ValueError(f"{type(model).__name__} has no CDF tables: call update() on the codec before coding")
-        return cls(
-            model._quantized_cdf.tolist(),
-            model._cdf_length.reshape(-1).int().tolist(),
-            model._offset.reshape(-1).int().tolist(),
-        )
+    def of(cls, model: "EntropyModel | Any") -> "CdfTables":
+        """An entropy model's tables (anything with compressai's ``_quantized_cdf``,
+        ``_cdf_length`` and ``_offset`` buffers)."""
+        return cls.from_buffers(model._quantized_cdf, model._cdf_length, model._offset, type(model).__name__)
+
+    @classmethod
+    def from_buffers(
+        cls, quantized_cdf: torch.Tensor, cdf_length: torch.Tensor, offset: torch.Tensor, what: str = "entropy model"
+    ) -> "CdfTables":
+        """The tables from the three buffers as an entropy model's state dict holds them (what a
+        decoder needs, without building the compressai module). ValueError when they are empty
+        (``update()`` was never called) or do not fit together."""
+        if quantized_cdf.numel() == 0 or offset.numel() == 0:
+            raise ValueError(f"{what} has no CDF tables: call update() on the codec before coding")
+        lengths, offsets = cdf_length.reshape(-1).int().tolist(), offset.reshape(-1).int().tolist()
+        if quantized_cdf.dim() != 2 or not len(lengths) == len(offsets) == quantized_cdf.shape[0]:
+            raise ValueError(
+                f"{what}: CDF tables do not fit together (cdf {list(quantized_cdf.shape)}, "
+                f"{len(lengths)} lengths, {len(offsets)} offsets)"
+            )
+        if any(not 2 <= n <= quantized_cdf.shape[1] for n in lengths):
+            raise ValueError(f"{what}: a CDF length is outside 2..{quantized_cdf.shape[1]}")
+        return cls(quantized_cdf.tolist(), lengths, offsets)
 
     def check_indexes(self, indexes: torch.Tensor) -> None:
         if indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= len(self.cdfs)):
