@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -160,10 +161,26 @@ class FixedConv:
     def __init__(self, conv: nn.Conv2d, name: str) -> None:
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.groups != 1 or conv.dilation != (1, 1):
             raise FixedPointError(f"{name}: only 3x3 convolutions with padding 1 run in fixed point")
-        self.stride = conv.stride[0]
+        self._set(conv.weight, conv.bias, conv.stride[0], name)
+
+    @classmethod
+    def from_weights(cls, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, name: str) -> "FixedConv":
+        """The convolution of a 3x3, padding 1 ``nn.Conv2d`` with these weights (a state dict's
+        ``weight`` ``out x in x 3 x 3`` and ``bias``), without building the module."""
+        if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+            raise FixedPointError(f"{name}: only 3x3 convolutions run in fixed point, got weight {list(weight.shape)}")
+        if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+            raise FixedPointError(f"{name}: bias {list(bias.shape)} does not fit weight {list(weight.shape)}")
+        conv = cls.__new__(cls)
+        conv._set(weight, bias, stride, name)
+        return conv
+
+    def _set(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, name: str) -> None:
+        self.stride = stride
         self.kernel = 3
-        self.weight = to_fixed(conv.weight, WEIGHT_BITS).reshape(conv.out_channels, -1)  # out x (in * 9)
-        bias = conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+        out_channels = weight.shape[0]
+        self.weight = to_fixed(weight, WEIGHT_BITS).reshape(out_channels, -1)  # out x (in * 9)
+        bias = bias if bias is not None else weight.new_zeros(out_channels)
         self.bias = to_fixed(bias, FRAC_BITS + WEIGHT_BITS)[:, None]
         # The largest partial sum of either GEMM, whatever the order: sum |w| * max |a part|
         # (+ |b| for the low part). Integers here, so the check itself is exact. It also keeps
@@ -204,22 +221,32 @@ class FixedConv:
 
 
 class FixedTrunk:
-    """:func:`latent_codec_parts.trunk` (conv, ResBlocks, LeakyReLU, conv) in fixed point."""
+    """:func:`latent_codec_parts.trunk` (conv, ResBlocks, LeakyReLU, conv) in fixed point, from
+    its state dict entries: ``{name}.0``, ``{name}.{i}.conv1/conv2`` for the ``num_res_blocks``
+    blocks, then the last conv at ``{name}.{num_res_blocks + 2}`` (index ``num_res_blocks + 1`` is
+    the LeakyReLU)."""
 
-    def __init__(self, seq: nn.Sequential, name: str) -> None:
-        layers = list(seq)
-        self.conv_in = FixedConv(layers[0], f"{name}.0")
+    def __init__(self, tensors: StateTensors, name: str, num_res_blocks: int) -> None:
+        self.conv_in = _conv(tensors, f"{name}.0")
         self.blocks = [
-            (FixedConv(blk.conv1, f"{name}.{i}.conv1"), FixedConv(blk.conv2, f"{name}.{i}.conv2"))
-            for i, blk in enumerate(layers[1:-2], start=1)
+            (_conv(tensors, f"{name}.{i}.conv1"), _conv(tensors, f"{name}.{i}.conv2")) for i in range(1, num_res_blocks + 1)
         ]
-        self.conv_out = FixedConv(layers[-1], f"{name}.{len(layers) - 1}")
+        self.conv_out = _conv(tensors, f"{name}.{num_res_blocks + 2}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
         for conv1, conv2 in self.blocks:
             x = x + conv2(leaky_relu(conv1(leaky_relu(x))))
         return self.conv_out(leaky_relu(x))
+
+
+StateTensors = Mapping[str, torch.Tensor]  # a state dict (a module's, or a safetensors file's)
+
+
+def _conv(tensors: StateTensors, name: str, stride: int = 1) -> FixedConv:
+    if f"{name}.weight" not in tensors:
+        raise FixedPointError(f"{name}: no such convolution in the weights")
+    return FixedConv.from_weights(tensors[f"{name}.weight"], tensors.get(f"{name}.bias"), stride, name)
 
 
 @dataclass(frozen=True)
@@ -257,25 +284,39 @@ class FixedPointNet:
     """Everything of a :class:`LatentVideoCodec` that the decoder recomputes, in fixed point:
     ``ctx_net``, the ConvGRU memory, ``h_s``, ``entropy_params``, ``g_s``, the "no past"
     embedding, the inverse gains, the z medians and the scale table. Built from the codec's
-    float32 weights after ``update()``; rebuild it after changing them."""
+    float32 weights after ``update()``; rebuild it after changing them.
+
+    The codec's state dict is all it reads (:meth:`from_state`), so a decoder builds the very
+    same integers from the weights file without building the codec (nor importing compressai)."""
 
     def __init__(self, codec: nn.Module) -> None:
-        self.ctx_net = FixedTrunk(codec.ctx_net, "ctx_net")
-        self.gates = FixedConv(codec.memory.gates, "memory.gates")
-        self.candidate = FixedConv(codec.memory.candidate, "memory.candidate")
-        self.memory_channels = codec.memory.hidden_channels
-        h_s = codec.h_s
-        self.hs_in, self.hs_up = FixedConv(h_s.conv_in, "h_s.conv_in"), FixedConv(h_s.up, "h_s.up")
-        self.hs_out = FixedConv(h_s.conv_out, "h_s.conv_out")
-        self.entropy_params = FixedTrunk(codec.entropy_params, "entropy_params")
-        self.g_s = FixedTrunk(codec.g_s, "g_s")
-        self.no_past = to_fixed(codec.no_past)
-        self.inv_gain = to_fixed(codec.y_inv_gain, GAIN_BITS)  # qualities x M
+        self._load(codec.config, codec.state_dict())
+
+    @classmethod
+    def from_state(cls, config: Mapping[str, Any], tensors: StateTensors) -> "FixedPointNet":
+        """The net of a ``LatentVideoCodec`` of constructor ``config`` whose state dict is
+        ``tensors`` (after ``update()``)."""
+        net = cls.__new__(cls)
+        net._load(config, tensors)
+        return net
+
+    def _load(self, config: Mapping[str, Any], tensors: StateTensors) -> None:
+        blocks = int(config["num_res_blocks"])
+        self.ctx_net = FixedTrunk(tensors, "ctx_net", blocks)
+        self.gates = _conv(tensors, "memory.gates")
+        self.candidate = _conv(tensors, "memory.candidate")
+        self.memory_channels = int(config["memory_channels"])
+        self.hs_in, self.hs_up = _conv(tensors, "h_s.conv_in"), _conv(tensors, "h_s.up")
+        self.hs_out = _conv(tensors, "h_s.conv_out")
+        self.entropy_params = FixedTrunk(tensors, "entropy_params", 1)
+        self.g_s = FixedTrunk(tensors, "g_s", blocks)
+        self.no_past = to_fixed(tensors["no_past"])
+        self.inv_gain = to_fixed(tensors["y_inv_gain"], GAIN_BITS)  # qualities x M
         if float(self.inv_gain.abs().max()) * max(2**GAIN_BITS, ACT_LIMIT / 2**GAIN_BITS) >= 2**53:
             raise FixedPointError("y_inv_gain: too large for exact fixed point")
-        self.medians = to_fixed(codec.entropy_bottleneck._get_medians()).reshape(1, -1, 1, 1)
-        gc = codec.gaussian_conditional
-        table = gc.scale_table.detach().cpu().float()
+        # compressai's EntropyBottleneck._get_medians(): the middle quantile of each channel
+        self.medians = to_fixed(tensors["entropy_bottleneck.quantiles"][:, :, 1:2]).reshape(1, -1, 1, 1)
+        table = tensors["gaussian_conditional.scale_table"].detach().cpu().float()
         if table.numel() == 0:
             raise ValueError("GaussianConditional has no scale table: call update() on the codec before coding")
         if table.numel() > 1 and not bool((table[1:] >= table[:-1]).all()):
@@ -283,7 +324,8 @@ class FixedPointNet:
         # compressai: index = #{entries s of table[:-1] with s < max(scale, bound)}. For an integer
         # S at 2^-F: s < S / 2^F  <=>  floor(s * 2^F) < S (s * 2^F is exact in float64).
         self.scale_thresholds = torch.floor(table[:-1].double() * ONE).to(torch.int64)
-        self.below_bound = int((table[:-1] < gc.lower_bound_scale.bound.detach().cpu().float()).sum())
+        bound = tensors["gaussian_conditional.lower_bound_scale.bound"].detach().cpu().float()
+        self.below_bound = int((table[:-1] < bound).sum())
 
     def init_state(self) -> FixedPointState:
         return FixedPointState()

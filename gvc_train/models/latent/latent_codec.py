@@ -46,6 +46,8 @@ from torch import nn
 from gvc_train.coding.rans import CdfTables, SymbolDecoder, SymbolEncoder
 from gvc_train.models.registry import register_component
 from gvc_train.models.fixed_point import FixedPointNet, FixedPointState, FrameObserver, to_float
+from gvc_train.models.latent.latent_codec_config import CONFIG_BOUNDS, LatentCodecConfig, symbols_per_frame
+from gvc_train.models.latent.latent_decoding import decompress_frame
 from gvc_train.models.latent.latent_codec_parts import (
     ConvGRUCell,
     HyperAnalysis,
@@ -78,12 +80,9 @@ class LatentVideoCodec(CompressionModel):
         "context_model": ("ctx_net", "memory"),
     }
 
-    # What a loaded config may hold (checked by gvc_train.components before building).
-    config_bounds = {
-        "latent_channels": (1, 1024), "channels": (1, 4096), "y_channels": (1, 4096), "z_channels": (1, 4096),
-        "memory_channels": (1, 4096), "num_res_blocks": (0, 16), "num_qualities": (1, 64),
-        "gain_range": (1e-3, 1e3), "len(gain_range)": (2, 2), "train_quantizer": {"noise", "ste"},
-    }  # fmt: skip
+    # What a loaded config may hold (checked by gvc_train.components before building); a decoder
+    # checks a config against LatentCodecConfig instead, which shares these and the checks below.
+    config_bounds = CONFIG_BOUNDS
 
     def __init__(
         self,
@@ -98,13 +97,10 @@ class LatentVideoCodec(CompressionModel):
         train_quantizer: str = "noise",
     ) -> None:
         super().__init__()
-        if num_qualities < 1:
-            raise ValueError(f"num_qualities must be at least 1, got {num_qualities}")
-        if train_quantizer not in ("noise", "ste"):
-            raise ValueError(f"train_quantizer must be 'noise' or 'ste', got {train_quantizer!r}")
-        lo, hi = (float(g) for g in gain_range)
-        if not 0 < lo <= hi:
-            raise ValueError(f"gain_range must be 0 < low <= high, got {gain_range}")
+        checked = LatentCodecConfig(
+            latent_channels, channels, y_channels, z_channels, memory_channels, num_res_blocks, num_qualities, gain_range, train_quantizer
+        )
+        lo, hi = checked.gain_range
         self.latent_channels = latent_channels
         self.y_channels = y_channels
         self.num_qualities = num_qualities
@@ -236,7 +232,8 @@ class LatentVideoCodec(CompressionModel):
     # float: only the encoder runs them.
 
     def cdf_tables(self) -> dict[str, CdfTables]:
-        """The coder's view of both entropy models' tables (build once, after update())."""
+        """The coder's view of both entropy models' tables (build once, after update()); a
+        decoder builds the same from the state dict alone (``latent_decoding.decoder_parts``)."""
         return {"z": CdfTables.of(self.entropy_bottleneck), "y": CdfTables.of(self.gaussian_conditional)}
 
     def fixed_point(self) -> FixedPointNet:
@@ -246,8 +243,7 @@ class LatentVideoCodec(CompressionModel):
 
     def symbols_per_frame(self, height: int, width: int) -> int:
         """Symbols one latent frame of ``height x width`` puts in the stream (y and z)."""
-        zh, zw = (height + 1) // 2, (width + 1) // 2
-        return self.y_channels * height * width + self.entropy_bottleneck.channels * zh * zw
+        return symbols_per_frame(self.y_channels, self.entropy_bottleneck.channels, height, width)
 
     @torch.no_grad()
     def compress_frame(
@@ -306,20 +302,12 @@ class LatentVideoCodec(CompressionModel):
         net: FixedPointNet,
         observer: FrameObserver | None = None,
     ) -> tuple[torch.Tensor, FixedPointState]:
-        """Read one latent frame (batch 1) of ``size_hw`` from ``decoder``; return it and the next state."""
-        h, w = size_hw
-        eb = self.entropy_bottleneck
+        """Read one latent frame (batch 1) of ``size_hw`` from ``decoder``; return it and the next
+        state (``latent_decoding.decompress_frame``: what a decoder runs without this module)."""
         self.gains(quality, 1)  # checks the index
-        z_size = (1, eb.channels, (h + 1) // 2, (w + 1) // 2)
-        z_symbols = decoder.get(eb._build_indexes(z_size), tables["z"])
-        ctx_fixed = net.context(state, 1, h, w)
-        scales_fixed, means_fixed = net.entropy_parameters(z_symbols, ctx_fixed)
-        indexes = net.scale_indexes(scales_fixed)
-        y_symbols = decoder.get(indexes, tables["y"])
-        recon_fixed = net.synthesize(y_symbols, means_fixed, quality, ctx_fixed)
-        if observer is not None:
-            observer(y_symbols, indexes, recon_fixed)
-        return to_float(recon_fixed).to(self.y_gain.device), net.advance(state, recon_fixed)
+        return decompress_frame(
+            state, quality, size_hw, decoder, tables, net, self.num_qualities, self.entropy_bottleneck.channels, observer, self.y_gain.device
+        )
 
     @staticmethod
     def rate_bits(likelihoods: Any) -> torch.Tensor:
