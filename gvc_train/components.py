@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
+from torch.overrides import TorchFunctionMode
 
 # register_component is re-exported: models import it from gvc_train.models.registry
 from gvc_train.models.registry import jsonable, name_of, register_component, registered, registered_names  # noqa: F401
@@ -112,9 +113,24 @@ def expected_tensors(class_name: str, config: dict[str, Any], what: str) -> dict
     return _EXPECTED_CACHE[key]
 
 
+class _ShapeOnlyEye(TorchFunctionMode):
+    """``torch.eye`` as ``torch.empty`` of its shape. On the meta device a tensor has no values,
+    and eye's meta path is a Python decomposition that imports torch._dynamo and sympy (+150 MB
+    and 1.5 s in a decoder, measured) only to make a shape: the tokenizer's downsampling
+    initialises a weight from an identity."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.eye and "out" not in kwargs and args:
+            n = args[0]
+            m = args[1] if len(args) > 1 else kwargs.get("m", n)
+            return torch.empty(n, m, dtype=kwargs.get("dtype"), device=kwargs.get("device"), requires_grad=kwargs.get("requires_grad", False))
+        return func(*args, **kwargs)
+
+
 def _build_on_meta(cls: type[torch.nn.Module], class_name: str, config: dict[str, Any], what: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _ShapeOnlyEye():
             module = cls(**config)
     except Exception as e:  # noqa: BLE001 - any failure to build is a config that does not fit
         raise ComponentError(f"{what}: config does not fit {class_name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -199,9 +215,13 @@ def save_component(
     return json_path
 
 
-def read_component_meta(folder: str | Path, name: str) -> dict[str, Any]:
+def read_component_meta(folder: str | Path, name: str, config_class: type | None = None) -> dict[str, Any]:
     """``name.json`` of ``folder``, every check that needs no weights done: format version,
-    checksum, fields and types, registered class, config types and bounds, fingerprint."""
+    checksum, fields and types, registered class, config types and bounds, fingerprint.
+
+    ``config_class`` (see :func:`load_component_state`) stands for the registered class: the
+    file must name its ``component_name``, and the config is checked against it, so the model's
+    module is not imported."""
     if not isinstance(name, str) or not name:
         raise ComponentError(f"component name must be a non-empty string, got {name!r}")
     what = f"component {name!r}"
@@ -218,7 +238,12 @@ def read_component_meta(folder: str | Path, name: str) -> dict[str, Any]:
     for key in ("weights_sha256", "fingerprint"):
         if not SHA256_RE.match(meta[key]):
             raise ComponentError(f"{path}: {key!r} must be 64 lowercase hex digits")
-    cls = _registered(meta["class"], what)
+    if config_class is None:
+        cls = _registered(meta["class"], what)
+    elif meta["class"] != config_class.component_name:
+        raise ComponentError(f"{what}: a {meta['class']!r} component, where a {config_class.component_name!r} one is expected")
+    else:
+        cls = config_class
     check_config(cls, meta["config"], what, ComponentError)
     if component_fingerprint(meta["class"], meta["config"], meta["weights_sha256"]) != meta["fingerprint"]:
         raise ComponentError(f"{path}: the fingerprint does not match the class, config and weights it names; re-export it")
@@ -238,26 +263,63 @@ class VerifiedComponent:
         return self.meta["fingerprint"]
 
     def build(self, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-        what = f"component {self.name!r}"
+        return self.state().build(map_location)
+
+    def state(self) -> ComponentState:
+        """The checked weights as tensors (CPU), no module built."""
         try:
-            state = load_safetensors_bytes(self.weights)
+            tensors = load_safetensors_bytes(self.weights)
         except Exception as e:  # noqa: BLE001 - safetensors raises its own types; the bytes were checked
-            raise ComponentError(f"{what}: cannot read its weights ({e})") from None
-        module = build_and_load(self.meta["class"], self.meta["config"], state, what)
+            raise ComponentError(f"component {self.name!r}: cannot read its weights ({e})") from None
+        return ComponentState(self.name, self.meta, tensors)
+
+
+@dataclass
+class ComponentState:
+    """A checked component as data: its class name, constructor config and state dict. What an
+    inference path needs when it runs the weights without the module (the latent codec's
+    decoder); :meth:`build` makes the module when it is needed after all."""
+
+    name: str
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def class_name(self) -> str:
+        return self.meta["class"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta["config"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    def build(self, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+        module = build_and_load(self.class_name, self.config, self.tensors, f"component {self.name!r}")
         return module.to(map_location).eval()
 
 
-def verify_component(folder: str | Path, name: str) -> VerifiedComponent:
+def verify_component(folder: str | Path, name: str, config_class: type | None = None) -> VerifiedComponent:
     """Every check on ``folder/name.json`` and its weights file, nothing built.
 
     The weights are read once, and the bytes hashed are the bytes loaded later, so a file
-    swapped between check and load cannot slip through.
+    swapped between check and load cannot slip through. ``config_class``: see
+    :func:`load_component_state`.
     """
-    meta = read_component_meta(folder, name)
+    meta = read_component_meta(folder, name, config_class)
     what = f"component {name!r}"
     path = member_path(folder, meta["weights"], f"{what}: weights", ComponentError)
     found = read_safetensors_header(path, what, ComponentError)
-    check_tensors_fit(expected_tensors(meta["class"], meta["config"], what), found, what)
+    if config_class is None:
+        expected = expected_tensors(meta["class"], meta["config"], what)
+    else:
+        try:
+            expected = config_class.expected_tensors(meta["config"])
+        except (TypeError, ValueError) as e:  # a value the constructor's own checks refuse
+            raise ComponentError(f"{what}: config does not fit {meta['class']}: {str(e).splitlines()[0]}") from None
+    check_tensors_fit(expected, found, what)
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -272,4 +334,14 @@ def load_component(folder: str | Path, name: str, map_location: str | torch.devi
     """Check the component's files (see the module docstring), then build it and load its
     weights; any problem is one :class:`ComponentError`."""
     return verify_component(folder, name).build(map_location)
+
+
+def load_component_state(folder: str | Path, name: str, config_class: type) -> ComponentState:
+    """The component's checked weights and config, with :func:`load_component`'s checks but
+    without importing or building its class: ``config_class`` stands for it. It has the class's
+    ``component_name`` (the registered name the file must carry), its constructor signature and
+    ``config_bounds`` (the config is checked against them), and ``expected_tensors(config)``,
+    the ``{name: (dtype, shape)}`` its state dict holds (e.g.
+    ``models/latent/latent_codec_config.LatentCodecConfig``)."""
+    return verify_component(folder, name, config_class).state()
 

@@ -91,6 +91,11 @@ class Codec(abc.ABC):
     # (:meth:`decode_cut`'s ``fill``), the family's default first. Empty (the default): the
     # family's streams cannot be cut. A family that overrides ``truncate`` lists one at least.
     cut_fills: ClassVar[tuple[str, ...]] = ()
+    # Components the family runs from their weights alone: name -> the config class that stands
+    # for theirs (``components.load_component_state``); they come to ``check_components`` and
+    # ``__init__`` as a ``ComponentState``, their module not even imported (the latent codec's
+    # decoder needs no compressai package).
+    state_only_components: ClassVar[dict[str, type]] = {}
 
     folder: Path
     meta: dict[str, Any]  # codec.json
@@ -106,9 +111,7 @@ class Codec(abc.ABC):
         set the attributes every codec has, and return the components."""
         from gvc_train.codecs.codec_folder import CodecFolderError, load_codec_components
 
-        meta, modules = load_codec_components(folder)
-        if meta["family"] != self.family:
-            raise CodecFolderError(f"{folder} holds a {meta['family']!r} codec, not a {self.family} one")
+        meta, modules = load_codec_components(folder, self.family, self.state_only_components)
         try:
             self.check_components(modules, str(folder))
         except ValueError as e:

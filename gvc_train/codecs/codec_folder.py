@@ -14,6 +14,7 @@ also carries a checksum over its whole text, and every file in the folder is che
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,22 +55,32 @@ def write_codec_json(folder: str | Path, family: str, extra: dict[str, Any], pro
     return path
 
 
-def load_codec_components(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_codec_components(
+    folder: str | Path, family: str | None = None, state_only: Mapping[str, type] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(codec.json, {name: module})``. Every file of every component is checked against the
-    fingerprints before the first module is built."""
+    fingerprints before the first module is built.
+
+    ``family``: the folder must hold one of that family (CodecFolderError before any component
+    is read). ``state_only``: component name -> config class (``components.load_component_state``):
+    those come as a ``ComponentState`` (checked config and weights), their module neither built
+    nor imported."""
     meta = read_codec_json(folder)
+    if family is not None and meta["family"] != family:
+        raise CodecFolderError(f"{folder} holds a {meta['family']!r} codec, not a {family} one")
     names = FAMILIES[meta["family"]].components
+    config_classes = {name: (state_only or {}).get(name) for name in names}
     for name in names:  # every file's seal first: an edit anywhere is refused in microseconds
         if (Path(folder) / f"{name}.json").exists():  # a missing one: read_component_meta says so
             path = member_path(folder, f"{name}.json", f"component {name!r}", ComponentError)
             read_sealed_json(path, "component file", ComponentError, COMPONENT_FORMAT_VERSION)
     for name in names:  # then every JSON file's meaning, still before any weights are read
-        if read_component_meta(folder, name)["fingerprint"] != meta["component_fingerprints"][name]:
+        if read_component_meta(folder, name, config_classes[name])["fingerprint"] != meta["component_fingerprints"][name]:
             raise CodecFolderError(f"component {name!r} in {folder} is not the one {CODEC_JSON} was written for")
     verified = {}
     for name in names:
-        component = verify_component(folder, name)
+        component = verify_component(folder, name, config_classes[name])
         if component.fingerprint != meta["component_fingerprints"][name]:
             raise CodecFolderError(f"component {name!r} in {folder} is not the one {CODEC_JSON} was written for")
         verified[name] = component
-    return meta, {name: component.build() for name, component in verified.items()}
+    return meta, {name: component.state() if config_classes[name] else component.build() for name, component in verified.items()}

@@ -41,7 +41,10 @@ from gvc_train.codecs.tokenizer_codec import TokenizerCodec
 from gvc_train.codecs.tokenizer_io import FrameEmitter
 from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader, iter_chunks
 from gvc_train.coding.rans import SymbolDecoder, SymbolEncoder
+from gvc_train.components import ComponentState
 from gvc_train.models.fixed_point import FixedPointError, FrameObserver, ModelCheck
+from gvc_train.models.latent.latent_codec_config import LatentCodecConfig, symbols_per_frame
+from gvc_train.models.latent.latent_decoding import decoder_parts, decompress_frame
 
 MAX_LATENTS_PER_CHUNK = 64
 MODEL_CHECK_BYTES = 4  # CRC32 of the chunk's scale indexes and latents (fixed_point.ModelCheck)
@@ -59,29 +62,45 @@ class LatentCodec(TokenizerCodec):
     run_name = "chunk"
     max_latents_per_run = MAX_LATENTS_PER_CHUNK
 
+    # The decoder runs the latent codec from its weights (fixed-point net, saved CDF tables):
+    # decoding never imports compressai's package nor builds the module; encoding builds it.
+    state_only_components = {"latent_codec": LatentCodecConfig}
+
     def __init__(self, folder: str | os.PathLike, deterministic: bool = True) -> None:
         modules = self._load_folder(folder, deterministic)
-        self.codec = modules["latent_codec"].eval()
+        self._codec_state: ComponentState = modules["latent_codec"]
+        self._codec: Any = None
+        self.codec_config = LatentCodecConfig(**self._codec_state.config)
         try:
-            self.tables = self.codec.cdf_tables()
-            self.net = self.codec.fixed_point()
+            self.tables, self.net = decoder_parts(self._codec_state.config, self._codec_state.tensors)
         except (ValueError, FixedPointError) as e:
             raise CodecFolderError(f"{folder}: {e}") from None
 
     @property
+    def codec(self) -> Any:
+        """The ``LatentVideoCodec`` module (compressai's), built on first use: the encoder runs
+        g_a, h_a and the rates in float; the decoder never needs it."""
+        if self._codec is None:
+            self._codec = self._codec_state.build()
+        return self._codec
+
+    @property
     def num_qualities(self) -> int:
-        return self.codec.num_qualities
+        return self.codec_config.num_qualities
 
     @property
     def num_rate_points(self) -> int:
-        return self.codec.num_qualities
+        return self.codec_config.num_qualities
+
+    def symbols_per_frame(self, height: int, width: int) -> int:
+        return symbols_per_frame(self.codec_config.y_channels, self.codec_config.z_channels, height, width)
 
     @classmethod
     def check_components(cls, modules: dict[str, Any], where: str) -> None:
         super().check_components(modules, where)
-        tokenizer, codec = modules["tokenizer"], modules["latent_codec"]
-        if codec.latent_channels != tokenizer.latent_channels:
-            raise ValueError(f"{where}: latent codec takes {codec.latent_channels} channels, tokenizer makes {tokenizer.latent_channels}")
+        tokenizer, channels = modules["tokenizer"], modules["latent_codec"].config["latent_channels"]
+        if channels != tokenizer.latent_channels:
+            raise ValueError(f"{where}: latent codec takes {channels} channels, tokenizer makes {tokenizer.latent_channels}")
 
     @classmethod
     def export_extras(cls, modules: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +149,7 @@ class LatentCodec(TokenizerCodec):
         header = self._read_header(f)
         # A chunk holds at most MAX_LATENTS_PER_CHUNK latent frames at (far less than) 8 bytes a
         # symbol: a damaged length above that is refused before it is read.
-        max_chunk = 64 * 1024 + 8 * self.codec.symbols_per_frame(*self._latent_hw(header)) * MAX_LATENTS_PER_CHUNK
+        max_chunk = 64 * 1024 + 8 * self.symbols_per_frame(*self._latent_hw(header)) * MAX_LATENTS_PER_CHUNK
         payload, offset = read_config_chunk(f, max_chunk)
         config = StreamConfig.parse(payload)
         self._check_latent_geometry(header, config.latent_frames, (config.latent_height, config.latent_width))
@@ -146,7 +165,7 @@ class LatentCodec(TokenizerCodec):
     ) -> tuple[int, int, int]:
         """The chunks' latents (and frames): ``(quality, rANS bytes, chunks)``."""
         size_hw = (config.latent_height, config.latent_width)
-        per_latent = self.codec.symbols_per_frame(*size_hw)
+        per_latent = self.symbols_per_frame(*size_hw)
         codec_state = self.net.init_state()
         pixels = FrameEmitter(self.tokenizer, header.width, header.height, on_frame)
         check = ModelCheck()
@@ -172,8 +191,8 @@ class LatentCodec(TokenizerCodec):
             decoder = SymbolDecoder(rans, count * per_latent)
             latents = []
             for _ in range(count):
-                latent, codec_state = self.codec.decompress_frame(
-                    codec_state, config.quality, size_hw, decoder, self.tables, self.net, observe
+                latent, codec_state = decompress_frame(
+                    codec_state, config.quality, size_hw, decoder, self.tables, self.net, self.num_qualities, self.codec_config.z_channels, observe
                 )
                 latents.append(latent)
             if check.take() != expected_check:
