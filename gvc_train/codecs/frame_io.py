@@ -22,10 +22,12 @@ import re
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
-from PIL import Image
+
+if TYPE_CHECKING:  # av (video files) and PIL (PNG folders) are imported by the sink that writes one
+    import av
 
 from gvc_train.safe_output import OutputError, check_target, commit, free_name, make_parent, remove_path, temp_beside
 
@@ -83,15 +85,21 @@ class FrameSink:
         frame_HWC = np.ascontiguousarray(frame_HWC, dtype=np.uint8)
         self.frames += 1
         if self.kind == "png":
+            from PIL import Image
+
             Image.fromarray(frame_HWC).save(self._tmp / f"frame_{self.frames:06d}.png", compress_level=1)
             return
         if self._container is None:
             self._open(frame_HWC.shape[1], frame_HWC.shape[0])
         assert self._container is not None and self._stream is not None
+        import av
+
         for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame_HWC, format="rgb24")):
             self._container.mux(packet)
 
     def _open(self, width: int, height: int) -> None:
+        import av
+
         if self.kind == ".y4m":
             self._container = av.open(str(self._tmp), mode="w", format="yuv4mpegpipe")
             self._stream = self._container.add_stream("rawvideo", rate=self.fps)

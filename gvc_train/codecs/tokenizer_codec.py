@@ -35,7 +35,6 @@ from gvc_train.coding.container import (
     fingerprint_prefix,
     read_header,
 )
-from gvc_train.data.video_io import VideoReader
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
 from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
 
@@ -161,6 +160,8 @@ class TokenizerCodec(Codec):
         The file appears only when complete; ``output`` must not be ``source`` (see
         ``gvc_train.safe_output``).
         """
+        from gvc_train.data.video_io import VideoReader  # here: decoding reads no video file
+
         if options:
             raise ValueError(f"the {self.family} codec takes no option {sorted(options)}")
         self._check_encode(rate_point, latents_per_chunk)

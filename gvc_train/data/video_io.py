@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import av
-import av.logging
 import numpy as np
-from PIL import Image
+
+if TYPE_CHECKING:  # av and PIL are imported where a file is read: decoding a stream to y4m or PNG needs neither
+    import av
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".y4m", ".avi", ".nut", ".ts"})
 FRAME_EXTENSION = ".png"
@@ -181,6 +181,8 @@ class VideoReader:
     def _open_video(self, resize_short: int | None, threads: int) -> None:
         if os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
             raise VideoReadError(self.path, "empty file (0 bytes)")  # FFmpeg: "Header too large" or EINVAL
+        import av
+
         with _FFmpegErrorLog() as log:
             try:
                 self._container = av.open(self.path, metadata_errors="ignore")
@@ -259,6 +261,8 @@ class VideoReader:
             raise VideoReadError(self.path, f"stream ends after {count} of {declared} declared frames (truncated file?)")
 
     def _next_video_frame(self, index: int) -> av.VideoFrame | None:
+        import av
+
         assert self._stream_iter is not None
         try:
             return next(self._stream_iter)
@@ -274,6 +278,8 @@ class VideoReader:
         return frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
 
     def _read_png(self, path: str, index: int) -> np.ndarray:
+        from PIL import Image
+
         name = os.path.basename(path)
         try:
             with Image.open(path) as image:
@@ -293,6 +299,8 @@ class VideoReader:
     def _resize(self, rgb: np.ndarray) -> np.ndarray:
         if self._out_size == self._src_size:
             return rgb
+        import av
+
         width, height = self._out_size
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         return frame.reformat(width=width, height=height, interpolation="AREA").to_ndarray()
@@ -339,6 +347,8 @@ def read_frames(
 
 def _declared_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:
     """The frame count the container claims: mp4's sample count, else duration x rate, else None."""
+    import av
+
     if stream.frames and stream.frames > 0:
         return int(stream.frames)
     rate = stream.average_rate or stream.guessed_rate
@@ -361,6 +371,8 @@ class _FFmpegErrorLog:
     """
 
     def __enter__(self) -> "_FFmpegErrorLog":
+        import av.logging
+
         self._level, self._skip = av.logging.get_level(), av.logging.get_skip_repeated()
         if self._level is None or self._level < av.logging.ERROR:
             av.logging.set_level(av.logging.ERROR)
@@ -370,12 +382,16 @@ class _FFmpegErrorLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import av.logging
+
         self._capture.__exit__(*exc)
         av.logging.set_level(self._level)
         av.logging.set_skip_repeated(self._skip)
 
     def last(self) -> str | None:
         """The last error-level message as ``"component: message"``, or None."""
+        import av.logging
+
         errors = [(name, message) for level, name, message in self.messages if level <= av.logging.ERROR]
         if not errors:
             return None
