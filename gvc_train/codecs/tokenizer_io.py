@@ -11,7 +11,9 @@ bounded by one run of frames, whatever the video's length.
 Decoding (:class:`FrameEmitter`): a run's latent frames become pixels through the tokenizer's
 decoder cache, cropped to the header's size and cut to its frame count. The encoder's
 reconstruction (``on_recon``) goes through the same calls on the same tensors, so it is what
-the decoder will give, float for float (other groupings agree only to ~1e-6).
+the decoder will give, float for float. On the CPU any other grouping of the latent frames gives
+the same bits too (the tokenizer's inference kernels do not depend on the extent of their input:
+models/tokenizer/exact_kernels.py).
 
 :func:`assemble_stream` makes the file: header + CONFIG (known only at the end), the body, END,
 renamed into place when whole. :func:`chunk_pixels` is the memory bound's measure.

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from gvc_train.models.tokenizer.exact_kernels import conv_forward, group_norm_per_frame, rms_normalize
+
 
 @dataclasses.dataclass(frozen=True)
 class StreamState:
@@ -119,7 +121,7 @@ class CausalConv3d(nn.Conv3d, Streaming):
                 past = x_BCThw.new_zeros(b, c, self.time_pad, h, w)
             x_BCThw = torch.cat([past, x_BCThw], dim=2)
             ctx.store(self.cache_key, x_BCThw[:, :, -self.time_pad :])
-        return super().forward(x_BCThw)
+        return conv_forward(self, x_BCThw)
 
 
 class FrameNorm(nn.Module):
@@ -140,13 +142,10 @@ class FrameNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x_BCThw: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x_BCThw.shape
-        if self.kind == "rms":
-            x = F.normalize(x_BCThw, dim=1, eps=self.eps) * math.sqrt(c)
-        else:
-            x_BGcThw = x_BCThw.reshape(b, self.groups, c // self.groups, t, h, w)
-            var, mean = torch.var_mean(x_BGcThw, dim=(2, 4, 5), unbiased=False, keepdim=True)
-            x = ((x_BGcThw - mean) * torch.rsqrt(var + self.eps)).reshape(b, c, t, h, w)
+        c = x_BCThw.shape[1]
+        if self.kind == "group":
+            return group_norm_per_frame(x_BCThw, self.groups, self.weight, self.bias, self.eps)
+        x = rms_normalize(x_BCThw, self.eps) * math.sqrt(c)
         return x * self.weight.view(1, c, 1, 1, 1) + self.bias.view(1, c, 1, 1, 1)
 
 
@@ -183,10 +182,10 @@ class FrameAttention(nn.Module):
 
     def forward(self, x_BCThw: torch.Tensor, ctx: StreamContext | None = None) -> torch.Tensor:
         b, c, _, h, w = x_BCThw.shape
-        qkv_NChw = self.qkv(frames_to_batch(self.norm(x_BCThw)))
+        qkv_NChw = conv_forward(self.qkv, frames_to_batch(self.norm(x_BCThw)))
         q, k, v = qkv_NChw.flatten(2).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)  # N,1,hw,c each
         out_NLC = F.scaled_dot_product_attention(q, k, v).squeeze(1)
-        out_NChw = self.proj(out_NLC.transpose(1, 2).reshape(-1, c, h, w))
+        out_NChw = conv_forward(self.proj, out_NLC.transpose(1, 2).reshape(-1, c, h, w))
         return x_BCThw + batch_to_frames(out_NChw, b)
 
 
@@ -215,7 +214,7 @@ class CausalDownsample(Streaming):
     def forward(self, x_BCThw: torch.Tensor, ctx: StreamContext) -> torch.Tensor:
         b = x_BCThw.shape[0]
         x_NChw = F.pad(frames_to_batch(x_BCThw), (0, 1, 0, 1))
-        x_BCThw = batch_to_frames(self.spatial(x_NChw), b)
+        x_BCThw = batch_to_frames(conv_forward(self.spatial, x_NChw), b)
         if self.time_conv is None:
             return x_BCThw
         if ctx.at_start:
@@ -232,7 +231,7 @@ class CausalDownsample(Streaming):
         ctx.store(self.cache_key, (rest if rest.shape[2] else prev)[:, :, -1:])
         parts = [head] if head is not None else []
         if rest.shape[2]:
-            parts.append(self.time_conv(torch.cat([prev, rest], dim=2)))
+            parts.append(conv_forward(self.time_conv, torch.cat([prev, rest], dim=2)))
         return torch.cat(parts, dim=2)
 
 
@@ -265,7 +264,7 @@ class CausalUpsample(nn.Module):
             x_BCThw = torch.cat([x_BCThw[:, :, :1], y_BCThw[:, :, 2:]], dim=2) if ctx.at_start else y_BCThw
         b = x_BCThw.shape[0]
         x_NChw = F.interpolate(frames_to_batch(x_BCThw), scale_factor=2.0, mode="nearest")
-        return batch_to_frames(self.spatial(x_NChw), b)
+        return batch_to_frames(conv_forward(self.spatial, x_NChw), b)
 
 
 def maybe_checkpoint(
