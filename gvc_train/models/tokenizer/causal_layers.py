@@ -71,6 +71,13 @@ class StreamContext:
     def store(self, key: str, frames: torch.Tensor) -> None:
         if self.record:
             self.new[key] = frames.detach().clone()
+            # The layer has read its past: this pass no longer holds it (the caller's state
+            # still does if the caller kept it), so old and new caches are not both in memory.
+            self.old.pop(key, None)
+
+    def advance(self) -> None:
+        """The next frames of the same pass: they read the caches the previous frames left."""
+        self.old, self.new, self.at_start = self.new, dict(self.new), False
 
 
 class Streaming(nn.Module):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+import functools
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -119,12 +121,73 @@ class CausalDecoder(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, z_BCthw: torch.Tensor, ctx: StreamContext) -> torch.Tensor:
+        h = self.forward_head(z_BCthw, ctx)
+        for stage in self.tail_stages():
+            h = stage.run(h, ctx)
+        return h
+
+    # The decoder as a head at latent resolution and a tail of stages that only look at a
+    # bounded neighbourhood of each pixel: what spatial tiling needs (models/tokenizer/tiling.py).
+
+    def forward_head(self, z_BCthw: torch.Tensor, ctx: StreamContext) -> torch.Tensor:
+        """``conv_in``, the middle block and the coarsest level's blocks (all at latent
+        resolution, the middle one possibly with frame-wide attention)."""
         ckpt = self.gradient_checkpointing and self.training
         h = self.conv_in(z_BCthw, ctx)
         h = maybe_checkpoint(self.mid, h, ctx, ckpt)
-        for level in self.levels:
-            for block in level.blocks:
-                h = maybe_checkpoint(block, h, ctx, ckpt)
+        for block in self.levels[0].blocks:
+            h = maybe_checkpoint(block, h, ctx, ckpt)
+        return h
+
+    def tail_stages(self) -> list[TailStage]:
+        """The rest, in order: each stage's spatial reach and whether it doubles the resolution."""
+        ckpt = self.gradient_checkpointing and self.training
+        stages: list[TailStage] = []
+        for i, level in enumerate(self.levels):
+            if i > 0:
+                stages += [TailStage.of_block(block, ckpt) for block in level.blocks]
             if level.up is not None:
-                h = level.up(h, ctx)
+                stages.append(TailStage.of_upsample(level.up))
+        out_channels = self.conv_out.in_channels
+        stages.append(TailStage("out", self._out, self.conv_out.kernel_size[1] // 2, out_channels, cached_channels(self.conv_out)))
+        return stages
+
+    def head_modules(self) -> list[nn.Module]:
+        """What :meth:`forward_head` runs (for its cache's size)."""
+        return [self.conv_in, self.mid, *self.levels[0].blocks]
+
+    def _out(self, h: torch.Tensor, ctx: StreamContext) -> torch.Tensor:
         return self.conv_out(F.silu(self.norm_out(h)), ctx)
+
+
+@dataclasses.dataclass(frozen=True)
+class TailStage:
+    """One step of the decoder's tail: ``run(h, ctx)``; ``radius``, the output pixels around a
+    pixel that it reads (at its output resolution); ``upsample``, 2 when it doubles height and
+    width; ``per_frame``, it may take frames one at a time (no temporal upsampling). For memory
+    plans: ``channels``, its widest activation; ``cached``, channels x frames that its causal
+    convs keep per pixel of its input."""
+
+    name: str
+    run: Callable[[torch.Tensor, StreamContext], torch.Tensor]
+    radius: int
+    channels: int
+    cached: int
+    upsample: int = 1
+    per_frame: bool = True
+
+    @classmethod
+    def of_block(cls, block: CausalResBlock, ckpt: bool) -> "TailStage":
+        radius = block.conv1.kernel_size[1] // 2 + block.conv2.kernel_size[1] // 2
+        channels = max(block.conv1.in_channels, block.conv2.out_channels)
+        return cls("block", functools.partial(maybe_checkpoint, block, enabled=ckpt), radius, channels, cached_channels(block))
+
+    @classmethod
+    def of_upsample(cls, up: CausalUpsample) -> "TailStage":
+        temporal = up.time_conv is not None
+        return cls("up", up, up.spatial.kernel_size[0] // 2, up.spatial.in_channels, cached_channels(up), upsample=2, per_frame=not temporal)
+
+
+def cached_channels(module: nn.Module) -> int:
+    """Channels times past frames that the causal convs in ``module`` cache, per input pixel."""
+    return sum(m.in_channels * m.time_pad for m in module.modules() if isinstance(m, CausalConv3d))
