@@ -101,6 +101,10 @@ class Codec(abc.ABC):
     meta: dict[str, Any]  # codec.json
     fingerprint: str
     deterministic: bool
+    # Bytes the whole process may hold while coding (codecs/memory_plan.py; ``gvc --max-memory``
+    # sets it, to 1.5 GiB by default): a family picks its plan from it and refuses in one line
+    # when not even its smallest plan fits. None: no limit, the fastest plan.
+    max_memory: int | None = None
 
     @classmethod
     def entry(cls) -> FamilyEntry:

@@ -167,7 +167,7 @@ class LatentCodec(TokenizerCodec):
         size_hw = (config.latent_height, config.latent_width)
         per_latent = self.symbols_per_frame(*size_hw)
         codec_state = self.net.init_state()
-        pixels = FrameEmitter(self.tokenizer, header.width, header.height, on_frame)
+        pixels = FrameEmitter(self.tokenizer, header.width, header.height, on_frame, self.max_memory)
         check = ModelCheck()
 
         def observe(symbols: torch.Tensor, indexes: torch.Tensor, latent: torch.Tensor) -> None:

@@ -178,7 +178,7 @@ class ProgressiveCodec(TokenizerCodec):
     ) -> tuple[int, int, int]:
         """The groups' latents (and frames): ``(rate point, coded bytes, chunks)``."""
         pyramid = ScalePyramid(self.quantizer, self.context_model, (config.latent_height, config.latent_width), fill)
-        pixels = FrameEmitter(self.tokenizer, header.width, header.height, on_frame)
+        pixels = FrameEmitter(self.tokenizer, header.width, header.height, on_frame, self.max_memory)
         payload_bytes = count = 0
         for group, parts in read_groups(config, chunks):
             count += len(parts)

@@ -172,7 +172,7 @@ class TokenizerCodec(Codec):
                 info = reader.info
                 per_run = self._run_length(info.width, info.height, latents_per_chunk)
                 coder = self._chunk_coder(rate_point, latent_size(info.width, info.height, self.spatial))
-                run = StreamingEncode(self.tokenizer, info.width, info.height, per_run, coder, body, on_recon)
+                run = StreamingEncode(self.tokenizer, info.width, info.height, per_run, coder, body, on_recon, self.max_memory)
                 for frame in reader.frames(max_frames):
                     run.add_frame(frame)
                 run.finish()

@@ -2,18 +2,19 @@
 
 Encoding (:class:`StreamingEncode`): frames are read one at a time, padded to a multiple of the
 tokenizer's spatial stride by repeating the last row and column; the tokenizer encodes the first
-frame alone and then ``temporal x n`` frames at a time through its causal cache (n: latent
-frames per run, a family's chunk or group); a frame count that is not ``1 + 4k`` is padded by
-repeating the last frame. Each latent frame goes to the family's :class:`ChunkCoder`, and every
-``n`` latent frames it ends a run with its FRAMES chunks, written to a body file. Memory is
-bounded by one run of frames, whatever the video's length.
+frame alone and then ``temporal`` frames (one latent frame) at a time through its causal cache;
+a frame count that is not ``1 + 4k`` is padded by repeating the last frame. Each latent frame
+goes to the family's :class:`ChunkCoder`, and every ``n`` latent frames (a family's chunk or
+group) it ends a run with its FRAMES chunks, written to a body file. Memory is bounded by one
+latent frame's frames, whatever the video's or the run's length.
 
-Decoding (:class:`FrameEmitter`): a run's latent frames become pixels through the tokenizer's
-decoder cache, cropped to the header's size and cut to its frame count. The encoder's
-reconstruction (``on_recon``) goes through the same calls on the same tensors, so it is what
-the decoder will give, float for float. On the CPU any other grouping of the latent frames gives
-the same bits too (the tokenizer's inference kernels do not depend on the extent of their input:
-models/tokenizer/exact_kernels.py).
+Decoding (:class:`FrameEmitter`): a run's latent frames become pixels one latent frame at a time
+through the tokenizer's decoder cache, in the plan a memory budget allows (untiled, or in strips:
+models/tokenizer/tiling.py), cropped to the header's size and cut to its frame count. The
+encoder's reconstruction (``on_recon``) goes through the same code, so it is what the decoder will
+give, float for float; on the CPU every grouping and every plan gives the same bits (the
+tokenizer's inference kernels do not depend on the extent of their input:
+models/tokenizer/exact_kernels.py), so the two sides may run under different budgets.
 
 :func:`assemble_stream` makes the file: header + CONFIG (known only at the end), the body, END,
 renamed into place when whole. :func:`chunk_pixels` is the memory bound's measure.
@@ -35,7 +36,9 @@ import torch.nn.functional as F
 
 from gvc_train.codecs.base import FrameCallback
 from gvc_train.coding.container import ChunkType, StreamHeader, chunk_bytes, end_marker, fingerprint_prefix, fps_fraction, header_bytes
+from gvc_train.codecs.memory_plan import OverBudget, budget_left, describe_bytes
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
+from gvc_train.models.tokenizer.tiling import DecodePlan, StripDecoder, choose_plan
 from gvc_train.safe_output import atomic_write_with, check_target, temp_beside
 
 # Pixels the tokenizer codes at once (the frames of one run x the padded frame size), and so
@@ -77,25 +80,59 @@ class ChunkCoder(Protocol):
 
 
 class FrameEmitter:
-    """Latent runs to frames: ``emit`` decodes one run's latent frames through the tokenizer's
-    decoder cache and hands the frames, cropped to ``height x width``, to ``on_frame`` as uint8
-    ``H x W x 3``; nothing when ``on_frame`` is None."""
+    """Latent runs to frames: ``emit`` decodes one run's latent frames, one latent frame at a
+    time, through the tokenizer's decoder cache and hands the frames, cropped to ``height x
+    width``, to ``on_frame`` as uint8 ``H x W x 3``; nothing when ``on_frame`` is None.
 
-    def __init__(self, tokenizer: Any, width: int, height: int, on_frame: FrameCallback | None) -> None:
+    ``max_memory`` (bytes the whole process may hold; None: no limit) picks the decoder's plan:
+    untiled, one frame at a time, strips, strips with their caches in a file
+    (models/tokenizer/tiling.py); every plan gives the same pixels. :class:`OverBudget` when
+    not even the smallest fits.
+    """
+
+    def __init__(self, tokenizer: Any, width: int, height: int, on_frame: FrameCallback | None, max_memory: int | None = None) -> None:
         self.tokenizer, self.width, self.height, self.on_frame = tokenizer, width, height, on_frame
-        self.state = tokenizer.init_decoder_state() if on_frame is not None else None
+        self.state = self.decoder = self.plan = None
         self.emitted = 0
+        if on_frame is None:
+            return
+        if not hasattr(getattr(tokenizer, "decoder", None), "tail_stages"):
+            self.state = tokenizer.init_decoder_state()
+            return
+        latent_hw = latent_size(width, height, tokenizer.spatial_stride)
+        if max_memory is None:
+            self.plan = DecodePlan()
+        else:
+            left = budget_left(max_memory)
+            self.plan, need, fits = choose_plan(tokenizer, latent_hw, left)
+            if not fits:
+                raise OverBudget(
+                    f"decoding {width}x{height} needs ~{describe_bytes(need.total)} more than this process holds "
+                    f"({self.plan.describe()}), the memory budget of {describe_bytes(max_memory)} leaves "
+                    f"{describe_bytes(max(0, left))}: raise --max-memory"
+                )
+        self.decoder = StripDecoder(tokenizer, latent_hw, self.plan)
 
     def emit(self, latents: list[torch.Tensor], frames: int) -> None:
         """Decode ``latents`` (each ``1 x C x h x w``) and emit their frames, up to ``frames`` in all."""
-        if self.on_frame is None or not latents:
+        if self.on_frame is None:
             return
-        pixels_BCThw, self.state = self.tokenizer.decode_chunk(torch.stack(latents, dim=2), self.state)
-        frames_THWC = tensor_to_frames(pixels_BCThw[0, :, :, : self.height, : self.width])
-        count = max(0, min(frames - self.emitted, frames_THWC.shape[0]))
-        for t in range(count):
-            self.on_frame(frames_THWC[t])
-        self.emitted += count
+        for latent_BChw in latents:
+            if self.decoder is not None:
+                pixels_BCThw = self.decoder.step(latent_BChw.unsqueeze(2))
+            else:
+                pixels_BCThw, self.state = self.tokenizer.decode_chunk(latent_BChw.unsqueeze(2), self.state)
+            frames_THWC = tensor_to_frames(pixels_BCThw[0, :, :, : self.height, : self.width])
+            del pixels_BCThw
+            count = max(0, min(frames - self.emitted, frames_THWC.shape[0]))
+            for t in range(count):
+                self.on_frame(frames_THWC[t])
+            self.emitted += count
+
+    def close(self) -> None:
+        """Let go of a spilled cache's file now (it is removed whatever happens)."""
+        if self.decoder is not None:
+            self.decoder.close()
 
 
 class StreamingEncode:
@@ -104,13 +141,21 @@ class StreamingEncode:
     ``on_recon`` gets the decoder's frames. Counts frames, latent frames, chunks and payload bytes."""
 
     def __init__(
-        self, tokenizer: Any, width: int, height: int, latents_per_run: int, coder: ChunkCoder, body: BinaryIO, on_recon: FrameCallback | None
+        self,
+        tokenizer: Any,
+        width: int,
+        height: int,
+        latents_per_run: int,
+        coder: ChunkCoder,
+        body: BinaryIO,
+        on_recon: FrameCallback | None,
+        max_memory: int | None = None,
     ) -> None:
         self.tokenizer, self.per_run, self.coder, self.body = tokenizer, latents_per_run, coder, body
         s = tokenizer.spatial_stride
         self.pad_hw = (-height % s, -width % s)
         self.latent_hw = latent_size(width, height, s)
-        self.recon = FrameEmitter(tokenizer, width, height, on_recon)
+        self.recon = FrameEmitter(tokenizer, width, height, on_recon, max_memory)
         self.pending: list[torch.Tensor] = []
         self.run_latents: list[torch.Tensor] = []  # the decoder's latents of the current run, for on_recon
         self.tok_state = tokenizer.init_encoder_state()
@@ -123,7 +168,9 @@ class StreamingEncode:
             x = F.pad(x, (0, self.pad_hw[1], 0, self.pad_hw[0]), mode="replicate")
         self.pending.append(x)
         self.frames += 1
-        if self.frames == 1 or len(self.pending) == self.tokenizer.temporal_stride * self.per_run:
+        # One latent frame at a time: memory holds ``temporal_stride`` frames, whatever the run
+        # length, and the latents are the same bits as a whole run's (exact_kernels.py).
+        if self.frames == 1 or len(self.pending) == self.tokenizer.temporal_stride:
             self._tokenize()
 
     def finish(self) -> None:

@@ -296,3 +296,49 @@ def decoder_scale(stages: list[Any]) -> int:
 
 def _head_cached(module: torch.nn.Module) -> int:
     return sum(m.in_channels * m.time_pad for m in module.modules() if isinstance(m, CausalConv3d))
+
+
+# A spilled cache costs a write and a read per step, a small share of the step's compute (~5%
+# at 1920x1080 here); one frame at a time costs a little call overhead.
+SPILL_COST = 1.08
+FRAME_AT_A_TIME_COST = 1.02
+
+
+def relative_compute(vae: Any, latent_hw: tuple[int, int], strips: int) -> float:
+    """The tail's work with ``strips`` strips over its work untiled (margins are recomputed),
+    weighting each stage by channels squared times its area, as a conv's cost goes."""
+    stages, (h, w) = vae.decoder.tail_stages(), latent_hw
+    need = margins(stages)
+    tiled = untiled = 0.0
+    f = 1
+    for s, stage in enumerate(stages):
+        weight = stage.channels**2 * f * w
+        untiled += weight * f * h
+        tiled += weight * sum(min(f * h, f * r1 + need[s]) - max(0, f * r0 - need[s]) for r0, r1 in strip_rows(h, strips))
+        f *= stage.upsample
+    return tiled / untiled
+
+
+def choose_plan(vae: Any, latent_hw: tuple[int, int], budget: int) -> tuple[DecodePlan, DecodeMemory, bool]:
+    """The fastest plan whose estimate fits ``budget`` bytes: ``(plan, estimate, True)``; when
+    none does, the smallest one: ``(plan, estimate, False)``."""
+    h = latent_hw[0]
+    counts = [1]
+    if tileable(vae):
+        counts += sorted({n for n in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if n <= h} | ({h} if h > 1 else set()))
+    candidates = []
+    for strips in counts:
+        compute = relative_compute(vae, latent_hw, strips)
+        for frames_at_once in (None, 1):
+            for spill in (False, True):
+                if spill and strips == 1:
+                    continue  # one strip's cache is the whole cache: spilling saves nothing
+                plan = DecodePlan(strips, frames_at_once, spill)
+                cost = compute * (SPILL_COST if spill else 1.0) * (FRAME_AT_A_TIME_COST if frames_at_once else 1.0)
+                candidates.append((cost, plan, estimate_memory(vae, latent_hw, plan)))
+    fitting = [c for c in candidates if c[2].total <= budget]
+    if fitting:
+        _, plan, memory = min(fitting, key=lambda c: c[0])
+        return plan, memory, True
+    _, plan, memory = min(candidates, key=lambda c: c[2].total)
+    return plan, memory, False
