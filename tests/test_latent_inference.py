@@ -113,3 +113,12 @@ def test_cli_round_trip_without_training_packages(tiny_codec_dir: Path, odd_vide
     assert f"{out}: 6 frames 37x29" in proc.stdout
     assert len(list((tmp_path / "out").glob("*.png"))) == 6
     assert "latent" in proc.stdout and "FRAMES" in proc.stdout and "CONFIG" in proc.stdout
+
+
+def test_a_decode_reports_where_its_time_went(tiny_codec_dir: Path, odd_video: Path, tmp_path: Path) -> None:
+    codec = LatentCodec(tiny_codec_dir)
+    codec.encode(odd_video, tmp_path / "x.gvc", 1)
+    report = codec.decode(tmp_path / "x.gvc", lambda frame: None)
+    stages = report.stats["stage_seconds"]
+    assert set(stages) == {"entropy", "tokenizer", "frames out"}
+    assert all(s > 0 for s in stages.values()) and sum(stages.values()) <= report.seconds

@@ -55,7 +55,8 @@ class CodingReport:
     seconds: float
     model_bits: float | None = None  # encoder only: -sum log2 p of what was coded, as coded
     estimate_bits: float | None = None  # encoder only: the same at the training model's exact probabilities
-    stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # encoder only: a family's own figures (zero-shot: atom bits)
+    # a family's own figures: zero-shot encodes' atom bits; decodes' stage_seconds (where the time went)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def bpp(self) -> float:

@@ -167,7 +167,7 @@ class LatentCodec(TokenizerCodec):
         size_hw = (config.latent_height, config.latent_width)
         per_latent = self.symbols_per_frame(*size_hw)
         codec_state = self.net.init_state()
-        pixels = FrameEmitter(self.tokenizer, header.width, header.height, on_frame, self.max_memory)
+        pixels = FrameEmitter(self.tokenizer, header.width, header.height, on_frame, self.max_memory, self.clock)
         check = ModelCheck()
 
         def observe(symbols: torch.Tensor, indexes: torch.Tensor, latent: torch.Tensor) -> None:
@@ -191,9 +191,10 @@ class LatentCodec(TokenizerCodec):
             decoder = SymbolDecoder(rans, count * per_latent)
             latents = []
             for _ in range(count):
-                latent, codec_state = decompress_frame(
-                    codec_state, config.quality, size_hw, decoder, self.tables, self.net, self.num_qualities, self.codec_config.z_channels, observe
-                )
+                with self.clock.stage("entropy"):  # rANS and the fixed-point context and hyperprior nets
+                    latent, codec_state = decompress_frame(
+                        codec_state, config.quality, size_hw, decoder, self.tables, self.net, self.num_qualities, self.codec_config.z_channels, observe
+                    )
                 latents.append(latent)
             if check.take() != expected_check:
                 raise BitstreamError(

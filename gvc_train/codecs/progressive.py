@@ -178,13 +178,15 @@ class ProgressiveCodec(TokenizerCodec):
     ) -> tuple[int, int, int]:
         """The groups' latents (and frames): ``(rate point, coded bytes, chunks)``."""
         pyramid = ScalePyramid(self.quantizer, self.context_model, (config.latent_height, config.latent_width), fill)
-        pixels = FrameEmitter(self.tokenizer, header.width, header.height, on_frame, self.max_memory)
+        pixels = FrameEmitter(self.tokenizer, header.width, header.height, on_frame, self.max_memory, self.clock)
         payload_bytes = count = 0
         for group, parts in read_groups(config, chunks):
             count += len(parts)
             payload_bytes += sum(len(p.coded) for p in parts)
             complete = len(parts) == config.coded_scales  # else cut: no end marker below the last section
-            pixels.emit(_decode_group(pyramid, group, parts, config.group_latents(group), complete), header.frames)
+            with self.clock.stage("entropy"):  # the context transformer and the categorical decoder
+                latents = _decode_group(pyramid, group, parts, config.group_latents(group), complete)
+            pixels.emit(latents, header.frames)
         return config.kept_scales - 1, payload_bytes, count
 
 

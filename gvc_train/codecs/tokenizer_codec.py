@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import latent_frames_for
+from gvc_train.codecs.stage_clock import StageClock
 from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, ChunkCoder, StreamingEncode, assemble_stream, chunk_pixels, latent_size, stream_body, stream_header
 from gvc_train.coding.container import (
     BitstreamError,
@@ -71,6 +72,7 @@ class TokenizerCodec(Codec):
         self.spatial = self.tokenizer.spatial_stride
         self.temporal = self.tokenizer.temporal_stride
         self.max_chunk_pixels = MAX_CHUNK_PIXELS
+        self.clock = StageClock()
         return modules
 
     @classmethod
@@ -200,12 +202,14 @@ class TokenizerCodec(Codec):
         path = Path(stream)
         if not path.is_file():
             raise BitstreamError(f"no bitstream at {path}")
+        self.clock = StageClock()  # the family's decode_chunks times its stages on it
         with open(path, "rb") as f, inference_mode(self.deterministic):
             header, config, chunks = self._open_stream(f)
             rate_point, payload_bytes, count = decode_chunks(header, config, chunks)
         return CodingReport(
             str(path), header.frames, header.width, header.height, header.fps, rate_point,
             path.stat().st_size, payload_bytes, count, time.perf_counter() - started,
+            stats={"stage_seconds": self.clock.as_dict()},
         )  # fmt: skip
 
     def _read_header(self, f: BinaryIO) -> StreamHeader:

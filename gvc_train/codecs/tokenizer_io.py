@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from gvc_train.codecs.base import FrameCallback
 from gvc_train.coding.container import ChunkType, StreamHeader, chunk_bytes, end_marker, fingerprint_prefix, fps_fraction, header_bytes
 from gvc_train.codecs.memory_plan import OverBudget, budget_left, describe_bytes
+from gvc_train.codecs.stage_clock import StageClock
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
 from gvc_train.models.tokenizer.tiling import DecodePlan, StripDecoder, choose_plan
 from gvc_train.safe_output import atomic_write_with, check_target, temp_beside
@@ -90,8 +91,11 @@ class FrameEmitter:
     not even the smallest fits.
     """
 
-    def __init__(self, tokenizer: Any, width: int, height: int, on_frame: FrameCallback | None, max_memory: int | None = None) -> None:
+    def __init__(
+        self, tokenizer: Any, width: int, height: int, on_frame: FrameCallback | None, max_memory: int | None = None, clock: StageClock | None = None
+    ) -> None:
         self.tokenizer, self.width, self.height, self.on_frame = tokenizer, width, height, on_frame
+        self.clock = clock or StageClock()
         self.state = self.decoder = self.plan = None
         self.emitted = 0
         if on_frame is None:
@@ -118,16 +122,18 @@ class FrameEmitter:
         if self.on_frame is None:
             return
         for latent_BChw in latents:
-            if self.decoder is not None:
-                pixels_BCThw = self.decoder.step(latent_BChw.unsqueeze(2))
-            else:
-                pixels_BCThw, self.state = self.tokenizer.decode_chunk(latent_BChw.unsqueeze(2), self.state)
-            frames_THWC = tensor_to_frames(pixels_BCThw[0, :, :, : self.height, : self.width])
-            del pixels_BCThw
-            count = max(0, min(frames - self.emitted, frames_THWC.shape[0]))
-            for t in range(count):
-                self.on_frame(frames_THWC[t])
-            self.emitted += count
+            with self.clock.stage("tokenizer"):
+                if self.decoder is not None:
+                    pixels_BCThw = self.decoder.step(latent_BChw.unsqueeze(2))
+                else:
+                    pixels_BCThw, self.state = self.tokenizer.decode_chunk(latent_BChw.unsqueeze(2), self.state)
+            with self.clock.stage("frames out"):  # to uint8, and the caller's sink (file writing)
+                frames_THWC = tensor_to_frames(pixels_BCThw[0, :, :, : self.height, : self.width])
+                del pixels_BCThw
+                count = max(0, min(frames - self.emitted, frames_THWC.shape[0]))
+                for t in range(count):
+                    self.on_frame(frames_THWC[t])
+                self.emitted += count
 
     def close(self) -> None:
         """Let go of a spilled cache's file now (it is removed whatever happens)."""
