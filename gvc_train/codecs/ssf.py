@@ -9,7 +9,12 @@ frames coded against the encoder's own decoded previous frame, exactly the decod
 The quality index (a rate point) is the model's: one per stream. Layout: ``ssf_stream.py``.
 
 Memory is one frame and its reference, whatever the video's length: frames are read, coded and
-written one at a time, and decoded frames go to the caller's sink one at a time.
+written one at a time, and decoded frames go to the caller's sink one at a time. Within a frame,
+``max_memory`` (bytes the whole process may hold; None: no limit; ``gvc --max-memory``) picks how
+many horizontal strips the pixel synthesis runs in (models/ssf/ssf_strips.py): the fewest whose
+estimate fits, every count giving the same bits, so the encoder and the decoder may run under
+different budgets; :class:`OverBudget` in one line, before anything is written, when none fits.
+The encoder's analysis transforms run on whole frames (its estimate counts them).
 
 **Exactness.** The strings are compressai's own rANS. Scale indexes come from float networks
 (``hyper_decoder_scale``): decoding is bit-exact on the same machine and build, whatever the
@@ -39,18 +44,20 @@ from compressai.entropy_models import EntropyModel
 from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
 from gvc_train.codecs.codec_folder import CodecFolderError
 from gvc_train.codecs.determinism import inference_mode
+from gvc_train.codecs.memory_plan import OverBudget, budget_left, describe_bytes
 from gvc_train.codecs.ssf_stream import INTER_STRINGS, KEYFRAME_STRINGS, StreamConfig, describe_chunks, frame_payload, parse_frame_payload  # noqa: F401 (re-exported)
 from gvc_train.codecs.stream_layout import read_config_chunk
 from gvc_train.codecs.tokenizer_io import assemble_stream, stream_body, stream_header
 from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader, chunk_bytes, fingerprint_prefix, iter_chunks, read_header
 from gvc_train.data.video_io import VideoReader
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
+from gvc_train.models.ssf.ssf_strips import SynthesisPlan, choose_plan
 
 DEFAULT_INTRA_PERIOD = 32  # the protocol's (DESIGN.md, Evaluation)
-# Padded pixels of one frame the codec codes at most: 1080p (padded to 1920x1152). A forged
-# 16384x16384 header is refused before anything is allocated, and the encoder refuses what the
-# decoder would. Raise ``max_frame_pixels`` on a codec to code larger frames where memory allows.
-MAX_FRAME_PIXELS = 1920 * 1152
+# Padded pixels of one frame the codec codes at most: 8K (7680x4320, padded to 7680x4352), a
+# bound of the format (a forged 16384x16384 header is refused unread; the encoder refuses what
+# the decoder would). What fits in memory is the budget's call (``max_memory``), not this one's.
+MAX_FRAME_PIXELS = 8192 * 4352
 # Zero bytes after a string for the rANS decoder (coding/rans.py's bound): 8 a symbol, 16 a string byte.
 _PAD_FIXED, _PAD_PER_SYMBOL, _PAD_PER_BYTE = 256, 8, 16
 
@@ -107,6 +114,7 @@ class SSFCodec(Codec):
             raise CodecFolderError(f"{folder}: codec.json's intra_period must be -1 (first frame only) or >= 1, got {period!r}")
         self.intra_period = period  # what gvc eval reports beside the points
         self.max_frame_pixels = MAX_FRAME_PIXELS
+        self.plan = SynthesisPlan()
         self.check = _ModelCheck()
         for module in self.model.modules():
             if isinstance(module, EntropyModel):
@@ -157,6 +165,24 @@ class SSFCodec(Codec):
         z = self.model.motion_hyperprior.entropy_bottleneck.channels * (h // m) * (w // m)
         return 2 * (y + z)
 
+    def _plan_synthesis(self, width: int, height: int, action: str) -> SynthesisPlan:
+        """The fewest synthesis strips whose estimate fits what ``max_memory`` leaves (whole
+        frames with no budget), set on the model; OverBudget in one line when none fits."""
+        if self.max_memory is None:
+            plan = SynthesisPlan()
+        else:
+            left = budget_left(self.max_memory)
+            plan, need, fits = choose_plan(self.model, self.padded_size(width, height), left, encoding=action == "encoding")
+            if not fits:
+                raise OverBudget(
+                    f"{action} {width}x{height} needs ~{describe_bytes(need.total)} more than this process holds "
+                    f"({plan.describe()}), the memory budget of {describe_bytes(self.max_memory)} leaves "
+                    f"{describe_bytes(max(0, left))}: raise --max-memory"
+                )
+        self.model.synthesis_strips = plan.strips
+        self.plan = plan  # what the last encode or decode ran with
+        return plan
+
     # ---- encoding -----------------------------------------------------------------------------
 
     def encode(
@@ -192,6 +218,7 @@ class SSFCodec(Codec):
                 info = reader.info
                 if not self._fits(info.width, info.height):
                     raise ValueError(self._over_limit(info.width, info.height) + "; scale the video down")
+                self._plan_synthesis(info.width, info.height, "encoding")
                 x_ref = None
                 for frame in reader.frames(max_frames):
                     x_ref, strings = self._encode_frame(frame, x_ref, config, frames)
@@ -239,6 +266,7 @@ class SSFCodec(Codec):
             raise BitstreamError(f"no bitstream at {path}")
         with open(path, "rb") as f, inference_mode(self.deterministic):
             header, config, chunks = self._open_stream(f)
+            self._plan_synthesis(header.width, header.height, "decoding")
             payload_bytes = self._decode_frames(header, config, chunks, on_frame)
         return CodingReport(
             str(path), header.frames, header.width, header.height, header.fps, config.quality,

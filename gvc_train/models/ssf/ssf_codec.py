@@ -58,10 +58,13 @@ from compressai.layers import QReLU
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from compressai.models.video import ScaleSpaceFlow
+from compressai.models.video.google import gaussian_blur, gaussian_kernel2d
 from compressai.ops import quantize_ste
+import torch.nn.functional as F
 from torch import nn
 
 from gvc_train.models.registry import register_component
+from gvc_train.models.ssf.ssf_strips import synthesize
 
 Quality = int | torch.Tensor
 FRAME_MULTIPLE = 128  # 16 (encoder stride) x 8 (hyper path)
@@ -180,6 +183,9 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
         "sigma0": (0.1, 16.0), "num_qualities": (1, 64), "gain_range": (1e-3, 1e3), "len(gain_range)": (2, 2),
     }  # fmt: skip
     frame_multiple = FRAME_MULTIPLE
+    # Horizontal strips the coding methods synthesise pixels in (ssf_strips.py): the same bits
+    # as whole frames in less memory; the codec sets it from its memory budget.
+    synthesis_strips = 1
 
     def __init__(
         self,
@@ -304,6 +310,29 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
             raise RuntimeError("the entropy tables are not built: call update(force=True) before coding")
 
     # ---- coding, one frame at a time (after update()) -----------------------------------------
+    @staticmethod
+    def gaussian_volume(x: torch.Tensor, sigma: float, num_levels: int) -> torch.Tensor:
+        """compressai's scale-space volume, the same values; without autograd each level is
+        written into one preallocated volume (compressai's list and ``cat`` hold it twice)."""
+        if torch.is_grad_enabled() or not torch.is_floating_point(x):
+            return ScaleSpaceFlow.gaussian_volume(x, sigma, num_levels)
+        kernel = gaussian_kernel2d(2 * int(math.ceil(3 * sigma)) + 1, sigma, device=x.device, dtype=x.dtype)
+        volume = x.new_empty(x.shape[0], x.shape[1], num_levels + 1, *x.shape[2:])
+        volume[:, :, 0] = x
+        x = gaussian_blur(x, kernel=kernel)
+        volume[:, :, 1] = x
+        for i in range(1, num_levels):
+            x = gaussian_blur(F.avg_pool2d(x, kernel_size=(2, 2), stride=(2, 2)), kernel=kernel)
+            interp = x
+            for _ in range(i):
+                interp = F.interpolate(interp, scale_factor=2, mode="bilinear", align_corners=False)
+            volume[:, :, i + 1] = interp
+        return volume
+
+    def _synthesize(self, decoder: nn.Sequential, y_hat: torch.Tensor) -> torch.Tensor:
+        """``decoder(y_hat)``, in ``synthesis_strips`` strips: bit for bit the whole frame's."""
+        return synthesize(decoder, y_hat, self.synthesis_strips)
+
     def _compress(self, kind: str, y: torch.Tensor, quality: Quality) -> tuple[torch.Tensor, dict[str, Any]]:
         y, inv_gain = self._to_coded(kind, y, quality)
         y_hat, out = getattr(self, f"{kind}_hyperprior").compress(y)
@@ -320,12 +349,12 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
         self._require_tables()
         _check_frame(x)
         y_hat, out = self._compress("img", self.img_encoder(x), quality)
-        return self.img_decoder(y_hat).float(), out
+        return self._synthesize(self.img_decoder, y_hat).float(), out
 
     @torch.no_grad()
     def decode_keyframe(self, strings: list, shape: tuple[int, int], quality: Quality) -> torch.Tensor:
         self._require_tables()
-        return self.img_decoder(self._decompress("img", strings, shape, quality)).float()
+        return self._synthesize(self.img_decoder, self._decompress("img", strings, shape, quality)).float()
 
     @torch.no_grad()
     def encode_inter(self, x_cur: torch.Tensor, x_ref: torch.Tensor, quality: Quality) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -334,9 +363,9 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
         self._require_tables()
         _check_frame(x_cur)
         motion_hat, motion = self._compress("motion", self.motion_encoder(torch.cat((x_cur, x_ref), dim=1)), quality)
-        x_pred = self.forward_prediction(x_ref, self.motion_decoder(motion_hat))
+        x_pred = self.forward_prediction(x_ref, self._synthesize(self.motion_decoder, motion_hat))
         res_hat, res = self._compress("res", self.res_encoder(x_cur - x_pred), quality)
-        x_rec = x_pred + self.res_decoder(torch.cat((res_hat, motion_hat), dim=1))
+        x_rec = x_pred + self._synthesize(self.res_decoder, torch.cat((res_hat, motion_hat), dim=1))
         strings = {"motion": motion["strings"], "residual": res["strings"]}
         return x_rec.float(), {"strings": strings, "shape": {"motion": motion["shape"], "residual": res["shape"]}}
 
@@ -344,9 +373,9 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
     def decode_inter(self, x_ref: torch.Tensor, strings: dict[str, list], shapes: dict[str, tuple[int, int]], quality: Quality) -> torch.Tensor:
         self._require_tables()
         motion_hat = self._decompress("motion", strings["motion"], shapes["motion"], quality)
-        x_pred = self.forward_prediction(x_ref, self.motion_decoder(motion_hat))
+        x_pred = self.forward_prediction(x_ref, self._synthesize(self.motion_decoder, motion_hat))
         res_hat = self._decompress("res", strings["residual"], shapes["residual"], quality)
-        return (x_pred + self.res_decoder(torch.cat((res_hat, motion_hat), dim=1))).float()
+        return (x_pred + self._synthesize(self.res_decoder, torch.cat((res_hat, motion_hat), dim=1))).float()
 
     def compress(self, frames: Sequence[torch.Tensor], quality: Quality) -> tuple[list[Any], list[Any]]:
         """compressai's GOP API with a quality: ``(per-frame strings, per-frame shapes)``."""
