@@ -58,9 +58,7 @@ from compressai.layers import QReLU
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from compressai.models.video import ScaleSpaceFlow
-from compressai.models.video.google import gaussian_blur, gaussian_kernel2d
 from compressai.ops import quantize_ste
-import torch.nn.functional as F
 from torch import nn
 
 from gvc_train.models.registry import register_component
@@ -310,25 +308,6 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
             raise RuntimeError("the entropy tables are not built: call update(force=True) before coding")
 
     # ---- coding, one frame at a time (after update()) -----------------------------------------
-    @staticmethod
-    def gaussian_volume(x: torch.Tensor, sigma: float, num_levels: int) -> torch.Tensor:
-        """compressai's scale-space volume, the same values; without autograd each level is
-        written into one preallocated volume (compressai's list and ``cat`` hold it twice)."""
-        if torch.is_grad_enabled() or not torch.is_floating_point(x):
-            return ScaleSpaceFlow.gaussian_volume(x, sigma, num_levels)
-        kernel = gaussian_kernel2d(2 * int(math.ceil(3 * sigma)) + 1, sigma, device=x.device, dtype=x.dtype)
-        volume = x.new_empty(x.shape[0], x.shape[1], num_levels + 1, *x.shape[2:])
-        volume[:, :, 0] = x
-        x = gaussian_blur(x, kernel=kernel)
-        volume[:, :, 1] = x
-        for i in range(1, num_levels):
-            x = gaussian_blur(F.avg_pool2d(x, kernel_size=(2, 2), stride=(2, 2)), kernel=kernel)
-            interp = x
-            for _ in range(i):
-                interp = F.interpolate(interp, scale_factor=2, mode="bilinear", align_corners=False)
-            volume[:, :, i + 1] = interp
-        return volume
-
     def _synthesize(self, decoder: nn.Sequential, y_hat: torch.Tensor) -> torch.Tensor:
         """``decoder(y_hat)``, in ``synthesis_strips`` strips: bit for bit the whole frame's."""
         return synthesize(decoder, y_hat, self.synthesis_strips)
