@@ -22,7 +22,7 @@ from gvc_train.data.video_io import read_frames
 from gvc_train.export import main as export_main
 from gvc_train.lit.checkpoint_meta import CHECKPOINT_KEY
 from gvc_train.models import ScaleSpaceFlowCodec
-from gvc_train.models.ssf.ssf_strips import SynthesisPlan, estimate_memory, margin_rows, synthesize
+from gvc_train.models.ssf.ssf_strips import StripPlan, estimate_memory, margin_rows, run_in_strips
 
 REPO = Path(__file__).resolve().parents[1]
 # Wide synthesis, narrow entropy models: the synthesis is what a budget has to cut.
@@ -51,8 +51,8 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _tight_budget(codec: SSFCodec, encoding: bool = False) -> int:
     """A budget that leaves room for 4 synthesis strips, not for whole frames."""
-    strips = estimate_memory(codec.model, (256, 256), SynthesisPlan(4), encoding).total
-    assert strips < estimate_memory(codec.model, (256, 256), SynthesisPlan(), encoding).total
+    strips = estimate_memory(codec.model, (256, 256), StripPlan(4), encoding).total
+    assert strips < estimate_memory(codec.model, (256, 256), StripPlan(), encoding).total
     return resident_bytes() + SLACK_BYTES + strips
 
 
@@ -91,22 +91,29 @@ def test_a_budget_nothing_fits_is_refused_before_coding(ssf_dir, video, tmp_path
     assert not (tmp_path / "y.gvc").exists()
 
 
-def test_strips_equal_the_whole_synthesis_and_margins_come_from_the_layers():
+def test_strips_equal_whole_frames_and_margins_come_from_the_layers():
+    """On one thread (the codec's deterministic mode), synthesis and analysis alike."""
     torch.manual_seed(1)
     model = ScaleSpaceFlowCodec(**WIDTHS).eval()
     assert margin_rows(model.img_decoder) == 2  # four 5x5 stride-2 deconvolutions: < 2 latent rows each side
-    for decoder in (model.img_decoder, model.motion_decoder, model.res_decoder):
-        y_hat = torch.randn(1, decoder[0].in_channels, 9, 5)
-        with torch.inference_mode():
-            whole = decoder(y_hat)
-            for strips in (2, 3, 9):
-                assert torch.equal(synthesize(decoder, y_hat, strips), whole)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for transform in (model.img_decoder, model.motion_decoder, model.res_decoder, model.img_encoder, model.motion_encoder):
+            scale = 1 if isinstance(transform[0], torch.nn.ConvTranspose2d) else 16
+            x = torch.randn(1, transform[0].in_channels, 9 * scale, 5 * scale)
+            with torch.inference_mode():
+                whole = transform(x)
+                for strips in (2, 3, 9):
+                    assert torch.equal(run_in_strips(transform, x, strips), whole)
+    finally:
+        torch.set_num_threads(threads)
 
 
 _MEASURE = """
 import json, sys, torch
 from gvc_train.models import ScaleSpaceFlowCodec
-from gvc_train.models.ssf.ssf_strips import SynthesisPlan, estimate_memory
+from gvc_train.models.ssf.ssf_strips import StripPlan, estimate_memory
 from gvc_train.frames import tensor_to_frames
 def rss(field):
     return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))
@@ -115,14 +122,14 @@ torch.manual_seed(0)
 model = ScaleSpaceFlowCodec(**json.loads(sys.argv[1])).eval()
 model.update(force=True)
 strings, strips = torch.load(sys.argv[2]), int(sys.argv[3])
-model.synthesis_strips = strips
+model.pixel_strips = strips
 base = rss('VmRSS')
 with torch.inference_mode():
     key = model.decode_keyframe(strings['key'], strings['z_hw'], 0)
     frame = tensor_to_frames(key[:, :, None])
     inter = model.decode_inter(key, strings['inter'], {'motion': strings['z_hw'], 'residual': strings['z_hw']}, 0)
     frame = tensor_to_frames(inter[:, :, None])
-print(json.dumps([rss('VmHWM') - base, estimate_memory(model, tuple(key.shape[-2:]), SynthesisPlan(strips)).total]))
+print(json.dumps([rss('VmHWM') - base, estimate_memory(model, tuple(key.shape[-2:]), StripPlan(strips)).total]))
 """
 
 

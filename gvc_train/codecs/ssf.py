@@ -51,7 +51,7 @@ from gvc_train.codecs.tokenizer_io import assemble_stream, stream_body, stream_h
 from gvc_train.coding.container import BitstreamError, Chunk, ChunkType, StreamHeader, chunk_bytes, fingerprint_prefix, iter_chunks, read_header
 from gvc_train.data.video_io import VideoReader
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
-from gvc_train.models.ssf.ssf_strips import SynthesisPlan, choose_plan
+from gvc_train.models.ssf.ssf_strips import StripPlan, choose_plan
 
 DEFAULT_INTRA_PERIOD = 32  # the protocol's (DESIGN.md, Evaluation)
 # Padded pixels of one frame the codec codes at most: 8K (7680x4320, padded to 7680x4352), a
@@ -114,7 +114,7 @@ class SSFCodec(Codec):
             raise CodecFolderError(f"{folder}: codec.json's intra_period must be -1 (first frame only) or >= 1, got {period!r}")
         self.intra_period = period  # what gvc eval reports beside the points
         self.max_frame_pixels = MAX_FRAME_PIXELS
-        self.plan = SynthesisPlan()
+        self.plan = StripPlan()
         self.check = _ModelCheck()
         for module in self.model.modules():
             if isinstance(module, EntropyModel):
@@ -165,11 +165,11 @@ class SSFCodec(Codec):
         z = self.model.motion_hyperprior.entropy_bottleneck.channels * (h // m) * (w // m)
         return 2 * (y + z)
 
-    def _plan_synthesis(self, width: int, height: int, action: str) -> SynthesisPlan:
+    def _plan_synthesis(self, width: int, height: int, action: str) -> StripPlan:
         """The fewest synthesis strips whose estimate fits what ``max_memory`` leaves (whole
         frames with no budget), set on the model; OverBudget in one line when none fits."""
         if self.max_memory is None:
-            plan = SynthesisPlan()
+            plan = StripPlan()
         else:
             left = budget_left(self.max_memory)
             plan, need, fits = choose_plan(self.model, self.padded_size(width, height), left, encoding=action == "encoding")
@@ -179,7 +179,7 @@ class SSFCodec(Codec):
                     f"({plan.describe()}), the memory budget of {describe_bytes(self.max_memory)} leaves "
                     f"{describe_bytes(max(0, left))}: raise --max-memory"
                 )
-        self.model.synthesis_strips = plan.strips
+        self.model.pixel_strips = plan.strips
         self.plan = plan  # what the last encode or decode ran with
         return plan
 

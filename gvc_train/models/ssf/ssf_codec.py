@@ -62,7 +62,7 @@ from compressai.ops import quantize_ste
 from torch import nn
 
 from gvc_train.models.registry import register_component
-from gvc_train.models.ssf.ssf_strips import synthesize
+from gvc_train.models.ssf.ssf_strips import run_in_strips
 
 Quality = int | torch.Tensor
 FRAME_MULTIPLE = 128  # 16 (encoder stride) x 8 (hyper path)
@@ -181,9 +181,10 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
         "sigma0": (0.1, 16.0), "num_qualities": (1, 64), "gain_range": (1e-3, 1e3), "len(gain_range)": (2, 2),
     }  # fmt: skip
     frame_multiple = FRAME_MULTIPLE
-    # Horizontal strips the coding methods synthesise pixels in (ssf_strips.py): the same bits
-    # as whole frames in less memory; the codec sets it from its memory budget.
-    synthesis_strips = 1
+    # Horizontal strips the coding methods run the pixel-resolution transforms in (analysis and
+    # synthesis, ssf_strips.py): the same bits as whole frames in less memory; the codec sets it
+    # from its memory budget. Training's forward runs whole frames.
+    pixel_strips = 1
 
     def __init__(
         self,
@@ -308,9 +309,9 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
             raise RuntimeError("the entropy tables are not built: call update(force=True) before coding")
 
     # ---- coding, one frame at a time (after update()) -----------------------------------------
-    def _synthesize(self, decoder: nn.Sequential, y_hat: torch.Tensor) -> torch.Tensor:
-        """``decoder(y_hat)``, in ``synthesis_strips`` strips: bit for bit the whole frame's."""
-        return synthesize(decoder, y_hat, self.synthesis_strips)
+    def _in_strips(self, transform: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """``transform(x)``, in ``pixel_strips`` strips: bit for bit the whole frame's."""
+        return run_in_strips(transform, x, self.pixel_strips)
 
     def _compress(self, kind: str, y: torch.Tensor, quality: Quality) -> tuple[torch.Tensor, dict[str, Any]]:
         y, inv_gain = self._to_coded(kind, y, quality)
@@ -327,13 +328,13 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
         """``(decoder's reconstruction, {"strings": [y, z], "shape": z's (h, w)})`` of a keyframe."""
         self._require_tables()
         _check_frame(x)
-        y_hat, out = self._compress("img", self.img_encoder(x), quality)
-        return self._synthesize(self.img_decoder, y_hat).float(), out
+        y_hat, out = self._compress("img", self._in_strips(self.img_encoder, x), quality)
+        return self._in_strips(self.img_decoder, y_hat).float(), out
 
     @torch.no_grad()
     def decode_keyframe(self, strings: list, shape: tuple[int, int], quality: Quality) -> torch.Tensor:
         self._require_tables()
-        return self._synthesize(self.img_decoder, self._decompress("img", strings, shape, quality)).float()
+        return self._in_strips(self.img_decoder, self._decompress("img", strings, shape, quality)).float()
 
     @torch.no_grad()
     def encode_inter(self, x_cur: torch.Tensor, x_ref: torch.Tensor, quality: Quality) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -341,10 +342,10 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
         inter frame; ``x_ref`` must be the decoder's previous reconstruction (an encode's output)."""
         self._require_tables()
         _check_frame(x_cur)
-        motion_hat, motion = self._compress("motion", self.motion_encoder(torch.cat((x_cur, x_ref), dim=1)), quality)
-        x_pred = self.forward_prediction(x_ref, self._synthesize(self.motion_decoder, motion_hat))
-        res_hat, res = self._compress("res", self.res_encoder(x_cur - x_pred), quality)
-        x_rec = x_pred + self._synthesize(self.res_decoder, torch.cat((res_hat, motion_hat), dim=1))
+        motion_hat, motion = self._compress("motion", self._in_strips(self.motion_encoder, torch.cat((x_cur, x_ref), dim=1)), quality)
+        x_pred = self.forward_prediction(x_ref, self._in_strips(self.motion_decoder, motion_hat))
+        res_hat, res = self._compress("res", self._in_strips(self.res_encoder, x_cur - x_pred), quality)
+        x_rec = x_pred + self._in_strips(self.res_decoder, torch.cat((res_hat, motion_hat), dim=1))
         strings = {"motion": motion["strings"], "residual": res["strings"]}
         return x_rec.float(), {"strings": strings, "shape": {"motion": motion["shape"], "residual": res["shape"]}}
 
@@ -352,9 +353,9 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
     def decode_inter(self, x_ref: torch.Tensor, strings: dict[str, list], shapes: dict[str, tuple[int, int]], quality: Quality) -> torch.Tensor:
         self._require_tables()
         motion_hat = self._decompress("motion", strings["motion"], shapes["motion"], quality)
-        x_pred = self.forward_prediction(x_ref, self._synthesize(self.motion_decoder, motion_hat))
+        x_pred = self.forward_prediction(x_ref, self._in_strips(self.motion_decoder, motion_hat))
         res_hat = self._decompress("res", strings["residual"], shapes["residual"], quality)
-        return (x_pred + self._synthesize(self.res_decoder, torch.cat((res_hat, motion_hat), dim=1))).float()
+        return (x_pred + self._in_strips(self.res_decoder, torch.cat((res_hat, motion_hat), dim=1))).float()
 
     def compress(self, frames: Sequence[torch.Tensor], quality: Quality) -> tuple[list[Any], list[Any]]:
         """compressai's GOP API with a quality: ``(per-frame strings, per-frame shapes)``."""

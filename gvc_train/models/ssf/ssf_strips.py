@@ -1,4 +1,4 @@
-"""Scale-Space Flow's pixel synthesis in horizontal strips, bit-identical to the whole frame.
+"""Scale-Space Flow's pixel-resolution transforms in horizontal strips, bit-identical to whole frames.
 
 Why it is exact: a synthesis transform (``img_decoder``, ``motion_decoder``, ``res_decoder``: four
 5x5 stride-2 deconvolutions with ReLUs) reads a bounded neighbourhood of each output row. For a
@@ -6,9 +6,11 @@ strip of output rows, :func:`rows_needed` walks the layers back from the output 
 layer, the input rows that strip depends on (the strip's own and a margin that covers the
 layers' reach, computed from each layer's kernel, stride and padding); the strip runs on those
 rows and is cut back after every layer to what the layers after it still need. On the CPU,
-``F.conv_transpose2d`` gives each output pixel the same arithmetic whatever the extent of the
-tensor around it (:func:`strips_exact` checks this once per process; where it fails only the
-whole-frame plan is offered), so a strip's rows equal the same rows of the whole-frame output.
+``F.conv_transpose2d`` and ``F.conv2d`` on one thread give each output pixel the same arithmetic
+whatever the extent of the tensor around it (:func:`strips_exact` checks this once per process
+and thread count; where it fails only the whole-frame plan is offered), so a strip's rows equal
+the same rows of the whole-frame output. The encoder's analysis transforms (``*_encoder``: 5x5
+stride-2 convolutions) run in the same strips, so its latents too are the same whatever the plan.
 
 Only the synthesis is tiled: the hyperpriors and the entropy coding run at 1/16 of the
 resolution and below and stay whole (their probabilities never depend on the plan), and the
@@ -100,45 +102,59 @@ def strip_edges(h_in: int, strips: int) -> list[tuple[int, int]]:
     return [(edges[i], edges[i + 1]) for i in range(strips)]
 
 
-def synthesize(decoder: nn.Sequential, x_BChw: torch.Tensor, strips: int) -> torch.Tensor:
-    """``decoder(x_BChw)`` computed in ``strips`` horizontal strips (1: the whole frame at once)."""
+def output_strips(h_in: int, h_out: int, strips: int) -> list[tuple[int, int]]:
+    """Output rows of ``strips`` bands on the coarser side's row grid (a latent row is never split)."""
+    coarse = min(h_in, h_out)
+    if max(h_in, h_out) % coarse:
+        raise ValueError(f"strips need a whole scale factor between input and output, got {h_in} -> {h_out} rows")
+    f = h_out // coarse
+    return [(f * a, f * b) for a, b in strip_edges(coarse, strips)]
+
+
+def run_in_strips(layers: nn.Sequential, x_BChw: torch.Tensor, strips: int) -> torch.Tensor:
+    """``layers(x_BChw)`` computed in ``strips`` horizontal strips (1: the whole frame at once)."""
     if strips <= 1:
-        return decoder(x_BChw)
-    layers, h_in = list(decoder), x_BChw.shape[-2]
-    h_out = _height_after_all(layers, h_in)
-    if h_out % h_in:
-        raise ValueError(f"strip synthesis needs a whole upsampling factor, got {h_in} -> {h_out} rows")
-    up, out = h_out // h_in, None
-    for r0, r1 in strip_edges(h_in, strips):
-        ranges = rows_needed(layers, h_in, (up * r0, up * r1))
+        return layers(x_BChw)
+    layers_, h_in, out = list(layers), x_BChw.shape[-2], None
+    h_out = _height_after_all(layers_, h_in)
+    for o0, o1 in output_strips(h_in, h_out, strips):
+        ranges = rows_needed(layers_, h_in, (o0, o1))
         top, x = ranges[0][0], x_BChw[:, :, ranges[0][0] : ranges[0][1]]
-        if isinstance(layers[0], _POINTWISE):
+        if isinstance(layers_[0], _POINTWISE):
             x = x.clone()  # an in-place first layer would write into the caller's tensor
-        for layer, (k0, k1) in zip(layers, ranges[1:]):
+        for layer, (k0, k1) in zip(layers_, ranges[1:]):
             x, first = layer(x), _first_output_row(layer, top)
             if k0 < first or k1 > first + x.shape[-2]:
                 raise RuntimeError(f"{type(layer).__name__}: the strip's rows {k0}..{k1} are outside what it computed")
             x, top = x[:, :, k0 - first : k1 - first], k0
         if out is None:
             out = x.new_empty(*x.shape[:2], h_out, x.shape[-1])
-        out[:, :, up * r0 : up * r1] = x
+        out[:, :, o0:o1] = x
     return out
 
 
-@functools.cache
 def strips_exact() -> bool:
-    """A transposed convolution's rows here do not depend on how many rows are around them.
+    """Convolutions' rows here (transposed and strided) do not depend on how many rows are around
+    them, at the current intra-op thread count.
 
-    Checked once per process on a small case (a crop of the input gives the matching rows of the
-    output, bit for bit), so a platform where the property fails decodes whole frames only.
+    Checked once per process and thread count on small stacks (strips equal the whole output,
+    bit for bit). It holds on one thread (the codecs' deterministic mode); with more, oneDNN
+    splits a transposed convolution's work by the tensor's extent and rows round differently,
+    so there (and on any platform where the check fails) only whole frames are offered.
     """
+    return _strips_exact(torch.get_num_threads())
+
+
+@functools.cache
+def _strips_exact(threads: int) -> bool:
     gen = torch.Generator().manual_seed(0)
-    layer = nn.ConvTranspose2d(8, 8, 5, stride=2, padding=2, output_padding=1)
-    x = torch.randn(1, 8, 12, 20, generator=gen)
+    up = nn.Sequential(nn.ConvTranspose2d(8, 8, 5, 2, 2, 1), nn.ReLU(), nn.ConvTranspose2d(8, 3, 5, 2, 2, 1))
+    down = nn.Sequential(nn.Conv2d(3, 8, 5, 2, 2), nn.ReLU(), nn.Conv2d(8, 8, 5, 2, 2))
     with torch.no_grad():
-        nn.init.normal_(layer.weight, generator=gen)
-        full, part = layer(x), layer(x[:, :, 3:9])
-    return bool(torch.equal(full[:, :, 7:16], part[:, :, 1:10]))
+        for layer in (up[0], up[2], down[0], down[2]):
+            nn.init.normal_(layer.weight, generator=gen)
+        y, x = torch.randn(1, 8, 12, 20, generator=gen), torch.randn(1, 3, 48, 40, generator=gen)
+        return torch.equal(run_in_strips(up, y, 3), up(y)) and torch.equal(run_in_strips(down, x, 5), down(x))
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -163,7 +179,7 @@ ENTROPY_BYTES_PER_SYMBOL = 48
 
 
 @dataclasses.dataclass(frozen=True)
-class SynthesisPlan:
+class StripPlan:
     """How to synthesise frames: ``strips`` horizontal strips of the latent's rows (1: whole)."""
 
     strips: int = 1
@@ -174,10 +190,10 @@ class SynthesisPlan:
 
 @dataclasses.dataclass(frozen=True)
 class CodingMemory:
-    """Bytes coding one frame adds at its peak, which is the largest of three phases: the
+    """Bytes coding one frame adds at its peak, which is the largest of its phases: the
     scale-space volume and warp (``whole_frame``), a synthesis strip beside the frames held then
     (``held + synthesis``), the entropy coder's buffers for one latent (``held + entropy``); plus
-    ``fixed`` (first use) and ``analysis`` (the encoder's whole-frame analysis; 0 when decoding)."""
+    ``fixed`` (first use); an encoder's analysis strip (``held + analysis``; 0 when decoding)."""
 
     whole_frame: int
     held: int
@@ -188,47 +204,33 @@ class CodingMemory:
 
     @property
     def total(self) -> int:
-        return self.fixed + max(self.whole_frame, self.held + self.synthesis, self.held + self.entropy) + self.analysis
+        return self.fixed + max(self.whole_frame, self.held + max(self.synthesis, self.entropy, self.analysis))
 
 
-def estimate_memory(model: nn.Module, padded_hw: tuple[int, int], plan: SynthesisPlan, encoding: bool = False) -> CodingMemory:
+def estimate_memory(model: nn.Module, padded_hw: tuple[int, int], plan: StripPlan, encoding: bool = False) -> CodingMemory:
     """What coding one frame of ``padded_hw`` with ``plan`` adds, from the widths alone."""
     h, w = padded_hw
-    planes = WHOLE_FRAME_PLANES + 3 * (int(model.num_levels) + 1) + (ENCODER_PLANES if encoding else 0)
-    synthesis = max(_strip_bytes(getattr(model, name), h, w, plan.strips) for name in ("img_decoder", "motion_decoder", "res_decoder"))
-    analysis = max(_layer_bytes(getattr(model, n), h, w) for n in ("img_encoder", "motion_encoder", "res_encoder")) if encoding else 0
-    analysis = int(SYNTHESIS_COPIES * analysis)
-    symbols = int(model.planes) * (h // 16) * (w // 16)
-    held = (HELD_PLANES + (ENCODER_PLANES if encoding else 0)) * h * w * FLOAT_BYTES
+    extra = ENCODER_PLANES if encoding else 0
+    planes = WHOLE_FRAME_PLANES + 3 * (int(model.num_levels) + 1) + extra
+    latent_hw = (h // 16, w // 16)  # the encoders' stride (check_frame: multiples of 128)
+    synthesis = max(_strip_bytes(getattr(model, n), latent_hw, plan.strips) for n in ("img_decoder", "motion_decoder", "res_decoder"))
+    analysis = max(_strip_bytes(getattr(model, n), padded_hw, plan.strips) for n in ("img_encoder", "motion_encoder", "res_encoder")) if encoding else 0
+    symbols = int(model.planes) * latent_hw[0] * latent_hw[1]
+    held = (HELD_PLANES + extra) * h * w * FLOAT_BYTES
     return CodingMemory(
-        planes * h * w * FLOAT_BYTES, held, int(SYNTHESIS_COPIES * synthesis), ENTROPY_BYTES_PER_SYMBOL * symbols, analysis, FIXED_BYTES
-    )
+        planes * h * w * FLOAT_BYTES, held, int(SYNTHESIS_COPIES * synthesis), ENTROPY_BYTES_PER_SYMBOL * symbols,
+        int(SYNTHESIS_COPIES * analysis), FIXED_BYTES,
+    )  # fmt: skip
 
 
-def _layer_bytes(layers: nn.Sequential, h: int, w: int) -> int:
-    """A whole-frame pass's largest layer: its input and output activations."""
-    worst, channels = 0, _in_channels(layers[0])
-    for layer in layers:
-        if isinstance(layer, _POINTWISE):
-            continue
-        h_out, w_out = _height_after(layer, h), _height_after(layer, w)
-        worst = max(worst, channels * h * w + layer.out_channels * h_out * w_out)
-        h, w, channels = h_out, w_out, layer.out_channels
-    return worst * FLOAT_BYTES
-
-
-def _strip_bytes(decoder: nn.Sequential, h: int, w: int, strips: int) -> int:
-    """One strip's largest layer (the tallest strip's): its input crop, its output and the
-    output's cut-back rows, which the next layer's output joins before the old ones go."""
-    layers = list(decoder)
-    up = _height_after_all(layers, 64) // 64
-    h_in, w_in = h // up, w // up
-    if strips <= 1:
-        return _layer_bytes(decoder, h_in, w_in)
+def _strip_bytes(transform: nn.Sequential, hw_in: tuple[int, int], strips: int) -> int:
+    """The tallest strip's largest layer: its input rows and the rows it makes (whole frames:
+    the layer's whole input and output)."""
+    layers, (h_in, w_in) = list(transform), hw_in
     worst = 0
-    for r0, r1 in strip_edges(h_in, strips):
-        ranges = rows_needed(layers, h_in, (up * r0, up * r1))
-        rows, width, channels = ranges[0][1] - ranges[0][0], w_in, _in_channels(layers[0])
+    for o0, o1 in output_strips(h_in, _height_after_all(layers, h_in), strips):
+        ranges = rows_needed(layers, h_in, (o0, o1))
+        rows, width, channels = ranges[0][1] - ranges[0][0], w_in, getattr(layers[0], "in_channels", 0)
         for layer, (k0, k1) in zip(layers, ranges[1:]):
             if isinstance(layer, _POINTWISE):
                 continue
@@ -238,16 +240,12 @@ def _strip_bytes(decoder: nn.Sequential, h: int, w: int, strips: int) -> int:
     return worst * FLOAT_BYTES
 
 
-def _in_channels(layer: nn.Module) -> int:
-    return getattr(layer, "in_channels", 0)
-
-
-def choose_plan(model: nn.Module, padded_hw: tuple[int, int], budget: int, encoding: bool = False) -> tuple[SynthesisPlan, CodingMemory, bool]:
+def choose_plan(model: nn.Module, padded_hw: tuple[int, int], budget: int, encoding: bool = False) -> tuple[StripPlan, CodingMemory, bool]:
     """The fewest strips whose estimate fits ``budget`` bytes: ``(plan, estimate, True)``; when
     none does, the smallest: ``(plan, estimate, False)``."""
     h_latent = padded_hw[0] // 16
     counts = [1] + ([n for n in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if n <= h_latent] if strips_exact() else [])
-    candidates = [(SynthesisPlan(n), estimate_memory(model, padded_hw, SynthesisPlan(n), encoding)) for n in counts]
+    candidates = [(StripPlan(n), estimate_memory(model, padded_hw, StripPlan(n), encoding)) for n in counts]
     for plan, memory in candidates:
         if memory.total <= budget:
             return plan, memory, True
