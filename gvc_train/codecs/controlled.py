@@ -293,7 +293,7 @@ class ControlledCodec(Codec):
                 f"{header.width}x{header.height} clips of {config.clip_latent_frames} latent frames are over this decoder's "
                 f"{self.max_clip_pixels}-pixel clip limit ({type(self).__name__}.max_clip_pixels)"
             )
-        keyframe_coder = KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, 0, header.width, header.height)
+        keyframe_coder = KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, 0, header.width, header.height, self.max_memory)
         clip = clip_frames_of(config.clip_latent_frames, self.tokenizer.temporal_stride)
         # Chunks are a keyframe (its symbols at < 8 bytes each) or one clip's control (< 64 bytes a pixel and frame).
         bound = min(MAX_CHUNK_BYTES, (1 << 16) + max(8 * keyframe_coder.symbols, 64 * clip * header.width * header.height))
@@ -313,9 +313,9 @@ class ControlledCodec(Codec):
     ) -> tuple[int, int]:
         """Every frame to ``on_frame``; ``(payload bytes, chunks read)``."""
         reader = self._control_reader(config, chunks)
-        keys = KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, config.keyframe_quality, header.width, header.height)
+        keys = KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, config.keyframe_quality, header.width, header.height, self.max_memory)
         sampling = Sampling(config.num_steps, config.shift, config.guidance_scale, config.seed, config.end_role_name)
-        generator = ClipGenerator(self.tokenizer, self.transformer, self.text_encoder, self.settings.latent_scale, sampling, header.width, header.height)
+        generator = ClipGenerator(self.tokenizer, self.transformer, self.text_encoder, self.settings.latent_scale, sampling, header.width, header.height, self.max_memory)
         max_gap = clip_frames_of(config.clip_latent_frames, self.tokenizer.temporal_stride) - 1
         payload_bytes, count = 0, 1 + int(reader is not None)
 
@@ -361,8 +361,8 @@ class _EncodeRun:
         self.selector = policy.selector()
         self.extractors, self.writer, self.caption, self.body, self.on_recon = extractors, writer, caption, body, on_recon
         self.reader = ControlReader(writer.payload) if writer is not None else None  # the decoder's side of the same table
-        self.keys = KeyframeCoder(owner.tokenizer, owner.latent_codec, owner.tables, owner.net, quality, width, height)
-        self.generator = ClipGenerator(owner.tokenizer, owner.transformer, owner.text_encoder, owner.settings.latent_scale, sampling, width, height)
+        self.keys = KeyframeCoder(owner.tokenizer, owner.latent_codec, owner.tables, owner.net, quality, width, height, owner.max_memory)
+        self.generator = ClipGenerator(owner.tokenizer, owner.transformer, owner.text_encoder, owner.settings.latent_scale, sampling, width, height, owner.max_memory)
         self.max_clip = owner.max_clip_frames
         self.buffer: list[np.ndarray] = []  # the current clip's frames, its first keyframe first
         self.first: Keyframe | None = None

@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from gvc_train.codecs.controlled_stream import MODEL_CHECK_BYTES, padded_latent_frames
+from gvc_train.codecs.tokenizer_io import decode_frames
 from gvc_train.coding.container import BitstreamError
 from gvc_train.coding.rans import SymbolDecoder, SymbolEncoder
-from gvc_train.frames import frames_to_tensor, tensor_to_frames
+from gvc_train.frames import frames_to_tensor
 from gvc_train.models.controlled.control_maps import model_control_map
 from gvc_train.models.controlled.keyframe_latents import keyframe_conditions, keyframe_latents
 from gvc_train.models.controlled.transformer import KEYFRAMES, TEXT
@@ -59,9 +60,11 @@ class Keyframe:
 class KeyframeCoder:
     """Keyframes to the latent codec's bytes and back, for frames of ``width x height``."""
 
-    def __init__(self, tokenizer: Any, latent_codec: Any, tables: Any, net: Any, quality: int, width: int, height: int) -> None:
+    def __init__(
+        self, tokenizer: Any, latent_codec: Any, tables: Any, net: Any, quality: int, width: int, height: int, max_memory: int | None = None
+    ) -> None:
         self.tokenizer, self.codec, self.tables, self.net, self.quality = tokenizer, latent_codec, tables, net, quality
-        self.width, self.height = width, height
+        self.width, self.height, self.max_memory = width, height, max_memory
         s = tokenizer.spatial_stride
         self.pad_hw = (-height % s, -width % s)
         self.latent_hw = (-(-height // s), -(-width // s))
@@ -93,8 +96,8 @@ class KeyframeCoder:
         return self.keyframe(frame, latent)
 
     def keyframe(self, frame: int, latent_1Chw: torch.Tensor) -> Keyframe:
-        pixels = self.tokenizer.decode(latent_1Chw[:, :, None]).clamp(0, 1)
-        return Keyframe(frame, latent_1Chw, tensor_to_frames(pixels[0, :, :1, : self.height, : self.width])[0])
+        pixels_HWC = decode_frames(self.tokenizer, latent_1Chw[:, :, None], self.width, self.height, self.max_memory)[0]
+        return Keyframe(frame, latent_1Chw, pixels_HWC)
 
 
 def pad_control(name: str, control: Any, frames: int, padded: int, where: str) -> Any:
@@ -141,10 +144,19 @@ class ClipGenerator:
     """Generates a clip from its keyframes and controls (module docstring)."""
 
     def __init__(
-        self, tokenizer: Any, transformer: Any, text_encoder: Any, latent_scale: float, sampling: Sampling, width: int, height: int
+        self,
+        tokenizer: Any,
+        transformer: Any,
+        text_encoder: Any,
+        latent_scale: float,
+        sampling: Sampling,
+        width: int,
+        height: int,
+        max_memory: int | None = None,
     ) -> None:
         self.tokenizer, self.model, self.text_encoder = tokenizer, transformer, text_encoder
         self.latent_scale, self.sampling, self.width, self.height = latent_scale, sampling, width, height
+        self.max_memory = max_memory
         # The latent grid of a frame (padded to the tokenizer's stride) must split into whole
         # tokens: refused here, before the encoder writes or the decoder shows a frame, instead of
         # a ValueError from the transformer at the first clip.
@@ -203,7 +215,6 @@ class ClipGenerator:
             self.model, shape, cond, generator=generator, num_steps=s.num_steps, shift=s.shift,
             guidance_scale=s.guidance_scale, unconditional=uncond if s.guidance_scale != 1.0 else None,
         )  # fmt: skip
-        pixels = self.tokenizer.decode(latent / self.latent_scale).clamp(0, 1)
-        out = tensor_to_frames(pixels[0, :, :frames, : self.height, : self.width]).copy()
+        out = decode_frames(self.tokenizer, latent / self.latent_scale, self.width, self.height, self.max_memory, frames)
         out[0], out[-1] = first.pixels_HWC, closing.pixels_HWC
         return out

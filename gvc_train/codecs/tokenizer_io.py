@@ -141,6 +141,21 @@ class FrameEmitter:
             self.decoder.close()
 
 
+def decode_frames(
+    tokenizer: Any, z_BCthw: torch.Tensor, width: int, height: int, max_memory: int | None = None, frames: int | None = None
+) -> np.ndarray:
+    """The latent frames of a new stream (the first coded alone) as uint8 ``T x H x W x 3``,
+    cropped to ``height x width`` and cut to ``frames``: ``tokenizer.decode``'s pixels, clamped,
+    one latent frame at a time in the plan ``max_memory`` allows (:class:`FrameEmitter`)."""
+    out: list[np.ndarray] = []
+    emitter = FrameEmitter(tokenizer, width, height, out.append, max_memory)
+    try:
+        emitter.emit([z_BCthw[:, :, i] for i in range(z_BCthw.shape[2])], frames if frames is not None else 1 << 62)
+    finally:
+        emitter.close()
+    return np.stack(out)
+
+
 class StreamingEncode:
     """One streaming encode: frames in (:meth:`add_frame`, then :meth:`finish`), FRAMES chunks
     out to ``body`` through ``coder``, one run of ``latents_per_run`` latent frames at a time;

@@ -46,7 +46,7 @@ from gvc_train.codecs.controlled_clips import Keyframe, KeyframeCoder
 from gvc_train.codecs.controlled_stream import keyframe_payload, parse_keyframe
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import read_config_chunk
-from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, assemble_stream, stream_body, stream_header
+from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, assemble_stream, decode_frames, stream_body, stream_header
 from gvc_train.codecs.zeroshot_stream import (
     MAX_ATOM_BYTES,
     MAX_CAPTION_BYTES,
@@ -296,7 +296,7 @@ class _GopRunner:
     def __init__(self, owner: ZeroShotCodec, config: ZeroShotConfig, width: int, height: int, caption: str | None, on_frame: FrameCallback | None) -> None:
         self.owner, self.config, self.width, self.height, self.caption, self.on_frame = owner, config, width, height, caption, on_frame
         self.gen = owner.generator
-        self.keys = KeyframeCoder(owner.tokenizer, owner.latent_codec, owner.tables, owner.net, config.keyframe_quality, width, height)
+        self.keys = KeyframeCoder(owner.tokenizer, owner.latent_codec, owner.tables, owner.net, config.keyframe_quality, width, height, owner.max_memory)
         self.schedule = SdeSchedule(config.num_steps, config.ode_tail, config.shift, config.g_scale, config.g_power)
         self.mode = config.mode_name
         self.chains = "i2v" in self.gen.modes  # a later GOP starts from the previous one's last frame
@@ -347,8 +347,11 @@ class _GopRunner:
         )  # fmt: skip
 
     def _show(self, gop: int, length: int, latent: torch.Tensor, first: np.ndarray | None, last: np.ndarray | None) -> None:
-        pixels = self.gen.decode_latent(latent)
-        out = tensor_to_frames(pixels[0, :, :length, : self.height, : self.width]).copy()
+        tokenizer = getattr(self.gen, "tokenizer", None)
+        if hasattr(tokenizer, "decode_chunk"):  # a streaming tokenizer's latents: decode within the memory budget
+            out = decode_frames(tokenizer, latent / self.gen.latent_scale, self.width, self.height, self.owner.max_memory, length)
+        else:  # a pipeline's own VAE (Wan): at once
+            out = tensor_to_frames(self.gen.decode_latent(latent)[0, :, :length, : self.height, : self.width]).copy()
         if first is not None:
             out[0] = first
         if last is not None:
