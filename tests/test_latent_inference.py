@@ -122,3 +122,4 @@ def test_a_decode_reports_where_its_time_went(tiny_codec_dir: Path, odd_video: P
     stages = report.stats["stage_seconds"]
     assert set(stages) == {"entropy", "tokenizer", "frames out"}
     assert all(s > 0 for s in stages.values()) and sum(stages.values()) <= report.seconds
+    assert report.stats["plan"] == "1 strip(s), all frames at once, cache in RAM"  # no budget: the fastest

@@ -14,6 +14,7 @@ class StageClock:
 
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.plan: str | None = None  # the memory plan the decoder ran (tokenizer_io.FrameEmitter)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -209,7 +209,7 @@ class TokenizerCodec(Codec):
         return CodingReport(
             str(path), header.frames, header.width, header.height, header.fps, rate_point,
             path.stat().st_size, payload_bytes, count, time.perf_counter() - started,
-            stats={"stage_seconds": self.clock.as_dict()},
+            stats={"stage_seconds": self.clock.as_dict(), "plan": self.clock.plan},
         )  # fmt: skip
 
     def _read_header(self, f: BinaryIO) -> StreamHeader:

@@ -116,6 +116,7 @@ class FrameEmitter:
                     f"{describe_bytes(max(0, left))}: raise --max-memory"
                 )
         self.decoder = StripDecoder(tokenizer, latent_hw, self.plan)
+        self.clock.plan = self.plan.describe()
 
     def emit(self, latents: list[torch.Tensor], frames: int) -> None:
         """Decode ``latents`` (each ``1 x C x h x w``) and emit their frames, up to ``frames`` in all."""
