@@ -14,7 +14,7 @@ from PIL import Image
 
 import gvc_train.codecs.tokenizer_io as tokenizer_io
 from gvc_train.codecs.latent import LatentCodec
-from gvc_train.codecs.memory_plan import SLACK_BYTES, OverBudget, parse_memory, resident_bytes
+from gvc_train.codecs.memory_plan import SLACK_BYTES, DefaultBudget, OverBudget, parse_memory, resident_bytes
 from gvc_train.data.sample_videos import sample_video
 from gvc_train.data.video_io import read_frames
 from gvc_train.models.tokenizer.tiling import DecodePlan, estimate_memory
@@ -97,6 +97,19 @@ def test_a_budget_nothing_fits_is_refused_before_decoding(tiny_codec_dir, video,
     with pytest.raises(OverBudget, match="raise --max-memory"):
         codec.decode(tmp_path / "x.gvc", frames.append)
     assert frames == []
+
+
+def test_the_default_budget_warns_once_and_decodes_in_the_smallest_plan(tiny_codec_dir, video, tmp_path, capsys):
+    codec = LatentCodec(tiny_codec_dir)
+    recon: list[np.ndarray] = []
+    codec.encode(video, tmp_path / "x.gvc", 1, on_recon=recon.append)
+    codec.max_memory = DefaultBudget(resident_bytes())  # nobody chose it: a decode that worked still works
+    for _ in range(2):
+        frames: list[np.ndarray] = []
+        report = codec.decode(tmp_path / "x.gvc", frames.append)
+        assert np.array_equal(np.stack(frames), np.stack(recon))
+    assert report.stats["plan"] == "1 strip(s), 1 frame(s) at once, cache in RAM"  # GroupNorm: its smallest
+    assert capsys.readouterr().err.count("over the default memory budget") == 1
 
 
 def test_the_cli_takes_max_memory_and_refuses_in_one_line(tiny_codec_dir, video, tmp_path):

@@ -29,6 +29,13 @@ class OverBudget(ValueError):
     """The smallest plan needs more memory than the budget leaves."""
 
 
+class DefaultBudget(int):
+    """The budget nobody chose (:func:`default_max_memory` without ``GVC_MAX_MEMORY``): plans aim
+    at it, but a decode whose smallest plan needs more still runs in that plan, with a warning,
+    rather than failing where it ran before budgets existed. A chosen budget is a plain int and
+    is refused when not even the smallest plan fits."""
+
+
 def parse_memory(text: str | int) -> int:
     """Bytes from ``"1.5G"``, ``"800M"``, ``"2GiB"`` or a plain number of bytes (K/M/G/T are
     powers of 1024 when written ``Ki``/``Mi``/``Gi``/``Ti``, of 1000 otherwise; a trailing B is
@@ -46,10 +53,10 @@ def parse_memory(text: str | int) -> int:
 
 
 def default_max_memory() -> int:
-    """``GVC_MAX_MEMORY`` when set, else :data:`DEFAULT_MAX_MEMORY`."""
+    """``GVC_MAX_MEMORY`` when set, else :data:`DEFAULT_MAX_MEMORY` (as a :class:`DefaultBudget`)."""
     value = os.environ.get(ENV_VAR)
     if not value:
-        return DEFAULT_MAX_MEMORY
+        return DefaultBudget(DEFAULT_MAX_MEMORY)
     try:
         return parse_memory(value)
     except ValueError as e:

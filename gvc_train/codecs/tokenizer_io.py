@@ -26,6 +26,7 @@ import contextlib
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 from gvc_train.codecs.base import FrameCallback
 from gvc_train.coding.container import ChunkType, StreamHeader, chunk_bytes, end_marker, fingerprint_prefix, fps_fraction, header_bytes
-from gvc_train.codecs.memory_plan import OverBudget, budget_left, describe_bytes
+from gvc_train.codecs.memory_plan import ENV_VAR, DefaultBudget, OverBudget, budget_left, describe_bytes
 from gvc_train.codecs.stage_clock import StageClock
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
 from gvc_train.models.tokenizer.tiling import DecodePlan, StripDecoder, choose_plan
@@ -80,6 +81,16 @@ class ChunkCoder(Protocol):
         ...
 
 
+_WARNED: set[tuple[int, int]] = set()
+
+
+def _warn_once(key: tuple[int, int], message: str) -> None:
+    """One warning a frame size and process (a controlled codec decodes many clips)."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        print(f"gvc: warning: {message}", file=sys.stderr)
+
+
 class FrameEmitter:
     """Latent runs to frames: ``emit`` decodes one run's latent frames, one latent frame at a
     time, through the tokenizer's decoder cache and hands the frames, cropped to ``height x
@@ -109,7 +120,14 @@ class FrameEmitter:
         else:
             left = budget_left(max_memory)
             self.plan, need, fits = choose_plan(tokenizer, latent_hw, left)
-            if not fits:
+            if not fits and isinstance(max_memory, DefaultBudget):
+                _warn_once(
+                    (width, height),
+                    f"decoding {width}x{height} needs ~{describe_bytes(need.total)} more than this process holds "
+                    f"({self.plan.describe()}), over the default memory budget of {describe_bytes(max_memory)}: set "
+                    f"--max-memory (or {ENV_VAR}) to choose one",
+                )
+            elif not fits:
                 raise OverBudget(
                     f"decoding {width}x{height} needs ~{describe_bytes(need.total)} more than this process holds "
                     f"({self.plan.describe()}), the memory budget of {describe_bytes(max_memory)} leaves "
