@@ -58,11 +58,13 @@ from compressai.layers import QReLU
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from compressai.models.video import ScaleSpaceFlow
+from compressai.models.video.google import gaussian_kernel2d
 from compressai.ops import quantize_ste
+import torch.nn.functional as F
 from torch import nn
 
 from gvc_train.models.registry import register_component
-from gvc_train.models.ssf.ssf_strips import run_in_strips
+from gvc_train.models.ssf.ssf_strips import blur_in_rows, run_in_strips
 
 Quality = int | torch.Tensor
 FRAME_MULTIPLE = 128  # 16 (encoder stride) x 8 (hyper path)
@@ -309,6 +311,25 @@ class ScaleSpaceFlowCodec(ScaleSpaceFlow):
             raise RuntimeError("the entropy tables are not built: call update(force=True) before coding")
 
     # ---- coding, one frame at a time (after update()) -----------------------------------------
+    def gaussian_volume(self, x: torch.Tensor, sigma: float, num_levels: int) -> torch.Tensor:
+        """compressai's scale-space volume, the same values; under a strip plan each blur runs in
+        row bands (ssf_strips.blur_in_rows: the full-resolution blur's temporaries are the peak
+        of a strip-planned frame) and each level is written into one volume (compressai's list
+        and ``cat`` hold it twice)."""
+        if self.pixel_strips <= 1 or torch.is_grad_enabled() or not torch.is_floating_point(x):
+            return ScaleSpaceFlow.gaussian_volume(x, sigma, num_levels)
+        kernel = gaussian_kernel2d(2 * int(math.ceil(3 * sigma)) + 1, sigma, device=x.device, dtype=x.dtype)
+        volume = x.new_empty(x.shape[0], x.shape[1], num_levels + 1, *x.shape[2:])
+        volume[:, :, 0] = x
+        x = volume[:, :, 1] = blur_in_rows(x, kernel)
+        for i in range(1, num_levels):
+            x = blur_in_rows(F.avg_pool2d(x, kernel_size=(2, 2), stride=(2, 2)), kernel)
+            interp = x
+            for _ in range(i):
+                interp = F.interpolate(interp, scale_factor=2, mode="bilinear", align_corners=False)
+            volume[:, :, i + 1] = interp
+        return volume
+
     def _in_strips(self, transform: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         """``transform(x)``, in ``pixel_strips`` strips: bit for bit the whole frame's."""
         return run_in_strips(transform, x, self.pixel_strips)

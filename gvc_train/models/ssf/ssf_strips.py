@@ -24,6 +24,8 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
+from compressai.models.video.google import gaussian_blur, gaussian_kernel2d
 from torch import nn
 
 FLOAT_BYTES = 4
@@ -133,6 +135,20 @@ def run_in_strips(layers: nn.Sequential, x_BChw: torch.Tensor, strips: int) -> t
     return out
 
 
+def blur_in_rows(x_BChw: torch.Tensor, kernel: torch.Tensor, rows: int = 64) -> torch.Tensor:
+    """compressai's ``gaussian_blur`` (edge-replicated, one kernel per channel), ``rows`` output
+    rows at a time: the whole-frame blur's temporaries (oneDNN pads its 3 channels to a block of
+    16) shrink to a band's. Same values on one thread (:func:`strips_exact` checks)."""
+    p, channels = kernel.size(0) // 2, x_BChw.size(1)
+    padded = F.pad(x_BChw, (p, p, p, p), mode="replicate")
+    weight = kernel.expand(channels, 1, kernel.size(0), kernel.size(1))
+    out = x_BChw.new_empty(x_BChw.shape)
+    for r0 in range(0, x_BChw.shape[-2], rows):
+        r1 = min(x_BChw.shape[-2], r0 + rows)
+        out[:, :, r0:r1] = F.conv2d(padded[:, :, r0 : r1 + 2 * p], weight, groups=channels)
+    return out
+
+
 def strips_exact() -> bool:
     """Convolutions' rows here (transposed and strided) do not depend on how many rows are around
     them, at the current intra-op thread count.
@@ -154,7 +170,12 @@ def _strips_exact(threads: int) -> bool:
         for layer in (up[0], up[2], down[0], down[2]):
             nn.init.normal_(layer.weight, generator=gen)
         y, x = torch.randn(1, 8, 12, 20, generator=gen), torch.randn(1, 3, 48, 40, generator=gen)
-        return torch.equal(run_in_strips(up, y, 3), up(y)) and torch.equal(run_in_strips(down, x, 5), down(x))
+        image, kernel = torch.rand(1, 3, 40, 24, generator=gen), gaussian_kernel2d(11, 1.5, torch.device("cpu"), torch.float32)
+        return (
+            torch.equal(run_in_strips(up, y, 3), up(y))
+            and torch.equal(run_in_strips(down, x, 5), down(x))
+            and torch.equal(blur_in_rows(image, kernel, rows=7), gaussian_blur(image, kernel=kernel))
+        )
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -165,6 +186,9 @@ def _strips_exact(threads: int) -> bool:
 # warp's grid and its temporaries, the prediction, the residual and their sum. Calibrated against
 # measured peaks (tests/test_ssf_budget.py; 1280x720: 188 MB measured in 8 strips).
 WHOLE_FRAME_PLANES = 30
+# The same under a strip plan, where the blurs run in row bands (blur_in_rows) and the volume is
+# written in place: the warp's grid and temporaries are then the peak (1920x1080: 319 MB measured).
+BANDED_PLANES = 20
 # The encoder also holds the source frame and its residual against the prediction.
 ENCODER_PLANES = 6
 # Whole-frame planes held while a synthesis or the entropy coder runs (reference, prediction, motion field).
@@ -185,7 +209,7 @@ class StripPlan:
     strips: int = 1
 
     def describe(self) -> str:
-        return "whole frames" if self.strips == 1 else f"{self.strips} synthesis strips"
+        return "whole frames" if self.strips == 1 else f"{self.strips} strips"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +235,7 @@ def estimate_memory(model: nn.Module, padded_hw: tuple[int, int], plan: StripPla
     """What coding one frame of ``padded_hw`` with ``plan`` adds, from the widths alone."""
     h, w = padded_hw
     extra = ENCODER_PLANES if encoding else 0
-    planes = WHOLE_FRAME_PLANES + 3 * (int(model.num_levels) + 1) + extra
+    planes = (WHOLE_FRAME_PLANES if plan.strips <= 1 else BANDED_PLANES) + 3 * (int(model.num_levels) + 1) + extra
     latent_hw = (h // 16, w // 16)  # the encoders' stride (check_frame: multiples of 128)
     synthesis = max(_strip_bytes(getattr(model, n), latent_hw, plan.strips) for n in ("img_decoder", "motion_decoder", "res_decoder"))
     analysis = max(_strip_bytes(getattr(model, n), padded_hw, plan.strips) for n in ("img_encoder", "motion_encoder", "res_encoder")) if encoding else 0
