@@ -11,10 +11,12 @@ The quality index (a rate point) is the model's: one per stream. Layout: ``ssf_s
 Memory is one frame and its reference, whatever the video's length: frames are read, coded and
 written one at a time, and decoded frames go to the caller's sink one at a time. Within a frame,
 ``max_memory`` (bytes the whole process may hold; None: no limit; ``gvc --max-memory``) picks how
-many horizontal strips the pixel synthesis runs in (models/ssf/ssf_strips.py): the fewest whose
-estimate fits, every count giving the same bits, so the encoder and the decoder may run under
-different budgets; :class:`OverBudget` in one line, before anything is written, when none fits.
-The encoder's analysis transforms run on whole frames (its estimate counts them).
+many horizontal strips the pixel-resolution transforms (synthesis, the encoder's analysis, the
+scale-space blur) run in (models/ssf/ssf_strips.py): the fewest whose estimate fits, every count
+giving the same bits on one thread (the deterministic default; with more threads only whole
+frames are offered), so the encoder and the decoder may run under different budgets;
+:class:`OverBudget` in one line, before anything is written, when none fits. The hyperpriors,
+the entropy coding and the warp stay whole-frame.
 
 **Exactness.** The strings are compressai's own rANS. Scale indexes come from float networks
 (``hyper_decoder_scale``): decoding is bit-exact on the same machine and build, whatever the
