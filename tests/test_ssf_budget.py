@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gvc_train.codecs.memory_plan import SLACK_BYTES, OverBudget, resident_bytes
+from gvc_train.codecs.memory_plan import SLACK_BYTES, DefaultBudget, OverBudget, resident_bytes
 from gvc_train.codecs.ssf import SSFCodec
 from gvc_train.data.sample_videos import sample_video
 from gvc_train.data.video_io import read_frames
@@ -78,7 +78,7 @@ def test_a_budget_below_the_whole_frame_need_decodes_in_strips_to_the_same_frame
     assert np.array_equal(np.stack(tight), np.stack(recon))
 
 
-def test_a_budget_nothing_fits_is_refused_before_coding(ssf_dir, video, tmp_path):
+def test_a_budget_nothing_fits_is_refused_before_coding(ssf_dir, video, tmp_path, capsys):
     codec = SSFCodec(ssf_dir)
     codec.encode(video, tmp_path / "x.gvc", 0, max_frames=1)
     codec.max_memory = resident_bytes()  # nothing left
@@ -89,6 +89,10 @@ def test_a_budget_nothing_fits_is_refused_before_coding(ssf_dir, video, tmp_path
     with pytest.raises(OverBudget, match="raise --max-memory"):
         codec.encode(video, tmp_path / "y.gvc", 0)
     assert not (tmp_path / "y.gvc").exists()
+    # The default budget nobody chose only warns, and decodes in the smallest plan.
+    codec.max_memory = DefaultBudget(resident_bytes())
+    codec.decode(tmp_path / "x.gvc", frames.append)
+    assert len(frames) == 1 and codec.plan.strips > 1 and "default memory budget" in capsys.readouterr().err
 
 
 def test_strips_equal_whole_frames_and_margins_come_from_the_layers():

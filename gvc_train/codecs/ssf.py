@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import time
 import zlib
 from array import array
@@ -46,7 +47,7 @@ from compressai.entropy_models import EntropyModel
 from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
 from gvc_train.codecs.codec_folder import CodecFolderError
 from gvc_train.codecs.determinism import inference_mode
-from gvc_train.codecs.memory_plan import OverBudget, budget_left, describe_bytes
+from gvc_train.codecs.memory_plan import ENV_VAR, DefaultBudget, OverBudget, budget_left, describe_bytes
 from gvc_train.codecs.ssf_stream import INTER_STRINGS, KEYFRAME_STRINGS, StreamConfig, describe_chunks, frame_payload, parse_frame_payload  # noqa: F401 (re-exported)
 from gvc_train.codecs.stream_layout import read_config_chunk
 from gvc_train.codecs.tokenizer_io import assemble_stream, stream_body, stream_header
@@ -60,6 +61,7 @@ DEFAULT_INTRA_PERIOD = 32  # the protocol's (DESIGN.md, Evaluation)
 # bound of the format (a forged 16384x16384 header is refused unread; the encoder refuses what
 # the decoder would). What fits in memory is the budget's call (``max_memory``), not this one's.
 MAX_FRAME_PIXELS = 8192 * 4352
+_WARNED: set[tuple[int, int]] = set()  # frame sizes warned about the default budget, once a process
 # Zero bytes after a string for the rANS decoder (coding/rans.py's bound): 8 a symbol, 16 a string byte.
 _PAD_FIXED, _PAD_PER_SYMBOL, _PAD_PER_BYTE = 256, 8, 16
 
@@ -175,7 +177,16 @@ class SSFCodec(Codec):
         else:
             left = budget_left(self.max_memory)
             plan, need, fits = choose_plan(self.model, self.padded_size(width, height), left, encoding=action == "encoding")
-            if not fits:
+            if not fits and isinstance(self.max_memory, DefaultBudget):  # nobody chose it: warn, run the smallest plan
+                if (width, height) not in _WARNED:
+                    _WARNED.add((width, height))
+                    print(
+                        f"gvc: warning: {action} {width}x{height} needs ~{describe_bytes(need.total)} more than this process "
+                        f"holds ({plan.describe()}), over the default memory budget of {describe_bytes(self.max_memory)}: "
+                        f"set --max-memory (or {ENV_VAR}) to choose one",
+                        file=sys.stderr,
+                    )
+            elif not fits:
                 raise OverBudget(
                     f"{action} {width}x{height} needs ~{describe_bytes(need.total)} more than this process holds "
                     f"({plan.describe()}), the memory budget of {describe_bytes(self.max_memory)} leaves "
