@@ -65,8 +65,8 @@ def test_a_budget_below_the_whole_frame_need_decodes_in_strips_to_the_same_frame
     codec.decode(tmp_path / "x.gvc", whole.append)
     codec.max_memory = _tight_budget(codec)
     decoded: list[np.ndarray] = []
-    codec.decode(tmp_path / "x.gvc", decoded.append)
-    assert codec.plan.strips > 1
+    report = codec.decode(tmp_path / "x.gvc", decoded.append)
+    assert codec.plan.strips > 1 and report.stats["plan"] == f"{codec.plan.strips} strips"
     assert len(decoded) == 3 and np.array_equal(np.stack(decoded), np.stack(whole)) and np.array_equal(np.stack(decoded), np.stack(recon))
 
     # ... and an encoder under a tight budget writes the same stream and reconstruction.

@@ -246,7 +246,7 @@ class SSFCodec(Codec):
             assemble_stream(output, header + chunk_bytes(ChunkType.CONFIG, config.payload()), body_path)
         return CodingReport(
             str(output), frames, info.width, info.height, fps, rate_point,
-            output.stat().st_size, payload_bytes, frames, time.perf_counter() - started,
+            output.stat().st_size, payload_bytes, frames, time.perf_counter() - started, stats={"plan": self.plan.describe()},
         )  # fmt: skip
 
     def _encode_frame(self, frame_HWC: Any, x_ref: torch.Tensor | None, config: StreamConfig, index: int) -> tuple[torch.Tensor, list[bytes]]:
@@ -283,7 +283,7 @@ class SSFCodec(Codec):
             payload_bytes = self._decode_frames(header, config, chunks, on_frame)
         return CodingReport(
             str(path), header.frames, header.width, header.height, header.fps, config.quality,
-            path.stat().st_size, payload_bytes, header.frames, time.perf_counter() - started,
+            path.stat().st_size, payload_bytes, header.frames, time.perf_counter() - started, stats={"plan": self.plan.describe()},
         )  # fmt: skip
 
     def _open_stream(self, f: BinaryIO) -> tuple[StreamHeader, StreamConfig, Any]:
