@@ -190,3 +190,20 @@ def frames_ms_ssim(recon_THWC: np.ndarray, source_THWC: np.ndarray) -> float:
 
     video = lambda a: torch.from_numpy(a).permute(3, 0, 1, 2)[None].float() / 255  # noqa: E731
     return float(ms_ssim(video(recon_THWC), video(source_THWC)).mean())
+
+
+@pytest.fixture
+def decode_plans(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The memory plans (models/tokenizer/tiling.DecodePlan) the tokenizer decoders of a test ran."""
+    import gvc_train.codecs.tokenizer_io as tokenizer_io
+    from gvc_train.models.tokenizer.tiling import DecodePlan
+
+    seen: list = []
+    real = tokenizer_io.StripDecoder
+
+    def spy(vae, latent_hw, plan=DecodePlan(), **kw):
+        seen.append(plan)
+        return real(vae, latent_hw, plan, **kw)
+
+    monkeypatch.setattr(tokenizer_io, "StripDecoder", spy)
+    return seen

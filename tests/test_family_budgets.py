@@ -11,24 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gvc_train.codecs.tokenizer_io as tokenizer_io
 from gvc_train.codecs.base import open_codec
 from gvc_train.codecs.memory_plan import SLACK_BYTES, OverBudget, resident_bytes
 from gvc_train.data.sample_videos import sample_video
 from gvc_train.models.tokenizer.tiling import DecodePlan, choose_plan, estimate_memory
-
-
-@pytest.fixture
-def plans(monkeypatch: pytest.MonkeyPatch) -> list[DecodePlan]:
-    seen: list[DecodePlan] = []
-    real = tokenizer_io.StripDecoder
-
-    def spy(vae, latent_hw, plan=DecodePlan(), **kw):
-        seen.append(plan)
-        return real(vae, latent_hw, plan, **kw)
-
-    monkeypatch.setattr(tokenizer_io, "StripDecoder", spy)
-    return seen
 
 
 def _below_untiled(codec, width: int, height: int) -> int:
@@ -40,12 +26,12 @@ def _below_untiled(codec, width: int, height: int) -> int:
     return resident_bytes() + SLACK_BYTES + need.total
 
 
-def _check_budget(codec, stream: Path, recon: list[np.ndarray], width: int, height: int, plans: list[DecodePlan]) -> None:
+def _check_budget(codec, stream: Path, recon: list[np.ndarray], width: int, height: int, decode_plans: list[DecodePlan]) -> None:
     codec.max_memory = _below_untiled(codec, width, height)
-    start = len(plans)
+    start = len(decode_plans)
     decoded: list[np.ndarray] = []
     codec.decode(stream, decoded.append)
-    assert plans[start:] and all(p != DecodePlan() for p in plans[start:])
+    assert decode_plans[start:] and all(p != DecodePlan() for p in decode_plans[start:])
     assert len(decoded) == len(recon) and all(np.array_equal(a, b) for a, b in zip(decoded, recon))
     codec.max_memory = resident_bytes()  # nothing left
     shown: list[np.ndarray] = []
@@ -54,7 +40,7 @@ def _check_budget(codec, stream: Path, recon: list[np.ndarray], width: int, heig
     assert shown == []
 
 
-def test_progressive(tmp_path: Path, plans: list[DecodePlan]) -> None:
+def test_progressive(tmp_path: Path, decode_plans: list[DecodePlan]) -> None:
     from progressive_fixtures import HEIGHT, WIDTH, write_clip, write_codec_dir
 
     codec = open_codec(write_codec_dir(tmp_path / "codec", "codebook"))
@@ -62,24 +48,24 @@ def test_progressive(tmp_path: Path, plans: list[DecodePlan]) -> None:
     clip = write_clip(tmp_path / "clip")
     recon: list[np.ndarray] = []
     codec.encode(clip, tmp_path / "s.gvc", codec.num_rate_points - 1, on_recon=recon.append)
-    _check_budget(codec, tmp_path / "s.gvc", recon, WIDTH, HEIGHT, plans)
+    _check_budget(codec, tmp_path / "s.gvc", recon, WIDTH, HEIGHT, decode_plans)
 
 
-def test_controlled(tmp_path: Path, plans: list[DecodePlan]) -> None:
+def test_controlled(tmp_path: Path, decode_plans: list[DecodePlan]) -> None:
     from controlled_codec_fixtures import HEIGHT, WIDTH, write_codec_folder, write_moving_square_clip
 
     codec = open_codec(write_codec_folder(tmp_path / "codec", "controlled"))
     clip = write_moving_square_clip(tmp_path / "clip")
     recon: list[np.ndarray] = []
     codec.encode(clip, tmp_path / "s.gvc", 1, on_recon=recon.append)
-    _check_budget(codec, tmp_path / "s.gvc", recon, WIDTH, HEIGHT, plans)
+    _check_budget(codec, tmp_path / "s.gvc", recon, WIDTH, HEIGHT, decode_plans)
 
 
-def test_zeroshot(tmp_path: Path, plans: list[DecodePlan]) -> None:
+def test_zeroshot(tmp_path: Path, decode_plans: list[DecodePlan]) -> None:
     from gvc_train.codecs.zeroshot_folder import make_zeroshot_codec
 
     make_zeroshot_codec(tmp_path / "codec", model="checkpoints/cgvc_tiny", settings={"codebook_size": 64, "atoms": [1, 3], "num_steps": 4, "ode_tail": 1, "gop_frames": 5})
     codec = open_codec(tmp_path / "codec")
     recon: list[np.ndarray] = []
     codec.encode(sample_video("carphone_pristine.mp4"), tmp_path / "s.gvc", 0, max_frames=5, on_recon=recon.append, mode="i2v")
-    _check_budget(codec, tmp_path / "s.gvc", recon, 176, 144, plans)
+    _check_budget(codec, tmp_path / "s.gvc", recon, 176, 144, decode_plans)

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-import gvc_train.codecs.tokenizer_io as tokenizer_io
 from gvc_train.codecs.latent import LatentCodec
 from gvc_train.codecs.memory_plan import SLACK_BYTES, DefaultBudget, OverBudget, parse_memory, resident_bytes
 from gvc_train.data.sample_videos import sample_video
@@ -47,20 +46,6 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture
-def plans(monkeypatch: pytest.MonkeyPatch) -> list[DecodePlan]:
-    """The plans the decoders of this test ran with."""
-    seen: list[DecodePlan] = []
-    real = tokenizer_io.StripDecoder
-
-    def spy(vae, latent_hw, plan=DecodePlan(), **kw):
-        seen.append(plan)
-        return real(vae, latent_hw, plan, **kw)
-
-    monkeypatch.setattr(tokenizer_io, "StripDecoder", spy)
-    return seen
-
-
 def _tight_budget(codec: LatentCodec, latent_hw: tuple[int, int]) -> int:
     """A budget that leaves this process room for a 3-strip spilled plan, not an untiled one."""
     room = estimate_memory(codec.tokenizer, latent_hw, DecodePlan(3, 1, True)).total
@@ -68,15 +53,15 @@ def _tight_budget(codec: LatentCodec, latent_hw: tuple[int, int]) -> int:
     return resident_bytes() + SLACK_BYTES + room
 
 
-def test_a_budget_below_the_untiled_need_decodes_in_strips_to_the_same_frames(rms_codec_dir, video, tmp_path, plans):
+def test_a_budget_below_the_untiled_need_decodes_in_strips_to_the_same_frames(rms_codec_dir, video, tmp_path, decode_plans):
     codec = LatentCodec(rms_codec_dir)
     recon: list[np.ndarray] = []
     codec.encode(video, tmp_path / "x.gvc", 1, on_recon=recon.append)  # no limit: untiled
-    assert plans[-1] == DecodePlan()
+    assert decode_plans[-1] == DecodePlan()
     codec.max_memory = _tight_budget(codec, (17, 19))
     decoded: list[np.ndarray] = []
     codec.decode(tmp_path / "x.gvc", decoded.append)
-    assert plans[-1].strips > 1
+    assert decode_plans[-1].strips > 1
     assert np.array_equal(np.stack(decoded), np.stack(recon))
 
     # ... and an encoder under the tight budget reconstructs what an unlimited decoder gives.
@@ -84,7 +69,7 @@ def test_a_budget_below_the_untiled_need_decodes_in_strips_to_the_same_frames(rm
     codec.codec  # the encoder's model (built on first use) is loaded before the budget is set
     codec.max_memory = _tight_budget(codec, (17, 19))
     codec.encode(video, tmp_path / "y.gvc", 1, on_recon=tight.append)
-    assert plans[-1].strips > 1
+    assert decode_plans[-1].strips > 1
     assert (tmp_path / "y.gvc").read_bytes() == (tmp_path / "x.gvc").read_bytes()
     assert np.array_equal(np.stack(tight), np.stack(recon))
 
