@@ -49,7 +49,7 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _tight_budget(codec: LatentCodec, latent_hw: tuple[int, int]) -> int:
     """A budget that leaves this process room for a 3-strip spilled plan, not an untiled one."""
     room = estimate_memory(codec.tokenizer, latent_hw, DecodePlan(3, 1, True)).total
-    assert room < estimate_memory(codec.tokenizer, latent_hw, DecodePlan()).total / 2
+    assert room < estimate_memory(codec.tokenizer, latent_hw, DecodePlan()).total
     return resident_bytes() + SLACK_BYTES + room
 
 
@@ -84,7 +84,10 @@ def test_a_budget_nothing_fits_is_refused_before_decoding(tiny_codec_dir, video,
     assert frames == []
 
 
-def test_the_default_budget_warns_once_and_decodes_in_the_smallest_plan(tiny_codec_dir, video, tmp_path, capsys):
+def test_the_default_budget_warns_once_and_decodes_in_the_smallest_plan(tiny_codec_dir, video, tmp_path, capsys, monkeypatch):
+    import gvc_train.codecs.memory_plan as memory_plan
+
+    monkeypatch.setattr(memory_plan, "DEFAULT_HEADROOM", 0)  # as if this test process were a laptop's decoder
     codec = LatentCodec(tiny_codec_dir)
     recon: list[np.ndarray] = []
     codec.encode(video, tmp_path / "x.gvc", 1, on_recon=recon.append)

@@ -76,10 +76,17 @@ def resident_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+# What the unchosen default leaves a plan at least, whatever the process already holds: a big
+# process (an evaluation, a test run) calling a codec is not the laptop the default is for.
+DEFAULT_HEADROOM = 512 * 2**20
+
+
 def budget_left(max_memory: int | None) -> int:
-    """What a plan may add to the process now: the budget less the resident size and slack."""
+    """What a plan may add to the process now: the budget less the resident size and slack
+    (under the unchosen default, at least :data:`DEFAULT_HEADROOM`)."""
     total = default_max_memory() if max_memory is None else max_memory
-    return total - resident_bytes() - SLACK_BYTES
+    left = total - resident_bytes() - SLACK_BYTES
+    return max(left, DEFAULT_HEADROOM) if isinstance(total, DefaultBudget) else left
 
 
 def describe_bytes(n: int) -> str:
