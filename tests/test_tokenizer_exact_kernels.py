@@ -15,7 +15,7 @@ from gvc_train.models.tokenizer import exact_kernels
 from gvc_train.models.tokenizer.causal_vae import CausalVAE
 
 
-def _vae(norm: str, attention: bool) -> CausalVAE:
+def _vae(norm: str = "rms", attention: bool = True) -> CausalVAE:
     torch.manual_seed(0)
     vae = CausalVAE(
         base_channels=8, channel_mults=(1, 2, 4, 4), num_res_blocks=1, latent_channels=4,

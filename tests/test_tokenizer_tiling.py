@@ -13,21 +13,10 @@ import pytest
 import torch
 
 from gvc_train.models.tokenizer.causal_vae import CausalVAE
+from test_tokenizer_exact_kernels import _vae
 from gvc_train.models.tokenizer.tiling import DecodePlan, StripDecoder, estimate_memory, margins, tileable
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _vae(norm: str = "rms", attention: bool = True) -> CausalVAE:
-    torch.manual_seed(0)
-    vae = CausalVAE(
-        base_channels=8, channel_mults=(1, 2, 4, 4), num_res_blocks=1, latent_channels=4,
-        norm=norm, norm_groups=4, mid_attention=attention,
-    ).eval()
-    with torch.no_grad():
-        for p in vae.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return vae
 
 
 def _decode(vae: CausalVAE, z: torch.Tensor, plan: DecodePlan, **kw) -> torch.Tensor:

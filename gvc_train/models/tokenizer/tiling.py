@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from gvc_train.models.tokenizer.causal_layers import CausalConv3d, FrameNorm, StreamContext, StreamState
+from gvc_train.models.tokenizer.causal_layers import FrameNorm, StreamContext, StreamState
+from gvc_train.models.tokenizer.causal_vae_nets import cached_channels
 
 FLOAT_BYTES = 4
 
@@ -124,11 +125,6 @@ class _StateStore:
                 raise RuntimeError("the decoder's cache file was cut short")
             cache[key] = t
         return StreamState(cache, self.frames_seen[k])
-
-    def state_bytes(self) -> int:
-        if self.file is not None:
-            return self.end
-        return sum(s.num_cached_elements() * FLOAT_BYTES for s in self.states.values())
 
     def close(self) -> None:
         if self.file is not None:
@@ -226,9 +222,6 @@ class StripDecoder:
             outs.append(y)
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
-    def cache_bytes(self) -> int:
-        """Bytes of the strips' caches (in RAM or in the file) and the head's."""
-        return self.store.state_bytes() + self.head_state.num_cached_elements() * FLOAT_BYTES
 
 
 # Live activation bytes at a tail stage, in units of its widest activation: the input, its
@@ -265,7 +258,7 @@ def estimate_memory(vae: Any, latent_hw: tuple[int, int], plan: DecodePlan) -> D
     need, (h, w) = margins(stages), latent_hw
     temporal = int(getattr(vae, "temporal_stride", 4))
     per_frame_from = _last_temporal_stage(stages)
-    head_cached = sum(_head_cached(m) for m in decoder.head_modules())
+    head_cached = sum(cached_channels(m) for m in decoder.head_modules())
     strip_cache, transient = [], 0
     for r0, r1 in strip_rows(h, plan.strips):
         f, frames, cache = 1, 1, 0  # resolution over the latent's, frames at a stage's input
@@ -299,9 +292,6 @@ def estimate_memory(vae: Any, latent_hw: tuple[int, int], plan: DecodePlan) -> D
 def decoder_scale(stages: list[Any]) -> int:
     return math.prod(stage.upsample for stage in stages)
 
-
-def _head_cached(module: torch.nn.Module) -> int:
-    return sum(m.in_channels * m.time_pad for m in module.modules() if isinstance(m, CausalConv3d))
 
 
 # A spilled cache costs a write and a read per step, a small share of the step's compute (~5%
