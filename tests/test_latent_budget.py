@@ -16,7 +16,9 @@ from gvc_train.codecs.latent import LatentCodec
 from gvc_train.codecs.memory_plan import SLACK_BYTES, DefaultBudget, OverBudget, parse_memory, resident_bytes
 from gvc_train.data.sample_videos import sample_video
 from gvc_train.data.video_io import read_frames
-from gvc_train.models.tokenizer.tiling import DecodePlan, estimate_memory
+import gvc_train.codecs.tokenizer_io as tokenizer_io
+from gvc_train.models.tokenizer.encoder_tiling import choose_encode_plan
+from gvc_train.models.tokenizer.tiling import BesideOther, DecodePlan, estimate_memory
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +48,18 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _tight_budget(codec: LatentCodec, latent_hw: tuple[int, int]) -> int:
-    """A budget that leaves this process room for a 3-strip spilled plan, not an untiled one."""
-    room = estimate_memory(codec.tokenizer, latent_hw, DecodePlan(3, 1, True)).total
-    assert room < estimate_memory(codec.tokenizer, latent_hw, DecodePlan()).total
-    return resident_bytes() + SLACK_BYTES + room
+def _tight_budget(codec: LatentCodec, latent_hw: tuple[int, int], encoding: bool = False) -> int:
+    """A budget that leaves this process room for a 3-strip spilled decoding plan, not an untiled
+    one (``encoding``: beside the encoder's smallest plan)."""
+    room = estimate_memory(codec.tokenizer, latent_hw, DecodePlan(3, 1, True))
+    assert room.total < estimate_memory(codec.tokenizer, latent_hw, DecodePlan()).total
+    if encoding:
+        frame_hw = (8 * latent_hw[0], 8 * latent_hw[1])
+        room = BesideOther(room, choose_encode_plan(codec.tokenizer, frame_hw, 0)[1])
+    return resident_bytes() + SLACK_BYTES + room.total
 
 
-def test_a_budget_below_the_untiled_need_decodes_in_strips_to_the_same_frames(rms_codec_dir, video, tmp_path, decode_plans):
+def test_a_budget_below_the_untiled_need_decodes_in_strips_to_the_same_frames(rms_codec_dir, video, tmp_path, decode_plans, monkeypatch):
     codec = LatentCodec(rms_codec_dir)
     recon: list[np.ndarray] = []
     codec.encode(video, tmp_path / "x.gvc", 1, on_recon=recon.append)  # no limit: untiled
@@ -64,12 +70,16 @@ def test_a_budget_below_the_untiled_need_decodes_in_strips_to_the_same_frames(rm
     assert decode_plans[-1].strips > 1
     assert np.array_equal(np.stack(decoded), np.stack(recon))
 
-    # ... and an encoder under the tight budget reconstructs what an unlimited decoder gives.
+    # ... and an encoder under the tight budget, itself in strips, writes the same stream and
+    # reconstructs what an unlimited decoder gives.
     tight: list[np.ndarray] = []
     codec.codec  # the encoder's model (built on first use) is loaded before the budget is set
-    codec.max_memory = _tight_budget(codec, (17, 19))
+    codec.max_memory = _tight_budget(codec, (17, 19), encoding=True)
+    encode_plans = []
+    real = tokenizer_io.StripEncoder
+    monkeypatch.setattr(tokenizer_io, "StripEncoder", lambda vae, hw, plan: encode_plans.append(plan) or real(vae, hw, plan))
     codec.encode(video, tmp_path / "y.gvc", 1, on_recon=tight.append)
-    assert decode_plans[-1].strips > 1
+    assert decode_plans[-1].strips > 1 and encode_plans[-1].strips > 1
     assert (tmp_path / "y.gvc").read_bytes() == (tmp_path / "x.gvc").read_bytes()
     assert np.array_equal(np.stack(tight), np.stack(recon))
 

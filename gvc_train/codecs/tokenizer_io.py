@@ -6,7 +6,9 @@ frame alone and then ``temporal`` frames (one latent frame) at a time through it
 a frame count that is not ``1 + 4k`` is padded by repeating the last frame. Each latent frame
 goes to the family's :class:`ChunkCoder`, and every ``n`` latent frames (a family's chunk or
 group) it ends a run with its FRAMES chunks, written to a body file. Memory is bounded by one
-latent frame's frames, whatever the video's or the run's length.
+latent frame's frames, whatever the video's or the run's length, and by the plan a memory budget
+allows for the encoder (untiled, or in strips: models/tokenizer/encoder_tiling.py), which gives
+the same latents whatever the plan.
 
 Decoding (:class:`FrameEmitter`): a run's latent frames become pixels one latent frame at a time
 through the tokenizer's decoder cache, in the plan a memory budget allows (untiled, or in strips:
@@ -40,6 +42,7 @@ from gvc_train.coding.container import ChunkType, StreamHeader, chunk_bytes, end
 from gvc_train.codecs.memory_plan import ENV_VAR, DefaultBudget, OverBudget, budget_left, describe_bytes
 from gvc_train.codecs.stage_clock import StageClock
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
+from gvc_train.models.tokenizer.encoder_tiling import StripEncoder, choose_encode_plan
 from gvc_train.models.tokenizer.tiling import DecodePlan, StripDecoder, choose_plan
 from gvc_train.safe_output import atomic_write_with, check_target, temp_beside
 
@@ -81,14 +84,39 @@ class ChunkCoder(Protocol):
         ...
 
 
-_WARNED: set[tuple[int, int]] = set()
+_WARNED: set[tuple[str, int, int]] = set()
 
 
-def _warn_once(key: tuple[int, int], message: str) -> None:
+def _warn_once(key: tuple[str, int, int], message: str) -> None:
     """One warning a frame size and process (a controlled codec decodes many clips)."""
     if key not in _WARNED:
         _WARNED.add(key)
         print(f"gvc: warning: {message}", file=sys.stderr)
+
+
+def plan_within(what: str, width: int, height: int, max_memory: int | None, choose: Any, left: int | None = None) -> tuple[DecodePlan, Any]:
+    """The plan ``choose(bytes left)`` gives under ``max_memory`` (``left``: what it leaves, when the
+    caller measured it once for several plans), and its estimate (None without a budget: untiled).
+    The smallest plan with a warning when none fits the unchosen default; :class:`OverBudget`
+    under a chosen one."""
+    if max_memory is None:
+        return DecodePlan(), None
+    left = budget_left(max_memory) if left is None else left
+    plan, need, fits = choose(left)
+    if not fits and isinstance(max_memory, DefaultBudget):
+        _warn_once(
+            (what, width, height),
+            f"{what} {width}x{height} needs ~{describe_bytes(need.total)} more than this process holds "
+            f"({plan.describe()}), over the default memory budget of {describe_bytes(max_memory)}: set "
+            f"--max-memory (or {ENV_VAR}) to choose one",
+        )
+    elif not fits:
+        raise OverBudget(
+            f"{what} {width}x{height} needs ~{describe_bytes(need.total)} more than this process holds "
+            f"({plan.describe()}), the memory budget of {describe_bytes(max_memory)} leaves "
+            f"{describe_bytes(max(0, left))}: raise --max-memory"
+        )
+    return plan, need
 
 
 class FrameEmitter:
@@ -103,11 +131,19 @@ class FrameEmitter:
     """
 
     def __init__(
-        self, tokenizer: Any, width: int, height: int, on_frame: FrameCallback | None, max_memory: int | None = None, clock: StageClock | None = None
+        self,
+        tokenizer: Any,
+        width: int,
+        height: int,
+        on_frame: FrameCallback | None,
+        max_memory: int | None = None,
+        clock: StageClock | None = None,
+        beside: Any = None,
+        left: int | None = None,
     ) -> None:
         self.tokenizer, self.width, self.height, self.on_frame = tokenizer, width, height, on_frame
         self.clock = clock or StageClock()
-        self.state = self.decoder = self.plan = None
+        self.state = self.decoder = self.plan = self.need = None
         self.emitted = 0
         if on_frame is None:
             return
@@ -115,24 +151,9 @@ class FrameEmitter:
             self.state = tokenizer.init_decoder_state()
             return
         latent_hw = latent_size(width, height, tokenizer.spatial_stride)
-        if max_memory is None:
-            self.plan = DecodePlan()
-        else:
-            left = budget_left(max_memory)
-            self.plan, need, fits = choose_plan(tokenizer, latent_hw, left)
-            if not fits and isinstance(max_memory, DefaultBudget):
-                _warn_once(
-                    (width, height),
-                    f"decoding {width}x{height} needs ~{describe_bytes(need.total)} more than this process holds "
-                    f"({self.plan.describe()}), over the default memory budget of {describe_bytes(max_memory)}: set "
-                    f"--max-memory (or {ENV_VAR}) to choose one",
-                )
-            elif not fits:
-                raise OverBudget(
-                    f"decoding {width}x{height} needs ~{describe_bytes(need.total)} more than this process holds "
-                    f"({self.plan.describe()}), the memory budget of {describe_bytes(max_memory)} leaves "
-                    f"{describe_bytes(max(0, left))}: raise --max-memory"
-                )
+        self.plan, self.need = plan_within("decoding", width, height, max_memory, lambda room: choose_plan(tokenizer, latent_hw, room, beside), left)
+        if beside is not None and self.need is not None:
+            self.need = self.need.own  # its own memory, without what it was chosen beside
         self.decoder = StripDecoder(tokenizer, latent_hw, self.plan)
         self.clock.plan = self.plan.describe()
 
@@ -195,7 +216,21 @@ class StreamingEncode:
         s = tokenizer.spatial_stride
         self.pad_hw = (-height % s, -width % s)
         self.latent_hw = latent_size(width, height, s)
-        self.recon = FrameEmitter(tokenizer, width, height, on_recon, max_memory)
+        # The encoder and the reconstruction's decoder take turns, each keeping its caches while
+        # the other runs: the decoder's plan leaves room for the encoder's smallest, then the
+        # encoder takes the fastest plan that fits beside the decoder's. The encoder runs in strips
+        # of the frame with margins: the same latents as a whole pass (encoder_tiling.py).
+        self.encoder = self.plan = None
+        tiles = hasattr(getattr(tokenizer, "encoder", None), "head_stages")
+        frame_hw = (height + self.pad_hw[0], width + self.pad_hw[1])
+        smallest = choose_encode_plan(tokenizer, frame_hw, 0)[1] if tiles and max_memory is not None and on_recon is not None else None
+        left = budget_left(max_memory) if max_memory is not None else None  # once: both plans share it
+        self.recon = FrameEmitter(tokenizer, width, height, on_recon, max_memory, beside=smallest, left=left)
+        if tiles:
+            self.plan, _ = plan_within(
+                "encoding", width, height, max_memory, lambda room: choose_encode_plan(tokenizer, frame_hw, room, self.recon.need), left
+            )
+            self.encoder = StripEncoder(tokenizer, frame_hw, self.plan)
         self.pending: list[torch.Tensor] = []
         self.run_latents: list[torch.Tensor] = []  # the decoder's latents of the current run, for on_recon
         self.tok_state = tokenizer.init_encoder_state()
@@ -222,11 +257,22 @@ class StreamingEncode:
             self._tokenize()
         if self.in_run:
             self._end_run()
+        self.close()
+
+    def close(self) -> None:
+        """Let go of spilled caches' files now (they are removed whatever happens)."""
+        if self.encoder is not None:
+            self.encoder.close()
+        self.recon.close()
 
     def _tokenize(self) -> None:
         x_BCThw = torch.stack(self.pending, dim=2)
         self.pending = []
-        posterior, self.tok_state = self.tokenizer.encode_chunk(x_BCThw, self.tok_state)
+        if self.encoder is not None:
+            posterior = self.encoder.step(x_BCThw)
+        else:
+            posterior, self.tok_state = self.tokenizer.encode_chunk(x_BCThw, self.tok_state)
+        del x_BCThw
         latent_BCthw = posterior.mode()
         for i in range(latent_BCthw.shape[2]):
             recon = self.coder.code(latent_BCthw[:, :, i])

@@ -73,15 +73,41 @@ class CausalEncoder(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, x_BCThw: torch.Tensor, ctx: StreamContext) -> torch.Tensor:
+        h = x_BCThw
+        for stage in self.head_stages():
+            h = stage.run(h, ctx)
+        return self.forward_tail(h, ctx)
+
+    # The encoder as a head of stages down to latent resolution, each reading a bounded
+    # neighbourhood of each pixel, and a tail at latent resolution: what spatial tiling needs
+    # (models/tokenizer/encoder_tiling.py).
+
+    def head_stages(self) -> list[EncoderStage]:
+        """``conv_in`` and every level's blocks and downsampling, up to the last downsampling."""
         ckpt = self.gradient_checkpointing and self.training
-        h = self.conv_in(x_BCThw, ctx)
+        stages = [EncoderStage("in", self.conv_in, self.conv_in.kernel_size[1] // 2, self.conv_in.out_channels, cached_channels(self.conv_in))]
         for level in self.levels:
-            for block in level.blocks:
-                h = maybe_checkpoint(block, h, ctx, ckpt)
-            if level.down is not None:
-                h = level.down(h, ctx)
+            if level.down is None:
+                break  # the coarsest level: at latent resolution, in the tail
+            stages += [EncoderStage.of_block(block, ckpt) for block in level.blocks]
+            stages.append(EncoderStage.of_downsample(level.down))
+        return stages
+
+    def forward_tail(self, h: torch.Tensor, ctx: StreamContext) -> torch.Tensor:
+        """The coarsest level's blocks, the middle block (possibly with frame-wide attention) and
+        the output: all at latent resolution."""
+        ckpt = self.gradient_checkpointing and self.training
+        for level in self.levels:
+            if level.down is None:
+                for block in level.blocks:
+                    h = maybe_checkpoint(block, h, ctx, ckpt)
         h = maybe_checkpoint(self.mid, h, ctx, ckpt)
         return self.conv_out(F.silu(self.norm_out(h)), ctx)
+
+    def tail_modules(self) -> list[nn.Module]:
+        """What :meth:`forward_tail` runs (for its cache's size)."""
+        coarsest = [block for level in self.levels if level.down is None for block in level.blocks]
+        return [*coarsest, self.mid, self.norm_out, self.conv_out]
 
 
 class CausalDecoder(nn.Module):
@@ -186,6 +212,37 @@ class TailStage:
     def of_upsample(cls, up: CausalUpsample) -> "TailStage":
         temporal = up.time_conv is not None
         return cls("up", up, up.spatial.kernel_size[0] // 2, up.spatial.in_channels, cached_channels(up), upsample=2, per_frame=not temporal)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderStage:
+    """One step of the encoder's head: ``run(h, ctx)``; ``radius``, the input pixels beyond an
+    output pixel's own footprint that it reads (at its input resolution); ``downsample``, 2 when it
+    halves height and width; ``per_frame``, it may take frames one at a time (no temporal
+    downsampling). For memory plans: ``channels``, its widest activation; ``cached``, channels x
+    frames that its causal convs keep per pixel of its input (of its output for a downsampling)."""
+
+    name: str
+    run: Callable[[torch.Tensor, StreamContext], torch.Tensor]
+    radius: int
+    channels: int
+    cached: int
+    downsample: int = 1
+    per_frame: bool = True
+
+    @classmethod
+    def of_block(cls, block: CausalResBlock, ckpt: bool) -> "EncoderStage":
+        radius = block.conv1.kernel_size[1] // 2 + block.conv2.kernel_size[1] // 2
+        channels = max(block.conv1.in_channels, block.conv2.out_channels)
+        return cls("block", functools.partial(maybe_checkpoint, block, enabled=ckpt), radius, channels, cached_channels(block))
+
+    @classmethod
+    def of_downsample(cls, down: CausalDownsample) -> "EncoderStage":
+        # A 3x3 stride-2 conv padded only at the bottom and right: output row i reads input rows
+        # 2i .. 2i + 2, one beyond its footprint.
+        temporal = down.time_conv is not None
+        cached = down.spatial.out_channels if temporal else 0  # the time conv's last input frame
+        return cls("down", down, 1, down.spatial.in_channels, cached, downsample=2, per_frame=not temporal)
 
 
 def cached_channels(module: nn.Module) -> int:

@@ -81,7 +81,7 @@ def _last_temporal_stage(stages: list[Any]) -> int:
     return start
 
 
-class _StateStore:
+class StripCaches:
     """The strips' caches between steps: in RAM, or in one file rewritten in place each step."""
 
     def __init__(self, spill_dir: str | os.PathLike | None) -> None:
@@ -152,7 +152,7 @@ class StripDecoder:
         self.per_frame_from = _last_temporal_stage(self.stages)
         self.rows = strip_rows(self.latent_h, plan.strips)
         self.head_state = vae.init_decoder_state()
-        self.store = _StateStore(tempfile.gettempdir() if plan.spill and spill_dir is None else spill_dir if plan.spill else None)
+        self.store = StripCaches(tempfile.gettempdir() if plan.spill and spill_dir is None else spill_dir if plan.spill else None)
         self.latents_seen = 0
 
     def close(self) -> None:
@@ -315,23 +315,60 @@ def relative_compute(vae: Any, latent_hw: tuple[int, int], strips: int) -> float
     return tiled / untiled
 
 
-def choose_plan(vae: Any, latent_hw: tuple[int, int], budget: int) -> tuple[DecodePlan, DecodeMemory, bool]:
-    """The fastest plan whose estimate fits ``budget`` bytes: ``(plan, estimate, True)``; when
-    none does, the smallest one: ``(plan, estimate, False)``."""
-    h = latent_hw[0]
-    counts = [1]
-    if tileable(vae):
-        counts += sorted({n for n in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if n <= h} | ({h} if h > 1 else set()))
+@dataclasses.dataclass(frozen=True)
+class BesideOther:
+    """A plan's memory next to another part of the same job that runs in turn with it (an encoder's
+    and its reconstruction's decoder): each one's caches stay while the other runs."""
+
+    own: Any
+    other: Any
+
+    @property
+    def cache(self) -> int:
+        return self.own.cache + self.other.cache
+
+    @property
+    def total(self) -> int:
+        return max(self.own.total + self.other.cache, self.other.total + self.own.cache)
+
+
+def choose_plan(vae: Any, latent_hw: tuple[int, int], budget: int, beside: Any = None) -> tuple[DecodePlan, Any, bool]:
+    """The fastest plan whose estimate fits ``budget`` bytes (next to ``beside``'s memory, when
+    given: :class:`BesideOther`): ``(plan, estimate, True)``; when none does, the smallest one:
+    ``(plan, estimate, False)``."""
+    return cheapest_fitting_plan(
+        strip_counts(latent_hw[0], tileable(vae)),
+        lambda strips: relative_compute(vae, latent_hw, strips),
+        lambda plan: with_other(estimate_memory(vae, latent_hw, plan), beside),
+        budget,
+    )
+
+
+def with_other(memory: Any, beside: Any) -> Any:
+    return memory if beside is None else BesideOther(memory, beside)
+
+
+def strip_counts(latent_h: int, tiles: bool) -> list[int]:
+    """The strip counts worth trying for ``latent_h`` latent rows (1 alone when ``tiles`` is False)."""
+    if not tiles:
+        return [1]
+    return [1] + sorted({n for n in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if n <= latent_h} | ({latent_h} if latent_h > 1 else set()))
+
+
+def cheapest_fitting_plan(counts: list[int], compute: Any, estimate: Any, budget: int) -> tuple[DecodePlan, Any, bool]:
+    """Of every plan with ``counts`` strips (frames all at once or one at a time, caches in RAM or a
+    file), the one of least ``compute(strips)`` (with the spilling and per-frame costs) whose
+    ``estimate(plan).total`` fits ``budget``; when none does, the smallest."""
     candidates = []
     for strips in counts:
-        compute = relative_compute(vae, latent_hw, strips)
+        work = compute(strips)
         for frames_at_once in (None, 1):
             for spill in (False, True):
                 if spill and strips == 1:
                     continue  # one strip's cache is the whole cache: spilling saves nothing
                 plan = DecodePlan(strips, frames_at_once, spill)
-                cost = compute * (SPILL_COST if spill else 1.0) * (FRAME_AT_A_TIME_COST if frames_at_once else 1.0)
-                candidates.append((cost, plan, estimate_memory(vae, latent_hw, plan)))
+                cost = work * (SPILL_COST if spill else 1.0) * (FRAME_AT_A_TIME_COST if frames_at_once else 1.0)
+                candidates.append((cost, plan, estimate(plan)))
     fitting = [c for c in candidates if c[2].total <= budget]
     if fitting:
         _, plan, memory = min(fitting, key=lambda c: c[0])
