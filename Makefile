@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.gvc-installed
 MP_VENV  ?= .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.gvc-installed
 
-.PHONY: setup demo finetune-demo test bench samples control-samples text-encoder-tiny clean-runs lock-update readme-figures
+.PHONY: setup demo finetune-demo test bench bench-sizes samples control-samples text-encoder-tiny clean-runs lock-update readme-figures
 
 setup: $(STAMP) $(MP_STAMP)
 
@@ -65,6 +65,11 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.run
+
+# The latent codec's memory, plan and speed at 176x144, 640x272, 1280x720 and 1920x1080 under the
+# default budget, beside x265 (benchmarks/bench_frame_sizes.py; ~15 minutes: not in make bench).
+bench-sizes: setup
+	$(PY) -m benchmarks.bench_frame_sizes
 
 # The README's measured figures from bench_out/bench.json, the demo's summary, the reference
 # codec's rd.json and the gvc eval report (benchmarks/readme_figures.py); commit what it changes.

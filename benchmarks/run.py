@@ -115,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     results["codec"] = bench_codec(quick=args.quick)
     rows += codec_rows(results["codec"])
     sections["codec_memory_speed"] = time.perf_counter() - started - sum(sections.values())
+
+    print("latent codec at 176x144 and 640x272 under the default memory budget ...", flush=True)
+    from benchmarks.bench_frame_sizes import SOURCES, bench_sizes, table_rows as size_rows
+
+    # 1280x720 and 1920x1080 take ~10 minutes with the reference codec: `make bench-sizes` runs them.
+    results["frame_sizes"] = bench_sizes(list(SOURCES)[:2])
+    rows += size_rows(results["frame_sizes"])
+    sections["frame_sizes"] = time.perf_counter() - started - sum(sections.values())
     print("progressive codec speed and bits ...", flush=True)
     results["progressive_codec"] = bench_progressive_codec(args.progressive_codec, quick=args.quick)
     if "skipped" in results["progressive_codec"]:

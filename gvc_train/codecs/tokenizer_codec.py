@@ -184,6 +184,7 @@ class TokenizerCodec(Codec):
         return CodingReport(
             str(output), run.frames, info.width, info.height, fps, rate_point,
             output.stat().st_size, run.payload_bytes, run.chunks, time.perf_counter() - started, coder.model_bits, coder.estimate_bits,
+            stats={"plan": run.plan.describe() if run.plan is not None else None, "recon_plan": run.recon.plan.describe() if run.recon.plan is not None else None},
         )  # fmt: skip
 
     # ---- decoding -----------------------------------------------------------------------------
