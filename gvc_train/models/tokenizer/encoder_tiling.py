@@ -110,7 +110,6 @@ class StripEncoder:
 
     def step(self, x_BCThw: torch.Tensor) -> DiagonalGaussian:
         at_start = self.frames_seen == 0
-        x_BCThw = x_BCThw * 2.0 - 1.0
         out = None
         for k, (r0, r1) in enumerate(self.rows):
             piece = self._strip(k, r0, r1, x_BCThw, at_start)
@@ -122,8 +121,10 @@ class StripEncoder:
                 out = piece.new_empty(b, c, t, self.latent_h, w)
             out[:, :, :, r0:r1] = piece
             del piece
-        del x_BCThw
-        ctx = StreamContext(self.tail_state, at_start=at_start, record=True)
+        # The context alone holds the old cache, so each layer's old entry goes once it is read.
+        state, self.tail_state = self.tail_state, None
+        ctx = StreamContext(state, at_start=at_start, record=True)
+        del state
         moments = self.encoder.forward_tail(out, ctx)
         self.tail_state = StreamState(ctx.new, self.frames_seen + 1)
         self.frames_seen += 1
@@ -133,7 +134,7 @@ class StripEncoder:
         """Latent rows ``[r0, r1)`` of the head's output, from the frame's rows with margins, cut
         back after every stage, through strip ``k``'s own cache."""
         top, bottom = _rows(self.scale_in[0], r0, r1, self.latent_h, self.need[0])
-        x = x_BCThw[:, :, :, top:bottom]
+        x = x_BCThw[:, :, :, top:bottom] * 2.0 - 1.0  # a strip's copy in [-1, 1], not the whole frame's
         ctx = StreamContext(self.store.take(k), at_start=at_start, record=True)
         if self.per_frame_to > 0 and self.plan.frames_at_once is not None and x.shape[2] > self.plan.frames_at_once:
             x, top = self._per_frame_head(x, top, r0, r1, ctx)
@@ -214,11 +215,11 @@ def estimate_encode_memory(vae: Any, frame_hw: tuple[int, int], plan: EncodePlan
     held = (max(strip_cache) if plan.spill else sum(strip_cache)) + max(strip_cache) // 4
     tail_cached = sum(cached_channels(m) for m in encoder.tail_modules())
     latent_frames = max(1, frames // int(getattr(vae, "temporal_stride", 4)))
-    tail_live = ACTIVATIONS_ALIVE * max(st.channels for st in stages) * 4 * (latent_frames + 2) * h * w * FLOAT_BYTES
-    # The step's frames as the caller's floats and their [-1, 1] copy.
-    frames_in = 2 * frames * 3 * frame_hw[0] * frame_hw[1] * FLOAT_BYTES
+    tail_live = ACTIVATIONS_ALIVE * max(st.channels for st in stages) * (latent_frames + 2) * h * w * FLOAT_BYTES
+    # The step's frames as floats (the caller's; a strip's [-1, 1] copy is in its transient).
+    frames_in = frames * 3 * frame_hw[0] * frame_hw[1] * FLOAT_BYTES
     return EncodeMemory(
-        cache=held + 2 * tail_cached * h * w * FLOAT_BYTES,
+        cache=held + tail_cached * h * w * FLOAT_BYTES * 5 // 4,  # a layer's old and new overlap briefly
         transient=max(transient, tail_live) + frames_in,
         fixed=FIXED_BYTES,
     )

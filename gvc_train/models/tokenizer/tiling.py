@@ -168,7 +168,10 @@ class StripDecoder:
         if z_BC1hw.dim() != 5 or z_BC1hw.shape[2] != 1 or tuple(z_BC1hw.shape[3:]) != (self.latent_h, self.latent_w):
             raise ValueError(f"expected one latent frame B x C x 1 x {self.latent_h} x {self.latent_w}, got {tuple(z_BC1hw.shape)}")
         at_start = self.latents_seen == 0
-        ctx = StreamContext(self.head_state, at_start=at_start, record=True)
+        # The context alone holds the old cache, so each layer's old entry goes once it is read.
+        state, self.head_state = self.head_state, None
+        ctx = StreamContext(state, at_start=at_start, record=True)
+        del state
         h_BCthw = self.decoder.forward_head(z_BC1hw, ctx)
         self.head_state = StreamState(ctx.new, self.latents_seen + 1)
         out = None
@@ -281,7 +284,7 @@ def estimate_memory(vae: Any, latent_hw: tuple[int, int], plan: DecodePlan) -> D
     scale = decoder_scale(stages)
     out_pixels = temporal * h * scale * w * scale
     return DecodeMemory(
-        cache=held + 2 * head_cached * h * w * FLOAT_BYTES,
+        cache=held + head_cached * h * w * FLOAT_BYTES * 5 // 4,  # a layer's old and new overlap briefly
         transient=transient,
         # The step's frames as floats, two temporaries of the uint8 conversion, the uint8 frames.
         output=out_pixels * 3 * (3 * FLOAT_BYTES + 1),
