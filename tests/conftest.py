@@ -207,3 +207,17 @@ def decode_plans(monkeypatch: pytest.MonkeyPatch) -> list:
 
     monkeypatch.setattr(tokenizer_io, "StripDecoder", spy)
     return seen
+
+
+def measure_in_child(script: str, arg: Any) -> tuple[int, int]:
+    """``script`` run with ``json.dumps(arg)`` in a fresh interpreter on one thread with glibc's
+    mmap threshold fixed (the peak of live memory, the same every run); the last line it prints,
+    ``[measured peak growth, estimate]`` in bytes."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(arg)], capture_output=True, text=True, env=env, check=True)
+    measured, estimate = json.loads(out.stdout.strip().splitlines()[-1])
+    return measured, estimate

@@ -3,20 +3,13 @@ memory its estimate promises."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from gvc_train.models.tokenizer.causal_layers import StreamContext
 from gvc_train.models.tokenizer.encoder_tiling import EncodePlan, StripEncoder, choose_encode_plan, encoder_margins, estimate_encode_memory
+from conftest import measure_in_child
 from test_tokenizer_exact_kernels import _vae
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _steps(x: torch.Tensor) -> list[torch.Tensor]:
@@ -110,7 +103,5 @@ with torch.inference_mode(), StripEncoder(vae, hw, plan) as e:
 
 @pytest.mark.parametrize("plan", [[1, None, False], [4, 1, True]], ids=["untiled", "strips-spilled"])
 def test_the_memory_estimate_bounds_the_measured_peak(plan):
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(plan)], capture_output=True, text=True, env=env, check=True)
-    measured, estimate = json.loads(out.stdout.strip().splitlines()[-1])
+    measured, estimate = measure_in_child(_MEASURE, plan)
     assert measured <= estimate <= 2.5 * measured, (measured, estimate)

@@ -82,15 +82,15 @@ class CausalEncoder(nn.Module):
     # neighbourhood of each pixel, and a tail at latent resolution: what spatial tiling needs
     # (models/tokenizer/encoder_tiling.py).
 
-    def head_stages(self) -> list[EncoderStage]:
+    def head_stages(self) -> list[Stage]:
         """``conv_in`` and every level's blocks and downsampling, up to the last downsampling."""
         ckpt = self.gradient_checkpointing and self.training
-        stages = [EncoderStage("in", self.conv_in, self.conv_in.kernel_size[1] // 2, self.conv_in.out_channels, cached_channels(self.conv_in))]
+        stages = [Stage("in", self.conv_in, self.conv_in.kernel_size[1] // 2, self.conv_in.out_channels, cached_channels(self.conv_in))]
         for level in self.levels:
             if level.down is None:
                 break  # the coarsest level: at latent resolution, in the tail
-            stages += [EncoderStage.of_block(block, ckpt) for block in level.blocks]
-            stages.append(EncoderStage.of_downsample(level.down))
+            stages += [Stage.of_block(block, ckpt) for block in level.blocks]
+            stages.append(Stage.of_downsample(level.down))
         return stages
 
     def forward_tail(self, h: torch.Tensor, ctx: StreamContext) -> torch.Tensor:
@@ -165,17 +165,17 @@ class CausalDecoder(nn.Module):
             h = maybe_checkpoint(block, h, ctx, ckpt)
         return h
 
-    def tail_stages(self) -> list[TailStage]:
+    def tail_stages(self) -> list[Stage]:
         """The rest, in order: each stage's spatial reach and whether it doubles the resolution."""
         ckpt = self.gradient_checkpointing and self.training
-        stages: list[TailStage] = []
+        stages: list[Stage] = []
         for i, level in enumerate(self.levels):
             if i > 0:
-                stages += [TailStage.of_block(block, ckpt) for block in level.blocks]
+                stages += [Stage.of_block(block, ckpt) for block in level.blocks]
             if level.up is not None:
-                stages.append(TailStage.of_upsample(level.up))
+                stages.append(Stage.of_upsample(level.up))
         out_channels = self.conv_out.in_channels
-        stages.append(TailStage("out", self._out, self.conv_out.kernel_size[1] // 2, out_channels, cached_channels(self.conv_out)))
+        stages.append(Stage("out", self._out, self.conv_out.kernel_size[1] // 2, out_channels, cached_channels(self.conv_out)))
         return stages
 
     def head_modules(self) -> list[nn.Module]:
@@ -187,12 +187,14 @@ class CausalDecoder(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class TailStage:
-    """One step of the decoder's tail: ``run(h, ctx)``; ``radius``, the output pixels around a
-    pixel that it reads (at its output resolution); ``upsample``, 2 when it doubles height and
-    width; ``per_frame``, it may take frames one at a time (no temporal upsampling). For memory
-    plans: ``channels``, its widest activation; ``cached``, channels x frames that its causal
-    convs keep per pixel of its input."""
+class Stage:
+    """One step of the encoder's head or the decoder's tail, for strip coding: ``run(h, ctx)``;
+    ``radius``, the pixels beyond a pixel's own footprint that it reads (at its output
+    resolution for the decoder's stages, its input resolution for the encoder's); ``upsample``
+    or ``downsample``, 2 when it doubles or halves height and width; ``per_frame``, it may take
+    frames one at a time (no temporal resampling). For memory plans: ``channels``, its widest
+    activation; ``cached``, channels x frames that its causal convs keep per pixel of its input
+    (of its output for a downsampling)."""
 
     name: str
     run: Callable[[torch.Tensor, StreamContext], torch.Tensor]
@@ -200,44 +202,22 @@ class TailStage:
     channels: int
     cached: int
     upsample: int = 1
-    per_frame: bool = True
-
-    @classmethod
-    def of_block(cls, block: CausalResBlock, ckpt: bool) -> "TailStage":
-        radius = block.conv1.kernel_size[1] // 2 + block.conv2.kernel_size[1] // 2
-        channels = max(block.conv1.in_channels, block.conv2.out_channels)
-        return cls("block", functools.partial(maybe_checkpoint, block, enabled=ckpt), radius, channels, cached_channels(block))
-
-    @classmethod
-    def of_upsample(cls, up: CausalUpsample) -> "TailStage":
-        temporal = up.time_conv is not None
-        return cls("up", up, up.spatial.kernel_size[0] // 2, up.spatial.in_channels, cached_channels(up), upsample=2, per_frame=not temporal)
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderStage:
-    """One step of the encoder's head: ``run(h, ctx)``; ``radius``, the input pixels beyond an
-    output pixel's own footprint that it reads (at its input resolution); ``downsample``, 2 when it
-    halves height and width; ``per_frame``, it may take frames one at a time (no temporal
-    downsampling). For memory plans: ``channels``, its widest activation; ``cached``, channels x
-    frames that its causal convs keep per pixel of its input (of its output for a downsampling)."""
-
-    name: str
-    run: Callable[[torch.Tensor, StreamContext], torch.Tensor]
-    radius: int
-    channels: int
-    cached: int
     downsample: int = 1
     per_frame: bool = True
 
     @classmethod
-    def of_block(cls, block: CausalResBlock, ckpt: bool) -> "EncoderStage":
+    def of_block(cls, block: CausalResBlock, ckpt: bool) -> "Stage":
         radius = block.conv1.kernel_size[1] // 2 + block.conv2.kernel_size[1] // 2
         channels = max(block.conv1.in_channels, block.conv2.out_channels)
         return cls("block", functools.partial(maybe_checkpoint, block, enabled=ckpt), radius, channels, cached_channels(block))
 
     @classmethod
-    def of_downsample(cls, down: CausalDownsample) -> "EncoderStage":
+    def of_upsample(cls, up: CausalUpsample) -> "Stage":
+        temporal = up.time_conv is not None
+        return cls("up", up, up.spatial.kernel_size[0] // 2, up.spatial.in_channels, cached_channels(up), upsample=2, per_frame=not temporal)
+
+    @classmethod
+    def of_downsample(cls, down: CausalDownsample) -> "Stage":
         # A 3x3 stride-2 conv padded only at the bottom and right: output row i reads input rows
         # 2i .. 2i + 2, one beyond its footprint.
         temporal = down.time_conv is not None

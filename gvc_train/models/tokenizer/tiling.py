@@ -1,7 +1,7 @@
 """Decode a causal tokenizer one latent frame at a time, in horizontal strips, in bounded memory.
 
 Why it is exact: the decoder splits into a head at latent resolution (run on the whole frame) and
-a tail whose every stage reads a bounded neighbourhood of each pixel (``TailStage.radius``). A
+a tail whose every stage reads a bounded neighbourhood of each pixel (``Stage.radius``). A
 strip of the output needs the head's output on the strip's rows plus a margin that covers the
 tail's reach; after each stage the activation is cut back to what the stages after it still
 need. Each strip keeps its own causal cache (its rows of every cached layer), and since the
