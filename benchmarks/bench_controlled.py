@@ -10,7 +10,7 @@ side runs on one torch thread, as the codecs decode (``codecs/determinism.py``).
   keyframes placed): the recipe's unguided step (guidance 1: one forward) beside the same step
   with classifier-free guidance (scale 1.5: a conditional and an unconditional forward).
 - **Decode**: a controlled codec folder built in a temporary directory from
-  ``checkpoints/latent_tiny``'s tokenizer and keyframe latent codec (else random ones of the
+  ``checkpoints/cgvc_tiny``'s tokenizer and keyframe latent codec (the recipe's) (else random ones of the
   tiny recipes' sizes), the random transformer and the recipe's coding settings; the first
   ``FRAMES`` frames of carphone (176x144) encoded with the recipe's luma and adaptive keyframes,
   then decoded (keyframes, luma, every clip generated at the recipe's 20 steps, frames to a
@@ -44,7 +44,7 @@ from benchmarks.table import print_table
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes/tiny/controlled_cgvc.yaml"
-LATENT_TINY = REPO / "checkpoints/latent_tiny"
+LATENT_TINY = REPO / "checkpoints/cgvc_tiny"  # its frozen tokenizer and keyframe coder (the recipe's)
 # Without the recipe (its sizes as the issue set them): 16 latent channels, patch (1, 2, 2).
 FALLBACK_TRANSFORMER = dict(
     latent_channels=16, patch_size=[1, 2, 2], width=96, depth=4, heads=4, mlp_ratio=4.0, text_dim=32, controls={"luma": 1},
@@ -141,7 +141,7 @@ def bench_sampling(steps: int = 8, repeats: int = 2) -> dict[str, Any]:
 
 
 def codec_folder(tmp: str) -> tuple[Path, str]:
-    """A controlled codec folder of the recipe's transformer (random) on latent_tiny's tokenizer
+    """A controlled codec folder of the recipe's transformer (random) on the recipe's tokenizer
     and keyframe codec (else random ones of their size); what its parts are."""
     from benchmarks.bench_codec_memory import codec_folder as latent_folder
     from gvc_train.codecs.codec_folder import write_codec_json

@@ -1,6 +1,6 @@
 """The controlled family's recipes (recipes/tiny/controlled_*.yaml and their GPU versions, shrunk
 to CPU size) train 2 steps on tiny control shards, validate, and write last.ckpt. They need
-control shards and a latent export (checkpoints/latent_tiny), so tests/test_recipes.py leaves
+control shards and a latent export (the tokenizer and keyframe coder in checkpoints/cgvc_tiny), so tests/test_recipes.py leaves
 them to this file."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from gvc_train.data.shard_writer import write_shards
 from conftest import REPO
 
 RECIPES = ["recipes/tiny/controlled_cgvc.yaml", "recipes/tiny/controlled_cvg.yaml", "recipes/controlled_cgvc.yaml", "recipes/controlled_cvg.yaml"]
-LATENT_TINY = REPO / "checkpoints" / "latent_tiny"
+LATENT_TINY = REPO / "checkpoints" / "cgvc_tiny"  # the first reference latent codec's tokenizer and keyframe coder
 # The GPU transformer at CPU size: everything else (controls, keyframes, coding) as written.
 SHRINK = [f"--model.init_args.transformer.init_args.{k}={v}" for k, v in dict(width=32, depth=2, heads=2, control_depth=1, control_hidden=8).items()]
 
