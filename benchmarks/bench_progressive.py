@@ -10,7 +10,8 @@ held-out carphone clip (176x144: ``1 + 4 x 8`` frames, 9 latent frames), in one 
   the stream cut by ``Codec.truncate`` after the scales of the codec's default rate point (the
   decoder predicts the scales the cut dropped); each also without pixels (``on_frame=None``:
   tokens to latents only, no tokenizer decoder, which both families share);
-- beside ``checkpoints/latent_tiny`` (else a random latent codec of the tiny recipes' sizes:
+- beside ``checkpoints/latent_tiny_v1`` (its tokenizer is progressive_tiny's; else a random latent
+  codec of the tiny recipes' sizes:
   ``bench_codec_memory.codec_folder``) coding the same frames at its default rate point, and
   x265 as ``gvc eval``'s anchors run it (``gvc_train/eval/anchor_commands.py``: medium, crf 35,
   low delay, one GOP, one thread): encoded by libx265 in process with the anchors' options (RGB
@@ -60,6 +61,7 @@ from benchmarks.table import print_table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CODEC = REPO / "checkpoints" / "progressive_tiny"
+SAME_TOKENIZER = REPO / "checkpoints" / "latent_tiny_v1"  # the latent codec on progressive_tiny's tokenizer
 QUANTIZER_RECIPE = REPO / "recipes/tiny/progressive_quantizer.yaml"
 CONTEXT_RECIPE = REPO / "recipes/tiny/progressive_context.yaml"
 FRAMES = 33  # 1 + 4 x 8: whole latent frames, no padding
@@ -173,7 +175,8 @@ def bench_progressive_codec(folder: str | os.PathLike | None = None, quick: bool
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ours = open_codec(folder)
-        latent_folder, latent_which = codec_folder(tmp)
+        # the latent codec on the same tokenizer (the first reference), else latent_tiny's fallback
+        latent_folder, latent_which = (str(SAME_TOKENIZER), "checkpoints/latent_tiny_v1") if SAME_TOKENIZER.is_dir() else codec_folder(tmp)
         theirs = open_codec(latent_folder)
         top, cut_point = ours.num_rate_points - 1, ours.default_rate_point
         streams = {"top": work / "top.gvc", "cut": work / "cut.gvc", "latent": work / "latent.gvc"}

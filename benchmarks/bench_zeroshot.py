@@ -5,7 +5,7 @@ encode and decode, each beside a baseline measured in the same run.
   Gaussian values) and takes its inner product with the residual; beside it ``torch.randn`` of
   the same count (mt19937 + Box-Muller, not addressable atom by atom), at 1 and 2 threads.
 * **Codec**: ``checkpoints/zeroshot_tiny`` (i2v, the default rate point) on the held-out clip,
-  encode and decode frames/s, beside ``checkpoints/latent_tiny``'s at its default quality.
+  encode and decode frames/s, beside ``checkpoints/latent_tiny_v1``'s (the same tokenizer) at its default quality.
 
     python -m benchmarks.bench_zeroshot [--quick]
 """
@@ -23,7 +23,7 @@ import torch
 from benchmarks.table import print_table
 
 REPO = Path(__file__).resolve().parents[1]
-CODEC, BESIDE = REPO / "checkpoints" / "zeroshot_tiny", REPO / "checkpoints" / "latent_tiny"
+CODEC, BESIDE = REPO / "checkpoints" / "zeroshot_tiny", REPO / "checkpoints" / "latent_tiny_v1"
 LATENT_DIM = 16 * 18 * 22  # one latent frame of a 176x144 video
 
 

@@ -26,7 +26,7 @@ def codecs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for kind in ("t2v", "i2v", "flf2v"):
         pipeline = save_tiny_wan_pipeline(root / f"{kind}_pipeline", kind, seed=1)
         out[kind] = root / f"{kind}_codec"
-        make_zeroshot_codec(out[kind], wan=pipeline, keyframes="checkpoints/latent_tiny", settings={**SETTINGS, "mode": kind}, wan_guidance_scale=2.0)
+        make_zeroshot_codec(out[kind], wan=pipeline, keyframes="checkpoints/latent_tiny_v1", settings={**SETTINGS, "mode": kind}, wan_guidance_scale=2.0)
     return out
 
 

@@ -157,7 +157,7 @@ def render_card(folder: str | Path) -> str:
         "",
         "| part | what | steps | training time |",
         "|---|---|---|---|",
-        "| tokenizer and keyframe codec | `checkpoints/latent_tiny`'s, frozen (see its card) | - | - |",
+        "| tokenizer and keyframe codec | `checkpoints/latent_tiny_v1`'s, frozen (see its card) | - | - |",
         f"| transformer | `{recipe_file}` | {steps:,} of max_steps {max_steps} | {time_s} |" if isinstance(steps, int) else
         f"| transformer | `{recipe_file}` | not recorded | {time_s} |",
         "",
@@ -165,7 +165,7 @@ def render_card(folder: str | Path) -> str:
         f"frames), with their controls computed once and stored in the shards (`{prov.get('data', {}).get('train')}`); "
         f"carphone's clips are the validation set only. The transformer never trained on carphone; the last checkpoint was "
         f"exported, not the best on validation. The tokenizer's reconstruction bounds every frame this codec can give "
-        f"(15.49 dB on carphone, see `checkpoints/latent_tiny`).",
+        f"(15.49 dB on carphone, see `checkpoints/latent_tiny_v1`).",
     ]
     if text:
         lines += [

@@ -6,7 +6,7 @@ writes into the codec's folder
 
 * ``rd.json``: on the held-out clip (``carphone_pristine.mp4``, its first ``--frames`` frames) the
   codec at each rate point (the keyframes' latent-codec quality), ``--beside``'s points (default
-  ``checkpoints/latent_tiny``: the same tokenizer and keyframe codec coding every frame) and the
+  ``checkpoints/latent_tiny_v1``: the same tokenizer and keyframe codec coding every frame) and the
   x264/x265 anchors, as ``eval.codec_rd`` measures them (rate: the real file; PSNR and MS-SSIM
   per frame, averaged) plus VMAF (``eval.vmaf``, as ``gvc eval``); encode and decode seconds a
   frame (one thread: the codecs' determinism switch); and ``split``: the default stream's bytes
@@ -41,7 +41,7 @@ from gvc_train.strict_json import write_json
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTIONS = REPO / "data" / "captions"
-BESIDE = REPO / "checkpoints" / "latent_tiny"
+BESIDE = REPO / "checkpoints" / "latent_tiny_v1"  # the same tokenizer and keyframe coder
 ANCHORS = ("x264", "x265")
 
 

@@ -10,7 +10,7 @@ writes into the codec's folder
   bits an atom, PSNR / MS-SSIM / VMAF (as ``eval.controlled_reference`` measures them), encode and
   decode seconds a frame, and the peak resident memory of each encode and decode (``VmHWM`` after
   resetting it: the whole process, imports and models included); beside them ``--beside``'s points
-  (default ``checkpoints/latent_tiny``) and the x264 / x265 anchors;
+  (default ``checkpoints/latent_tiny_v1``, the same tokenizer) and the x264 / x265 anchors;
 * ``<video>.i2v.q0.gvc``: the stream of the lowest i2v point, kept so that a later build can
   decode what this one wrote (``tests/test_reference_zeroshot.py``);
 * ``CARD.md``: rendered from it (``--card-only`` re-renders it).
