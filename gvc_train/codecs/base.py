@@ -106,6 +106,10 @@ class Codec(abc.ABC):
     # sets it, to 1.5 GiB by default): a family picks its plan from it and refuses in one line
     # when not even its smallest plan fits. None: no limit, the fastest plan.
     max_memory: int | None = None
+    # Device kinds the family's networks may run on (``gvc --device``); the entropy coding stays
+    # on the CPU. A family that lists only "cpu" refuses another in one line.
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    device: str = "cpu"
 
     @classmethod
     def entry(cls) -> FamilyEntry:
@@ -156,6 +160,23 @@ class Codec(abc.ABC):
     @abc.abstractmethod
     def decode(self, stream: str | os.PathLike, on_frame: FrameCallback | None) -> CodingReport:
         """Decode ``stream`` and hand every frame to ``on_frame``; BitstreamError on bad input."""
+
+    def use_device(self, kind: str) -> None:
+        """Run the networks on ``kind`` ("cpu", "cuda"): CodecError in one line where this family
+        or this machine cannot."""
+        if kind not in self.devices:
+            raise CodecError(f"the {self.family} family runs on {' or '.join(self.devices)} only, not {kind}")
+        if kind == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise CodecError("--device cuda: this machine has no CUDA device that torch can use")
+        self._move_to(kind)
+        self.device = kind
+
+    def _move_to(self, kind: str) -> None:
+        """Move the family's networks to ``kind`` (a family that lists more than "cpu" in
+        :attr:`devices` overrides this)."""
 
     @classmethod
     def describe(cls, stream: str | os.PathLike) -> dict[str, Any]:

@@ -64,13 +64,14 @@ def find_codec(fingerprint: bytes) -> Path:
     raise UsageError(f"no codec with fingerprint {fingerprint.hex()} in {', '.join(map(str, _codec_search_path()))}; pass --codec DIR")
 
 
-def _load(folder: str | Path, deterministic: bool, max_memory: str | None = None):
+def _load(folder: str | Path, deterministic: bool, max_memory: str | None = None, device: str = "cpu"):
     from gvc_train.codecs.base import open_codec
     from gvc_train.codecs.memory_plan import default_max_memory, parse_memory
 
     budget = default_max_memory() if max_memory is None else parse_memory(max_memory)
     codec = open_codec(folder, deterministic=deterministic)
     codec.max_memory = budget
+    codec.use_device(device)
     return codec
 
 
@@ -86,7 +87,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     inputs = [args.input, *folder_files(args.codec)]
     # entered before the model loads: a refused output costs no loading time
     with atomic_output(args.output, inputs=inputs, overwrite=args.overwrite) as tmp:
-        codec = _load(args.codec, not args.nondeterministic, args.max_memory)
+        codec = _load(args.codec, not args.nondeterministic, args.max_memory, args.device)
         quality = codec.default_rate_point if args.quality is None else args.quality
         if not 0 <= quality < codec.num_rate_points:
             raise UsageError(f"--quality {quality} is outside this codec's 0..{codec.num_rate_points - 1}")
@@ -115,7 +116,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     # the sink checks the output before the model loads: a refused output costs no loading time
     sink = FrameSink(args.output, header.fps, overwrite=args.overwrite, inputs=[args.input, *folder_files(folder)])
     try:
-        codec = _load(folder, not args.nondeterministic, args.max_memory)
+        codec = _load(folder, not args.nondeterministic, args.max_memory, args.device)
         report = codec.decode(args.input, sink.write)
     except BaseException as e:
         kept = sink.close(partial=True)
@@ -219,6 +220,10 @@ MAX_MEMORY_HELP = (
     "memory the whole process may hold, e.g. 1.5G, 800M, 4GiB (default: $GVC_MAX_MEMORY, else 1.5G): "
     "large frames then decode in strips, their caches in a temporary file, with the same pixels"
 )
+DEVICE_HELP = (
+    "where the networks run (latent codecs: the tokenizer; the entropy coding stays on the CPU): a stream's latents are "
+    "the same on every device, its pixels equal the encoder's reconstruction on the device kind that encoded it"
+)
 
 
 def build_parser(extra_commands: Sequence[Callable[[Any], None]] = ()) -> argparse.ArgumentParser:
@@ -257,6 +262,7 @@ def build_parser(extra_commands: Sequence[Callable[[Any], None]] = ()) -> argpar
     enc.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     enc.add_argument("--nondeterministic", action="store_true", help="use all torch threads (exact only at equal thread counts)")
     enc.add_argument("--max-memory", default=None, metavar="SIZE", help=MAX_MEMORY_HELP)
+    enc.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help=DEVICE_HELP)
     enc.set_defaults(func=cmd_encode)
     dec = sub.add_parser("decode", help="bitstream -> out.mp4/.mkv (lossless RGB H.264), out.y4m or a PNG folder")
     dec.add_argument("input")
@@ -265,6 +271,7 @@ def build_parser(extra_commands: Sequence[Callable[[Any], None]] = ()) -> argpar
     dec.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     dec.add_argument("--nondeterministic", action="store_true", help="use all torch threads (exact only at equal thread counts)")
     dec.add_argument("--max-memory", default=None, metavar="SIZE", help=MAX_MEMORY_HELP)
+    dec.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help=DEVICE_HELP)
     dec.set_defaults(func=cmd_decode)
     info = sub.add_parser("info", help="header, chunk table and bits per frame of a bitstream")
     info.add_argument("input")

@@ -27,13 +27,24 @@ import torch
 
 @contextlib.contextmanager
 def inference_mode(deterministic: bool = True) -> Iterator[None]:
-    """``torch.inference_mode`` plus, when ``deterministic``, one intra-op thread (restored after)."""
+    """``torch.inference_mode`` plus, when ``deterministic``, one intra-op thread and, on a CUDA
+    machine, cuDNN's deterministic algorithms in full float32 (no autotuning, no TF32): the
+    decoder's pixels then equal the encoder's reconstruction on the same device kind. All restored
+    after."""
     previous = torch.get_num_threads()
+    cuda = torch.cuda.is_available()
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     if deterministic:
         torch.set_num_threads(1)
+        if cuda:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.inference_mode():
             yield
     finally:
         if deterministic:
             torch.set_num_threads(previous)
+            if cuda:
+                (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+                 torch.backends.cuda.matmul.allow_tf32) = saved  # fmt: skip

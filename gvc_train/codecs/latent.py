@@ -58,6 +58,9 @@ class LatentCodec(TokenizerCodec):
     """
 
     family = "latent"
+    # The tokenizer may run on a GPU (float32); the entropy model's decoder side is fixed point on
+    # the CPU, so a stream's latents are the same integers whichever device coded it.
+    devices = ("cpu", "cuda")
     report_notes = ("latent codecs have no intra refresh: they code each video as one GOP whatever --intra-period says",)
     run_name = "chunk"
     max_latents_per_run = MAX_LATENTS_PER_CHUNK

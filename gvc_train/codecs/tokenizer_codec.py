@@ -26,7 +26,17 @@ from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import latent_frames_for
 from gvc_train.codecs.stage_clock import StageClock
-from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, ChunkCoder, StreamingEncode, assemble_stream, chunk_pixels, latent_size, stream_body, stream_header
+from gvc_train.codecs.tokenizer_io import (
+    MAX_CHUNK_PIXELS,
+    ChunkCoder,
+    StreamingEncode,
+    assemble_stream,
+    chunk_pixels,
+    latent_size,
+    stream_body,
+    stream_header,
+    tokenizer_device,
+)
 from gvc_train.coding.container import (
     BitstreamError,
     Chunk,
@@ -75,6 +85,11 @@ class TokenizerCodec(Codec):
         self.clock = StageClock()
         return modules
 
+    def _move_to(self, kind: str) -> None:
+        """The tokenizer (most of the work) runs on ``kind``, in float32; the streams' entropy
+        coding and what sets its probabilities stay on the CPU (tokenizer_io moves the tensors)."""
+        self.tokenizer.to(kind)
+
     @classmethod
     def check_components(cls, modules: dict[str, Any], where: str) -> None:
         """The tokenizer must stream (the encoder and decoder go run by run); a family checks its
@@ -118,7 +133,7 @@ class TokenizerCodec(Codec):
         Frames are padded as the encoder pads them (edge pixels to a multiple of the spatial
         stride, the last frame repeated to 1 + 4k) and cropped back."""
         s, t = self.spatial, self.temporal
-        x = frames_to_tensor(frames_THWC)
+        x = frames_to_tensor(frames_THWC).to(tokenizer_device(self.tokenizer))
         x = F.pad(x, (0, -x.shape[4] % s, 0, -x.shape[3] % s, 0, -(x.shape[2] - 1) % t), mode="replicate")
         with inference_mode(self.deterministic):
             z = self.tokenizer.encode(x, chunk_frames=DEFAULT_LATENTS_PER_RUN * t).mode()

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from gvc_train.codecs.base import FrameCallback
 from gvc_train.coding.container import ChunkType, StreamHeader, chunk_bytes, end_marker, fingerprint_prefix, fps_fraction, header_bytes
-from gvc_train.codecs.memory_plan import ENV_VAR, DefaultBudget, OverBudget, budget_left, describe_bytes
+from gvc_train.codecs.memory_plan import ENV_VAR, SLACK_BYTES, DefaultBudget, OverBudget, budget_left, describe_bytes
 from gvc_train.codecs.stage_clock import StageClock
 from gvc_train.frames import frames_to_tensor, tensor_to_frames
 from gvc_train.models.tokenizer.encoder_tiling import StripEncoder, choose_encode_plan
@@ -119,6 +119,21 @@ def plan_within(what: str, width: int, height: int, max_memory: int | None, choo
     return plan, need
 
 
+def tokenizer_device(tokenizer: Any) -> torch.device:
+    """Where the tokenizer's weights are (``Codec.use_device``); the CPU for one without any."""
+    first = next(iter(tokenizer.parameters()), None) if hasattr(tokenizer, "parameters") else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+def device_memory_left(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device (what a plan may take there), None for the CPU (the process
+    budget applies: memory_plan.budget_left)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free) - SLACK_BYTES
+
+
 class FrameEmitter:
     """Latent runs to frames: ``emit`` decodes one run's latent frames, one latent frame at a
     time, through the tokenizer's decoder cache and hands the frames, cropped to ``height x
@@ -142,6 +157,7 @@ class FrameEmitter:
         left: int | None = None,
     ) -> None:
         self.tokenizer, self.width, self.height, self.on_frame = tokenizer, width, height, on_frame
+        self.device = tokenizer_device(tokenizer)
         self.clock = clock or StageClock()
         self.state = self.decoder = self.plan = self.need = None
         self.emitted = 0
@@ -151,7 +167,10 @@ class FrameEmitter:
             self.state = tokenizer.init_decoder_state()
             return
         latent_hw = latent_size(width, height, tokenizer.spatial_stride)
-        self.plan, self.need = plan_within("decoding", width, height, max_memory, lambda room: choose_plan(tokenizer, latent_hw, room, beside), left)
+        self.plan, self.need = plan_within(
+            "decoding", width, height, max_memory, lambda room: choose_plan(tokenizer, latent_hw, room, beside),
+            left if left is not None else device_memory_left(self.device),
+        )
         if beside is not None and self.need is not None:
             self.need = self.need.own  # its own memory, without what it was chosen beside
         self.decoder = StripDecoder(tokenizer, latent_hw, self.plan)
@@ -162,6 +181,7 @@ class FrameEmitter:
         if self.on_frame is None:
             return
         for latent_BChw in latents:
+            latent_BChw = latent_BChw.to(self.device)  # the entropy decoder's latents are the CPU's
             with self.clock.stage("tokenizer"):
                 if self.decoder is not None:
                     pixels_BCThw = self.decoder.step(latent_BChw.unsqueeze(2))
@@ -213,6 +233,7 @@ class StreamingEncode:
         max_memory: int | None = None,
     ) -> None:
         self.tokenizer, self.per_run, self.coder, self.body = tokenizer, latents_per_run, coder, body
+        self.device = tokenizer_device(tokenizer)
         s = tokenizer.spatial_stride
         self.pad_hw = (-height % s, -width % s)
         self.latent_hw = latent_size(width, height, s)
@@ -224,7 +245,9 @@ class StreamingEncode:
         tiles = hasattr(getattr(tokenizer, "encoder", None), "head_stages")
         frame_hw = (height + self.pad_hw[0], width + self.pad_hw[1])
         smallest = choose_encode_plan(tokenizer, frame_hw, 0)[1] if tiles and max_memory is not None and on_recon is not None else None
-        left = budget_left(max_memory) if max_memory is not None else None  # once: both plans share it
+        # once: both plans share it (on a GPU, the device's free memory)
+        on_device = device_memory_left(self.device)
+        left = None if max_memory is None else on_device if on_device is not None else budget_left(max_memory)
         self.recon = FrameEmitter(tokenizer, width, height, on_recon, max_memory, beside=smallest, left=left)
         if tiles:
             self.plan, _ = plan_within(
@@ -238,7 +261,7 @@ class StreamingEncode:
 
     def add_frame(self, frame_HWC: np.ndarray) -> None:
         """One ``H x W x 3`` uint8 frame (a read-only one is copied by ``frames_to_tensor``)."""
-        x = frames_to_tensor(frame_HWC[None])[:, :, 0]  # 1 x 3 x H x W
+        x = frames_to_tensor(frame_HWC[None])[:, :, 0].to(self.device)  # 1 x 3 x H x W
         if any(self.pad_hw):
             x = F.pad(x, (0, self.pad_hw[1], 0, self.pad_hw[0]), mode="replicate")
         self.pending.append(x)
@@ -273,7 +296,7 @@ class StreamingEncode:
         else:
             posterior, self.tok_state = self.tokenizer.encode_chunk(x_BCThw, self.tok_state)
         del x_BCThw
-        latent_BCthw = posterior.mode()
+        latent_BCthw = posterior.mode().cpu()  # the family's coder runs on the CPU
         for i in range(latent_BCthw.shape[2]):
             recon = self.coder.code(latent_BCthw[:, :, i])
             if self.recon.on_frame is not None:

@@ -89,6 +89,7 @@ class StripCaches:
         self.layout: dict[int, list[tuple[str, tuple[int, ...], int]]] = {}
         self.frames_seen: dict[int, int] = {}
         self.file = None
+        self.device = torch.device("cpu")
         if spill_dir is not None:
             self.file = tempfile.TemporaryFile(dir=spill_dir, prefix="gvc-decoder-cache-")
             self.end = 0
@@ -108,7 +109,8 @@ class StripCaches:
             t = state.cache[key]
             if tuple(t.shape) != shape or t.dtype != torch.float32:
                 raise RuntimeError(f"decoder cache {key}: shape {tuple(t.shape)} changed from {shape}")
-            os.pwrite(fd, memoryview(t.contiguous().numpy()).cast("B"), offset)
+            os.pwrite(fd, memoryview(t.contiguous().cpu().numpy()).cast("B"), offset)
+            self.device = t.device
         self.frames_seen[k] = state.frames_seen
 
     def take(self, k: int) -> StreamState | None:
@@ -123,7 +125,7 @@ class StripCaches:
             view = memoryview(t.numpy()).cast("B")
             if os.preadv(fd, [view], offset) != len(view):
                 raise RuntimeError("the decoder's cache file was cut short")
-            cache[key] = t
+            cache[key] = t.to(self.device)  # back to a GPU where the caches came from one
         return StreamState(cache, self.frames_seen[k])
 
     def close(self) -> None:
