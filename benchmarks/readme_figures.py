@@ -198,11 +198,22 @@ def bd_prose(report: dict[str, Any]) -> str:
     anchors = [p for p in report["points"] if "crf" in p]
     bpp = [p["bpp"] for p in codec]
     psnr = [p["metrics"]["psnr"] for p in codec]
-    floor = min(p["metrics"]["psnr"] for p in anchors)
-    return (
+    names = {"x264": "x264", "x265": "x265", "svtav1": "SVT-AV1"}
+    floors = {}  # each anchor's lowest PSNR over its settings and extended ladder
+    for p in anchors:
+        floors[p["codec"]] = min(floors.get(p["codec"], float("inf")), p["metrics"]["psnr"])
+    reach = [a for a, f in floors.items() if f <= max(psnr)]
+    above = [a for a in floors if a not in reach]
+    head = (
         f"(BD-metric: the mean quality difference over the bit rates both curves cover, {_span(bpp, '.3f')} bpp; "
-        f"`gvc eval` took {report['seconds']:.0f} s here.){_quality_span_clause(report)} The reference codec's whole "
-        f"PSNR curve ({_span(psnr, '.1f')} dB) lies below every anchor's lowest point ({floor:.1f} dB and up)"
+        f"`gvc eval` took {report['seconds']:.0f} s here.){_quality_span_clause(report)} The reference codec's "
+    )
+    if not reach:
+        return head + f"whole PSNR curve ({_span(psnr, '.1f')} dB) lies below every anchor's lowest point ({min(floors.values()):.1f} dB and up)"
+    tail = f"; {' and '.join(names.get(a, a) for a in above)} stays above it ({min(floors[a] for a in above):.1f} dB and up)" if above else ""
+    return head + (
+        f"PSNR curve ({_span(psnr, '.1f')} dB) meets the lowest rates of the {' and '.join(names.get(a, a) for a in reach)} ladders "
+        f"(down to {min(floors[a] for a in reach):.1f} dB){tail}"
     )
 
 

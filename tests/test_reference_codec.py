@@ -52,7 +52,8 @@ def coded(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[object, n
 def test_reference_codec_folder_is_small_and_complete() -> None:
     meta = json.loads((REFERENCE / "codec.json").read_text())
     assert meta["family"] == "latent" and meta["qualities"] >= 2
-    assert sum(p.stat().st_size for p in REFERENCE.iterdir()) < 8 * 2**20
+    # a base-16 tokenizer (2.68 M float32 parameters, 10.7 MB) and a 0.26 M-parameter latent codec
+    assert sum(p.stat().st_size for p in REFERENCE.iterdir()) < 16 * 2**20
     assert (REFERENCE / "CARD.md").is_file() and (REFERENCE / "rd.json").is_file()
 
 
@@ -170,7 +171,7 @@ def test_every_figure_of_the_card_is_rd_json() -> None:
         r"rate up (\d+)% from quality 0 to": [("rounded", 100 * (q3["bytes"] / q0["bytes"] - 1))],
         r"MS-SSIM up ([\d.]+)\)": [("rounded", q3["ms_ssim"] - q0["ms_ssim"])],
         r"strings are within ([\d.]+)% of it": [("up to", max(abs(u) for u in under_model))],
-        r"writes ([\d.]+)-([\d.]+)% less than that": [("from", min(under_estimate)), ("up to", max(under_estimate))],
+        r"writes between ([\d.]+)% more and ([\d.]+)% less than that": [("up to", -min(under_estimate)), ("up to", max(under_estimate))],
         r"1-byte END: (\d+) bytes": [("rounded", p["overhead_bytes"]) for p in points[:1]],
     }
     assert len({p["overhead_bytes"] for p in points}) == 1, "the card gives one overhead for every quality"
