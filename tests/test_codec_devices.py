@@ -11,23 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from gvc_train.codecs.base import CodecError, open_codec
 from gvc_train.codecs.cli import main as gvc_main
 from gvc_train.codecs.latent import LatentCodec
-from gvc_train.data.sample_videos import sample_video
-from gvc_train.data.video_io import read_frames
+
+from test_latent_budget import video  # noqa: F401 - the 9-frame PNG folder fixture
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("device_video")
-    for i, frame in enumerate(read_frames(sample_video("carphone_pristine.mp4"), count=9)):
-        Image.fromarray(frame[:48, :64]).save(folder / f"im{i + 1}.png")
-    return folder
 
 
 def test_a_family_that_runs_on_the_cpu_only_refuses_cuda_in_one_line():
