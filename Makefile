@@ -67,7 +67,8 @@ bench: setup
 	$(PY) -m benchmarks.run
 
 # The latent codec's memory, plan and speed at 176x144, 640x272, 1280x720 and 1920x1080 under the
-# default budget, beside x265 (benchmarks/bench_frame_sizes.py; ~15 minutes: not in make bench).
+# default budget, beside x265 (benchmarks/bench_frame_sizes.py; the two large sizes take tens of minutes
+# with the base-16 reference tokenizer on one thread, so make bench runs the small two only).
 bench-sizes: setup
 	$(PY) -m benchmarks.bench_frame_sizes
 

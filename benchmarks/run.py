@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print("latent codec at 176x144 and 640x272 under the default memory budget ...", flush=True)
     from benchmarks.bench_frame_sizes import SOURCES, bench_sizes, table_rows as size_rows
 
-    # 1280x720 and 1920x1080 take ~10 minutes with the reference codec: `make bench-sizes` runs them.
+    # 1280x720 and 1920x1080 take tens of minutes with the reference codec: `make bench-sizes` runs them.
     results["frame_sizes"] = bench_sizes(list(SOURCES)[:2])
     rows += size_rows(results["frame_sizes"])
     sections["frame_sizes"] = time.perf_counter() - started - sum(sections.values())
