@@ -108,7 +108,7 @@ def write_lossless(frames: list[Any], path: Path, fps: float) -> None:
 # ---- one job in a fresh process ---------------------------------------------------------------
 
 
-def _vmhwm_mb() -> float:
+def vmhwm_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -121,27 +121,28 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
     from gvc_train.codecs.latent import LatentCodec
 
     codec = LatentCodec(job["codec"])
-    base = _vmhwm_mb()
+    base = vmhwm_mb()
     started = time.perf_counter()
     if job["kind"] == "encode":
         report = codec.encode(job["input"], job["output"], job["quality"], max_frames=job["frames"])
     else:
         report = codec.decode(job["input"], lambda frame: None)
     seconds = time.perf_counter() - started
-    return {"frames": report.frames, "seconds": seconds, "fps": report.frames / seconds, "peak_mb": _vmhwm_mb(),
+    return {"frames": report.frames, "seconds": seconds, "fps": report.frames / seconds, "peak_mb": vmhwm_mb(),
             "loaded_mb": base, "bytes": report.file_bytes, "bpp": report.bpp}  # fmt: skip
 
 
 FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
-def run_job(env_extra: dict[str, str] | None = None, **job: Any) -> dict[str, Any]:
-    """``_child(job)`` in a fresh interpreter (its environment plus ``env_extra``); its result."""
+def run_job(env_extra: dict[str, str] | None = None, module: str = "benchmarks.bench_codec_memory", **job: Any) -> dict[str, Any]:
+    """``module``'s ``--child job`` (this one's :func:`_child` by default) in a fresh interpreter
+    (its environment plus ``env_extra``); its result."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
     env.update(env_extra or {})
     proc = subprocess.run(
-        [sys.executable, "-W", "ignore", "-m", "benchmarks.bench_codec_memory", "--child", json.dumps(job, default=str)],
+        [sys.executable, "-W", "ignore", "-m", module, "--child", json.dumps(job, default=str)],
         cwd=REPO, env=env, capture_output=True, text=True,
     )  # fmt: skip
     if proc.returncode != 0:

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_codec_memory import FIXED_MALLOC, REPO, codec_folder, read_frames, write_lossless, x265_fps
+from benchmarks.bench_codec_memory import FIXED_MALLOC, vmhwm_mb, codec_folder, read_frames, run_job, write_lossless, x265_fps
 from benchmarks.table import print_table
 from gvc_train import strict_json
 
@@ -42,13 +39,6 @@ SOURCES = {
 SHORT, LONG = 5, 13
 
 
-def _vmhwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no /proc/self/status: this benchmark reads Linux's peak resident size")
-
-
 def _child(job: dict[str, Any]) -> dict[str, Any]:
     from gvc_train.codecs.latent import LatentCodec
     from gvc_train.codecs.memory_plan import default_max_memory
@@ -57,26 +47,19 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
     if job["kind"] == "encode":
         codec.codec  # the encoder's model, built on first use: part of the load (a decode loads less)
     codec.max_memory = default_max_memory()  # what `gvc encode` / `gvc decode` use when none is chosen
-    loaded = _vmhwm_mb()
+    loaded = vmhwm_mb()
     started = time.perf_counter()
     if job["kind"] == "encode":
         report = codec.encode(job["input"], job["output"], job["quality"], max_frames=job["frames"])
     else:
         report = codec.decode(job["input"], lambda frame: None)
     seconds = time.perf_counter() - started
-    return {"frames": report.frames, "seconds": seconds, "fps": report.frames / seconds, "peak_mb": _vmhwm_mb(), "loaded_mb": loaded,
+    return {"frames": report.frames, "seconds": seconds, "fps": report.frames / seconds, "peak_mb": vmhwm_mb(), "loaded_mb": loaded,
             "bpp": report.bpp, "plan": report.stats.get("plan"), "stage_seconds": report.stats.get("stage_seconds")}  # fmt: skip
 
 
 def run_child(**job: Any) -> dict[str, Any]:
-    env = {**os.environ, **FIXED_MALLOC, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(
-        [sys.executable, "-W", "ignore", "-m", "benchmarks.bench_frame_sizes", "--child", json.dumps(job, default=str)],
-        cwd=REPO, env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"{job['kind']} job failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_job(FIXED_MALLOC, module="benchmarks.bench_frame_sizes", **job)
 
 
 def source_frames(size: str, count: int) -> tuple[list[Any], float, str]:

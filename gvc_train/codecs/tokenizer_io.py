@@ -94,14 +94,12 @@ def _warn_once(key: tuple[str, int, int], message: str) -> None:
         print(f"gvc: warning: {message}", file=sys.stderr)
 
 
-def plan_within(what: str, width: int, height: int, max_memory: int | None, choose: Any, left: int | None = None) -> tuple[DecodePlan, Any]:
-    """The plan ``choose(bytes left)`` gives under ``max_memory`` (``left``: what it leaves, when the
-    caller measured it once for several plans), and its estimate (None without a budget: untiled).
-    The smallest plan with a warning when none fits the unchosen default; :class:`OverBudget`
-    under a chosen one."""
+def plan_within(what: str, width: int, height: int, max_memory: int | None, choose: Any, left: int | None) -> tuple[DecodePlan, Any]:
+    """The plan ``choose(left)`` gives under ``max_memory``, ``left`` being what the budget leaves
+    (:func:`room_left`), and its estimate (None without a budget: untiled). The smallest plan with
+    a warning when none fits the unchosen default; :class:`OverBudget` under a chosen one."""
     if max_memory is None:
         return DecodePlan(), None
-    left = budget_left(max_memory) if left is None else left
     plan, need, fits = choose(left)
     if not fits and isinstance(max_memory, DefaultBudget):
         _warn_once(
@@ -125,13 +123,15 @@ def tokenizer_device(tokenizer: Any) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def device_memory_left(device: torch.device) -> int | None:
-    """Free bytes on a CUDA device (what a plan may take there), None for the CPU (the process
-    budget applies: memory_plan.budget_left)."""
-    if device.type != "cuda":
+def room_left(max_memory: int | None, device: torch.device) -> int | None:
+    """What plans may add now: on a CUDA device its free memory, on the CPU what the process
+    budget leaves (memory_plan.budget_left); None without a budget."""
+    if max_memory is None:
         return None
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(free) - SLACK_BYTES
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) - SLACK_BYTES
+    return budget_left(max_memory)
 
 
 class FrameEmitter:
@@ -169,7 +169,7 @@ class FrameEmitter:
         latent_hw = latent_size(width, height, tokenizer.spatial_stride)
         self.plan, self.need = plan_within(
             "decoding", width, height, max_memory, lambda room: choose_plan(tokenizer, latent_hw, room, beside),
-            left if left is not None else device_memory_left(self.device),
+            left if left is not None else room_left(max_memory, self.device),
         )
         if beside is not None and self.need is not None:
             self.need = self.need.own  # its own memory, without what it was chosen beside
@@ -245,9 +245,7 @@ class StreamingEncode:
         tiles = hasattr(getattr(tokenizer, "encoder", None), "head_stages")
         frame_hw = (height + self.pad_hw[0], width + self.pad_hw[1])
         smallest = choose_encode_plan(tokenizer, frame_hw, 0)[1] if tiles and max_memory is not None and on_recon is not None else None
-        # once: both plans share it (on a GPU, the device's free memory)
-        on_device = device_memory_left(self.device)
-        left = None if max_memory is None else on_device if on_device is not None else budget_left(max_memory)
+        left = room_left(max_memory, self.device)  # measured once: both plans share it
         self.recon = FrameEmitter(tokenizer, width, height, on_recon, max_memory, beside=smallest, left=left)
         if tiles:
             self.plan, _ = plan_within(

@@ -23,7 +23,6 @@ import dataclasses
 import math
 import operator
 import os
-import tempfile
 from typing import Any
 
 import torch
@@ -66,6 +65,11 @@ def _rows(f: int, r0: int, r1: int, latent_h: int, need: tuple[int, int]) -> tup
     return max(0, f * r0 - need[0]), min(f * latent_h, f * r1 + need[1])
 
 
+def head_stride(stages: list[Any]) -> int:
+    """The frame's resolution over the latent's: the product of the head's downsamplings."""
+    return math.prod(st.downsample for st in stages)
+
+
 def _first_temporal_stage(stages: list[Any]) -> int:
     """Stages before this one may take the frames one at a time."""
     end = 0
@@ -85,7 +89,7 @@ class StripEncoder:
         self.vae, self.encoder, self.plan = vae, vae.encoder, plan
         self.stages = self.encoder.head_stages()
         self.need = encoder_margins(self.stages)
-        self.scale_in = [math.prod(st.downsample for st in self.stages)]  # each stage's input resolution over the latent's
+        self.scale_in = [head_stride(self.stages)]  # each stage's input resolution over the latent's
         for stage in self.stages:
             self.scale_in.append(self.scale_in[-1] // stage.downsample)
         stride = self.scale_in[0]
@@ -95,8 +99,7 @@ class StripEncoder:
         self.per_frame_to = _first_temporal_stage(self.stages)
         self.rows = strip_rows(self.latent_h, plan.strips)
         self.tail_state = vae.init_encoder_state()
-        spill = (spill_dir or tempfile.gettempdir()) if plan.spill else None
-        self.store = StripCaches(spill)
+        self.store = StripCaches(plan.spill, spill_dir)
         self.frames_seen = 0
 
     def close(self) -> None:
@@ -191,7 +194,7 @@ def estimate_encode_memory(vae: Any, frame_hw: tuple[int, int], plan: EncodePlan
     encoder = vae.encoder
     stages = encoder.head_stages()
     need = encoder_margins(stages)
-    f0 = math.prod(st.downsample for st in stages)
+    f0 = head_stride(stages)
     h, w = frame_hw[0] // f0, frame_hw[1] // f0
     frames = frames or int(getattr(vae, "temporal_stride", 4))
     per_frame_to = _first_temporal_stage(stages)
@@ -229,7 +232,7 @@ def relative_encode_compute(vae: Any, frame_hw: tuple[int, int], strips: int) ->
     """The head's work with ``strips`` strips over its work untiled (channels squared x area)."""
     stages = vae.encoder.head_stages()
     need = encoder_margins(stages)
-    f = math.prod(st.downsample for st in stages)
+    f = head_stride(stages)
     h, w = frame_hw[0] // f, frame_hw[1] // f
     tiled = untiled = 0.0
     for s, stage in enumerate(stages):
@@ -243,7 +246,7 @@ def relative_encode_compute(vae: Any, frame_hw: tuple[int, int], strips: int) ->
 def choose_encode_plan(vae: Any, frame_hw: tuple[int, int], budget: int, beside: Any = None) -> tuple[EncodePlan, Any, bool]:
     """The fastest plan whose estimate fits ``budget`` bytes (next to ``beside``'s memory, when
     given): ``(plan, estimate, True)``; when none does, the smallest: ``(plan, estimate, False)``."""
-    stride = math.prod(st.downsample for st in vae.encoder.head_stages())
+    stride = head_stride(vae.encoder.head_stages())
     return cheapest_fitting_plan(
         strip_counts(frame_hw[0] // stride, encoder_tileable(vae)),
         lambda strips: relative_encode_compute(vae, frame_hw, strips),

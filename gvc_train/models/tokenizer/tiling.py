@@ -84,14 +84,14 @@ def _last_temporal_stage(stages: list[Any]) -> int:
 class StripCaches:
     """The strips' caches between steps: in RAM, or in one file rewritten in place each step."""
 
-    def __init__(self, spill_dir: str | os.PathLike | None) -> None:
+    def __init__(self, spill: bool, spill_dir: str | os.PathLike | None = None) -> None:
         self.states: dict[int, StreamState] = {}
         self.layout: dict[int, list[tuple[str, tuple[int, ...], int]]] = {}
         self.frames_seen: dict[int, int] = {}
         self.file = None
         self.device = torch.device("cpu")
-        if spill_dir is not None:
-            self.file = tempfile.TemporaryFile(dir=spill_dir, prefix="gvc-decoder-cache-")
+        if spill:
+            self.file = tempfile.TemporaryFile(dir=spill_dir or tempfile.gettempdir(), prefix="gvc-strip-cache-")
             self.end = 0
 
     def put(self, k: int, state: StreamState) -> None:
@@ -154,7 +154,7 @@ class StripDecoder:
         self.per_frame_from = _last_temporal_stage(self.stages)
         self.rows = strip_rows(self.latent_h, plan.strips)
         self.head_state = vae.init_decoder_state()
-        self.store = StripCaches(tempfile.gettempdir() if plan.spill and spill_dir is None else spill_dir if plan.spill else None)
+        self.store = StripCaches(plan.spill, spill_dir)
         self.latents_seen = 0
 
     def close(self) -> None:
@@ -226,7 +226,6 @@ class StripDecoder:
                 y, y_top = self._stage(s, y, y_top, r0, r1, ctx)
             outs.append(y)
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-
 
 
 # Live activation bytes at a tail stage, in units of its widest activation: the input, its
