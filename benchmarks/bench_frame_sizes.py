@@ -1,5 +1,6 @@
-"""The latent codec at real frame sizes: peak memory, plan and speed of encode and decode under the
-default memory budget, beside x265 on the same frames.
+"""Exported codecs at real frame sizes: peak memory, plan and speed of encode and decode under the
+default memory budget, beside x265 on the same frames. Any family: the latent reference codec by
+default, ``--codec`` for others (``--codec all``: every codec folder in checkpoints/).
 
 Sizes: carphone 176x144 and bikes 640x272 (their mp4s), bigbuckbunny 1280x720 (its mp4) and
 1920x1080 (bigbuckbunny's frames upscaled with lanczos, written losslessly once: libx264rgb qp 0).
@@ -7,14 +8,17 @@ Each job runs in a fresh process (``--child``) under the budget ``gvc`` uses whe
 (1.5 GiB, codecs/memory_plan.py) with glibc's mmap threshold fixed (the peak of live memory,
 the same every run: bench_codec_memory.py says why), and reports ``VmHWM`` after imports and
 the codec load and at the end, the plan the budget chose, frames/s and, for decodes, the share
-of time per stage (entropy decoding with its networks, tokenizer decoder, frames out). An encode
-job loads the encoder's model (with compressai), a decode job only what decoding needs. Memory
+of time per stage (entropy decoding with its networks, tokenizer decoder, frames out) where the
+family reports them. An encode job of the latent family loads the encoder's model (with
+compressai) before the first reading, a decode job only what decoding needs; other families load
+their encoders on first use (inside the job's peak, not its "after load" reading). Every codec
+codes at its default rate point (the middle one) with its family's default options. Memory
 must not grow with length: every size is coded at 5 and 13 frames (2 and 4 latent steps; every
 cache is full after the second) and the ratio of the two peaks is reported (bench_codec_memory.py
 has 96 against 384 frames at 176x144). x265: preset medium on one thread and on all, the same frames
 from memory (bench_codec_memory.x265_fps).
 
-    python -m benchmarks.bench_frame_sizes [--sizes 176x144,1920x1080] [--codec FOLDER]
+    python -m benchmarks.bench_frame_sizes [--sizes 176x144,1920x1080] [--codec FOLDER[,FOLDER] | all]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_codec_memory import FIXED_MALLOC, vmhwm_mb, codec_folder, read_frames, run_job, write_lossless, x265_fps
+from benchmarks.bench_codec_memory import FIXED_MALLOC, REPO, vmhwm_mb, codec_folder, read_frames, run_job, write_lossless, x265_fps
 from benchmarks.table import print_table
 from gvc_train import strict_json
 
@@ -40,17 +44,17 @@ SHORT, LONG = 5, 13
 
 
 def _child(job: dict[str, Any]) -> dict[str, Any]:
-    from gvc_train.codecs.latent import LatentCodec
+    from gvc_train.codecs.base import open_codec
     from gvc_train.codecs.memory_plan import default_max_memory
 
-    codec = LatentCodec(job["codec"])
-    if job["kind"] == "encode":
+    codec = open_codec(job["codec"])
+    if job["kind"] == "encode" and codec.family == "latent":
         codec.codec  # the encoder's model, built on first use: part of the load (a decode loads less)
     codec.max_memory = default_max_memory()  # what `gvc encode` / `gvc decode` use when none is chosen
     loaded = vmhwm_mb()
     started = time.perf_counter()
     if job["kind"] == "encode":
-        report = codec.encode(job["input"], job["output"], job["quality"], max_frames=job["frames"])
+        report = codec.encode(job["input"], job["output"], codec.default_rate_point, max_frames=job["frames"])
     else:
         report = codec.decode(job["input"], lambda frame: None)
     seconds = time.perf_counter() - started
@@ -78,27 +82,43 @@ def source_frames(size: str, count: int) -> tuple[list[Any], float, str]:
     return frames, probe(path).fps, f"{name}, upscaled with lanczos" if upscale else name
 
 
-def bench_sizes(sizes: list[str], codec: str | None = None) -> dict[str, Any]:
-    result: dict[str, Any] = {"short": SHORT, "long": LONG, "sizes": {}}
+def all_codecs() -> list[str]:
+    """Every exported codec folder in checkpoints/ (a codec.json), the reference first."""
+    folders = sorted(str(p.parent.relative_to(REPO)) for p in (REPO / "checkpoints").glob("*/codec.json"))
+    return sorted(folders, key=lambda f: f != "checkpoints/latent_tiny")
+
+
+def bench_sizes(
+    sizes: list[str], codec: str | None = None, x265: dict[str, Any] | None = None, lengths: tuple[int, ...] = (SHORT, LONG)
+) -> dict[str, Any]:
+    """One codec (default: the latent reference) at ``sizes``, coding each of ``lengths`` frames
+    (two: the growth of the peak between them; one: the cost of a slow family at large sizes).
+    ``x265``: x265's figures by size (on LONG frames), filled in here where missing, so that several
+    codecs' runs measure x265 once."""
+    x265 = {} if x265 is None else x265
+    result: dict[str, Any] = {"short": min(lengths), "long": max(lengths), "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         folder, which = (codec, codec) if codec else codec_folder(tmp)
-        quality = json.loads((Path(folder) / "codec.json").read_text()).get("qualities", 2) // 2
-        result.update(codec=which, quality=quality)
+        meta = json.loads((Path(folder) / "codec.json").read_text())
+        result.update(codec=which, family=meta["family"], quality=meta.get("qualities", 2) // 2)
         for size in sizes:
             frames, fps, origin = source_frames(size, LONG)
             video = work / f"{size}.mkv"
             write_lossless(frames, video, fps)
+            # a codec with a caption control reads the source's caption beside it (data/captions/)
+            video.with_suffix(".txt").write_text((REPO / "data" / "captions" / Path(SOURCES[size][0]).with_suffix(".txt").name).read_text())
             row: dict[str, Any] = {"source": origin}
-            for count in (SHORT, LONG):
-                print(f"frame sizes: {size}, {count} frames ...", flush=True)
+            for count in sorted(set(lengths)):
+                print(f"frame sizes: {which}, {size}, {count} frames ...", flush=True)
                 stream = work / f"{size}_{count}.gvc"
                 row[count] = {
-                    "encode": run_child(kind="encode", codec=folder, input=video, output=stream, quality=quality, frames=count),
+                    "encode": run_child(kind="encode", codec=folder, input=video, output=stream, frames=count),
                     "decode": run_child(kind="decode", codec=folder, input=stream),
                 }
-            row["x265_1thread"] = x265_fps(frames, fps, 1, 1)
-            row["x265_threads"] = x265_fps(frames, fps, None, 1)
+            if size not in x265:
+                x265[size] = {"x265_1thread": x265_fps(frames, fps, 1, 1), "x265_threads": x265_fps(frames, fps, None, 1)}
+            row.update(x265[size])
             result["sizes"][size] = row
     return result
 
@@ -107,18 +127,20 @@ def table_rows(r: dict[str, Any]) -> list[str]:
     rows = []
     for size, row in r["sizes"].items():
         for kind in ("encode", "decode"):
-            short, long = row[SHORT][kind], row[LONG][kind]
+            n_short, n_long = r["short"], r["long"]
+            short, long = row[n_short][kind], row[n_long][kind]
+            growth = f"peak {n_long} vs {n_short} frames: {long['peak_mb'] / short['peak_mb']:.3f}" if n_long != n_short else f"one length ({n_long} frames)"
             shares = ""
             if long.get("stage_seconds"):
                 total = sum(long["stage_seconds"].values()) or 1.0
                 shares = "; time: " + ", ".join(f"{k} {v / total:.0%}" for k, v in long["stage_seconds"].items())
             x1, xn = row["x265_1thread"][f"{kind}_fps"], row["x265_threads"][f"{kind}_fps"]
             rows.append(
-                f"| latent codec {kind}, {size} ({row['source']}), default budget 1.5 GiB, {r['codec']} "
-                f"| peak {long['peak_mb']:.0f} MB at {LONG} frames ({long['loaded_mb']:.0f} MB after imports + load), "
-                f"{long['fps']:.2f} frames/s, plan: {long['plan']}{shares} "
+                f"| {r.get('family', 'latent')} codec {kind}, {size} ({row['source']}), default budget 1.5 GiB, {r['codec']} "
+                f"| peak {long['peak_mb']:.0f} MB at {n_long} frames ({long['loaded_mb']:.0f} MB after imports + load), "
+                f"{long['fps']:.2f} frames/s{f', plan: ' + long['plan'] if long['plan'] else ''}{shares} "
                 f"| x265 medium on the {LONG} frames: 1 thread {x1:.1f} frames/s, all threads {xn:.1f} "
-                f"| peak {LONG} vs {SHORT} frames: {long['peak_mb'] / short['peak_mb']:.3f}; speed vs x265 1 thread: {long['fps'] / x1:.3f} |"
+                f"| {growth}; speed vs x265 1 thread: {long['fps'] / x1:.3f} |"
             )
     return rows
 
@@ -126,7 +148,8 @@ def table_rows(r: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(SOURCES), help=f"comma-separated, of {', '.join(SOURCES)}")
-    parser.add_argument("--codec", help="a latent codec folder (default: checkpoints/latent_tiny)")
+    parser.add_argument("--codec", help="codec folders, comma-separated, or 'all' (every codec in checkpoints/); default: checkpoints/latent_tiny")
+    parser.add_argument("--lengths", default=f"{SHORT},{LONG}", help="frame counts to code at each size (one: no growth figure)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -136,10 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in sizes if s not in SOURCES]
     if unknown:
         parser.error(f"unknown sizes {unknown}: choose from {', '.join(SOURCES)}")
-    r = bench_sizes(sizes, args.codec)
-    print(strict_json.dumps(r, indent=2, default=str))
+    codecs = all_codecs() if args.codec == "all" else [c for c in (args.codec or "").split(",") if c] or [None]
+    x265: dict[str, Any] = {}
+    lengths = tuple(int(n) for n in args.lengths.split(",") if n)
+    if not lengths or min(lengths) < 1 or max(lengths) > LONG:
+        parser.error(f"--lengths: frame counts from 1 to {LONG}, got {args.lengths!r}")
+    results = [bench_sizes(sizes, codec, x265, lengths) for codec in codecs]
+    print(strict_json.dumps(results if len(results) > 1 else results[0], indent=2, default=str))
     print()
-    print_table(table_rows(r))
+    print_table([row for r in results for row in table_rows(r)])
     return 0
 
 
