@@ -38,16 +38,21 @@ def distortion(recon_THWC: np.ndarray, source_THWC: np.ndarray) -> dict[str, flo
     return {"psnr": float(frame_psnr(x, y).mean()), "ms_ssim": float(ms_ssim(x, y).mean())}
 
 
-def codec_points(codec_dir: str | Path, video: str | Path, frames: int, qualities: list[int] | None = None) -> list[dict[str, Any]]:
+def codec_points(
+    codec_dir: str | Path, video: str | Path, frames: int, qualities: list[int] | None = None, intra_period: int = -1
+) -> list[dict[str, Any]]:
+    """``intra_period`` applies to a codec that takes one (as ``gvc eval``'s protocol): the
+    anchors' (-1: the first frame only), so that both refresh alike."""
     from gvc_train.codecs.base import open_codec
 
     codec = open_codec(codec_dir)
     source = read_frames(video, count=frames)
+    options = {"intra_period": intra_period} if codec.takes_intra_period else {}
     points = []
     with tempfile.TemporaryDirectory() as tmp:
         for q in qualities if qualities is not None else range(codec.num_rate_points):
             decoded: list[np.ndarray] = []
-            enc = codec.encode(video, Path(tmp) / f"q{q}.gvc", q, max_frames=frames)
+            enc = codec.encode(video, Path(tmp) / f"q{q}.gvc", q, max_frames=frames, **options)
             dec = codec.decode(enc.path, decoded.append)
             points.append(
                 {
@@ -101,13 +106,13 @@ def truncation_points(codec_dir: str | Path, video: str | Path, frames: int) -> 
     return {"codec": Path(codec_dir).name, "quality": top, **curve}
 
 
-def anchor_points(video: str | Path, frames: int, anchors: list[str], low_delay: bool = True) -> list[dict[str, Any]]:
+def anchor_points(video: str | Path, frames: int, anchors: list[str], low_delay: bool = True, intra_period: int = -1) -> list[dict[str, Any]]:
     source = read_frames(video, count=frames)
     fps = probe(video).fps or 30.0
     points = []
     for anchor in anchors:
         for crf in DEFAULT_CRFS[anchor]:
-            p = encode_anchor(source, fps, anchor, crf, low_delay=low_delay)
+            p = encode_anchor(source, fps, anchor, crf, low_delay=low_delay, intra_period=intra_period)
             points.append(
                 {
                     "codec": anchor,
@@ -146,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=96)
     parser.add_argument("--anchors", default="x264,x265", help="comma-separated, or '' for none")
     parser.add_argument("--out", default=None, help="write the points as JSON here")
+    parser.add_argument(
+        "--intra-period", type=int, default=-1,
+        help="frames between the anchors' intra frames, and the codec's where it takes one (SSF); -1: the first frame only",
+    )  # fmt: skip
     parser.add_argument("--tokenizer-ceiling", action="store_true", help="add the tokenizer alone (no quantization, no rate)")
     parser.add_argument(
         "--truncation", action="store_true",
@@ -155,14 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.truncation and not _can_cut(args.codec):
         parser.error(f"--truncation: the streams of {args.codec} cannot be cut (its family has no gvc truncate)")
     video = args.video or str(sample_video(HELD_OUT))
-    points = codec_points(args.codec, video, args.frames)
+    points = codec_points(args.codec, video, args.frames, intra_period=args.intra_period)
     if args.tokenizer_ceiling:
         points.append(tokenizer_point(args.codec, video, args.frames))
     anchors = [a for a in args.anchors.split(",") if a]
     if anchors:
-        points += anchor_points(video, args.frames, anchors)
+        points += anchor_points(video, args.frames, anchors, intra_period=args.intra_period)
     print(markdown_table(points))
-    saved: dict[str, Any] = {"video": Path(video).name, "frames": args.frames, "points": points}
+    saved: dict[str, Any] = {"video": Path(video).name, "frames": args.frames, "intra_period": args.intra_period, "points": points}
     if args.truncation:
         from gvc_train.eval.truncation import truncation_markdown
 
