@@ -263,7 +263,11 @@ class VerifiedComponent:
         return self.meta["fingerprint"]
 
     def build(self, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-        return self.state().build(map_location)
+        module = self.state().build(map_location)
+        # where these weights were trained: a stage that reuses the module frozen passes it on to
+        # its own export (lit/checkpoint_meta.py), so that an export's parts keep their history
+        module.source_provenance = dict(self.meta.get("provenance") or {})
+        return module
 
     def state(self) -> ComponentState:
         """The checked weights as tensors (CPU), no module built."""

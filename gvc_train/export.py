@@ -86,7 +86,9 @@ def export_checkpoint(
         module = build_and_load(spec["class"], spec["config"], state, f"component {name}")
         if callable(getattr(module, "update", None)) and hasattr(module, "aux_loss"):
             module.update(force=True)  # compressai life cycle: tables before coding
-        written[name] = save_component(module, out_dir, name, provenance=provenance)
+        # a frozen part reused from another export keeps the provenance of its own training
+        own = {**spec["provenance"], "reused_by": provenance} if spec.get("provenance") else provenance
+        written[name] = save_component(module, out_dir, name, provenance=own)
         modules[name] = module
     # The components make a whole codec of a family: the most specific one (a controlled_text
     # export also holds a whole controlled codec's components, and a latent codec's).

@@ -42,7 +42,7 @@ def _tiny_vae() -> CausalVAE:
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny CausalVAE exported as ``gvc-export`` would: stands in for exports/tokenizer*."""
     folder = tmp_path_factory.mktemp("tokenizer_export")
-    save_component(_tiny_vae(), folder, "tokenizer")
+    save_component(_tiny_vae(), folder, "tokenizer", provenance={"global_step": 7, "train_seconds": 1.5, "cpu_seconds": 2.5})
     return str(folder)
 
 
@@ -221,6 +221,11 @@ def test_recipe_trains_validates_checkpoints_and_exports(recipe, tiny_shards, la
     # the tokenizer is frozen: it leaves training with the very weights it came with
     fingerprint = lambda folder: json.loads(Path(folder, "tokenizer.json").read_text())["fingerprint"]  # noqa: E731
     assert fingerprint(tmp_path / "export") == fingerprint(tokenizer_dir)
+    # ... and its export keeps where it was trained; the codec's run is recorded beside that
+    meta = lambda folder, name: json.loads(Path(folder, f"{name}.json").read_text())["provenance"]  # noqa: E731
+    tokenizer, run = meta(tmp_path / "export", "tokenizer"), meta(tmp_path / "export", "latent_codec")
+    assert {k: v for k, v in tokenizer.items() if k != "reused_by"} == meta(tokenizer_dir, "tokenizer")
+    assert tokenizer["reused_by"] == run and run["global_step"] == 2
 
 
 def test_full_recipe_runs_a_bf16_step_on_cpu(tiny_shards, tokenizer_dir, tmp_path, monkeypatch) -> None:

@@ -9,7 +9,9 @@ LightningModule class. The entry's layout is a contract: checkpoints written by 
 versions must keep exporting.
 
 A component fine-tuned with LoRA adapters (``lit/lora.py``) has ``"lora"`` in its entry (an
-optional key; ``gvc-export`` merges the adapters before loading the plain class). The stage
+optional key; ``gvc-export`` merges the adapters before loading the plain class). A frozen
+component loaded from an export has ``"provenance"`` (optional): that export's, which
+``gvc-export`` writes for it instead of the run's. The stage
 declares its adapters in ``self._lora``: stage attribute -> ``lora.lora_entry(spec)``.
 """
 
@@ -72,6 +74,11 @@ def checkpoint_entry(
         }
         if attr in adapters:
             components[name]["lora"] = dict(adapters[attr])
+        source = getattr(component, "source_provenance", None)
+        if source and attr in getattr(module, "frozen_components", ()):
+            # loaded from an export and never trained here: its export keeps where it was trained
+            # (a latent codec's tokenizer: the tokenizer run's steps and time, not the codec's)
+            components[name]["provenance"] = dict(source)
     return {
         "components": components,
         "provenance": {
