@@ -66,11 +66,13 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.run
 
-# The latent codec's memory, plan and speed at 176x144, 640x272, 1280x720 and 1920x1080 under the
-# default budget, beside x265 (benchmarks/bench_frame_sizes.py; the two large sizes take tens of minutes
-# with the base-16 reference tokenizer on one thread, so make bench runs the small two only).
+# Every exported codec's memory, plan and speed at 176x144, 640x272, 1280x720 and 1920x1080 under
+# the default budget, beside x265 (benchmarks/bench_frame_sizes.py): the reference latent codec at
+# 5 and 13 frames (does the peak grow with length?), the other codecs in checkpoints/ at 5. Long
+# (the large sizes take tens of minutes a codec on one thread), so make bench runs 176x144 and
+# 640x272 only. Writes bench_out/frame_sizes.json (make readme-figures copies it to docs/results/).
 bench-sizes: setup
-	$(PY) -m benchmarks.bench_frame_sizes
+	$(PY) -m benchmarks.bench_frame_sizes --codec all --other-lengths 5 --out bench_out/frame_sizes.json
 
 # The README's measured figures from bench_out/bench.json, the demo's summary, the reference
 # codec's rd.json and the gvc eval report (benchmarks/readme_figures.py); commit what it changes.

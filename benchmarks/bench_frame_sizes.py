@@ -19,6 +19,7 @@ has 96 against 384 frames at 176x144). x265: preset medium on one thread and on 
 from memory (bench_codec_memory.x265_fps).
 
     python -m benchmarks.bench_frame_sizes [--sizes 176x144,1920x1080] [--codec FOLDER[,FOLDER] | all]
+        [--lengths 5,13] [--other-lengths 5] [--out bench_out/frame_sizes.json]
 """
 
 from __future__ import annotations
@@ -89,13 +90,14 @@ def all_codecs() -> list[str]:
 
 
 def bench_sizes(
-    sizes: list[str], codec: str | None = None, x265: dict[str, Any] | None = None, lengths: tuple[int, ...] = (SHORT, LONG)
+    sizes: list[str], codec: str | None = None, x265: dict[str, Any] | None = None, lengths: tuple[int, ...] | None = None
 ) -> dict[str, Any]:
     """One codec (default: the latent reference) at ``sizes``, coding each of ``lengths`` frames
     (two: the growth of the peak between them; one: the cost of a slow family at large sizes).
     ``x265``: x265's figures by size (on LONG frames), filled in here where missing, so that several
     codecs' runs measure x265 once."""
     x265 = {} if x265 is None else x265
+    lengths = lengths or (SHORT, LONG)
     result: dict[str, Any] = {"short": min(lengths), "long": max(lengths), "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -145,11 +147,20 @@ def table_rows(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _lengths(text: str, parser: argparse.ArgumentParser, flag: str) -> tuple[int, ...]:
+    lengths = tuple(int(n) for n in text.split(",") if n)
+    if not lengths or min(lengths) < 1 or max(lengths) > LONG:
+        parser.error(f"{flag}: frame counts from 1 to {LONG}, got {text!r}")
+    return lengths
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(SOURCES), help=f"comma-separated, of {', '.join(SOURCES)}")
     parser.add_argument("--codec", help="codec folders, comma-separated, or 'all' (every codec in checkpoints/); default: checkpoints/latent_tiny")
     parser.add_argument("--lengths", default=f"{SHORT},{LONG}", help="frame counts to code at each size (one: no growth figure)")
+    parser.add_argument("--other-lengths", default=None, help="--lengths for every codec after the first (default: --lengths)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results (a list, one per codec) as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -160,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sizes {unknown}: choose from {', '.join(SOURCES)}")
     codecs = all_codecs() if args.codec == "all" else [c for c in (args.codec or "").split(",") if c] or [None]
+    first = _lengths(args.lengths, parser, "--lengths")
+    others = _lengths(args.other_lengths, parser, "--other-lengths") if args.other_lengths else first
     x265: dict[str, Any] = {}
-    lengths = tuple(int(n) for n in args.lengths.split(",") if n)
-    if not lengths or min(lengths) < 1 or max(lengths) > LONG:
-        parser.error(f"--lengths: frame counts from 1 to {LONG}, got {args.lengths!r}")
-    results = [bench_sizes(sizes, codec, x265, lengths) for codec in codecs]
+    results = [bench_sizes(sizes, codec, x265, first if i == 0 else others) for i, codec in enumerate(codecs)]
     print(strict_json.dumps(results if len(results) > 1 else results[0], indent=2, default=str))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(strict_json.dumps(results, indent=2, default=str))
     print()
     print_table([row for r in results for row in table_rows(r)])
     return 0
