@@ -7,6 +7,9 @@ Every figure the README quotes from a measurement sits between ``<!-- gen:NAME -
     docs/results/demo_summary.json     make demo (copied from runs/tokenizer_tiny/demo_summary.json)
     checkpoints/latent_tiny/rd.json    the reference codec's card (gvc_train.eval.codec_rd)
     docs/results/carphone/report.json  gvc eval (the Results section)
+    docs/results/equal_compute/report.json  gvc eval of latent_tiny and ssf_tiny (the SSF peer section)
+    docs/results/vtest/finetune.json   make finetune-demo
+    docs/results/frame_sizes.json      make bench-sizes (copied from bench_out/frame_sizes.json)
 
     python -m benchmarks.readme_figures           # copy newer measurements in, rewrite README.md
     python -m benchmarks.readme_figures --check   # exit 1 and name each block that drifted
@@ -31,7 +34,14 @@ BENCH = REPO / "docs/results/bench.json"
 DEMO = REPO / "docs/results/demo_summary.json"
 RD = REPO / "checkpoints/latent_tiny/rd.json"
 REPORT = REPO / "docs/results/carphone/report.json"
-FRESH = {BENCH: REPO / "bench_out/bench.json", DEMO: REPO / "runs/tokenizer_tiny/demo_summary.json"}
+EQUAL = REPO / "docs/results/equal_compute/report.json"
+FINETUNE = REPO / "docs/results/vtest/finetune.json"
+FRAME_SIZES = REPO / "docs/results/frame_sizes.json"
+FRESH = {
+    BENCH: REPO / "bench_out/bench.json",
+    DEMO: REPO / "runs/tokenizer_tiny/demo_summary.json",
+    FRAME_SIZES: REPO / "bench_out/frame_sizes.json",
+}
 BLOCK = re.compile(r"(<!-- gen:(?P<name>[a-z0-9_]+) -->)(?P<body>.*?)(<!-- /gen:(?P=name) -->)", re.S)
 
 
@@ -217,6 +227,67 @@ def bd_prose(report: dict[str, Any]) -> str:
     )
 
 
+def _bd_entry(report: dict[str, Any], codec: str, anchor: str, metric: str) -> dict[str, Any] | None:
+    found = [e for e in report["bd"] if e["codec"] == codec and e["anchor"] == anchor and e["metric"] == metric]
+    return found[0] if found else None
+
+
+def equal_compute_table(report: dict[str, Any]) -> str:
+    """Each learned codec of the equal-compute report against the low-delay anchors, then the
+    peer against the reference (``gvc eval --reference-codec``'s codec-vs-codec rows)."""
+    points = [p for p in report["points"] if "quality" in p]
+    codecs = list(dict.fromkeys(p["codec"] for p in points))
+    reference = report["reference_codec"]
+    anchors = [a for a in ("x264 (low-delay)", "x265 (low-delay)") if any(e["anchor"] == a for e in report["bd"])]
+    head = ["codec", "bpp", "PSNR (dB)", "MS-SSIM"] + [f"BD-rate vs {a.replace(' (low-delay)', ' LD')}: PSNR / MS-SSIM" for a in anchors]
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for codec in codecs:
+        mine = [p for p in points if p["codec"] == codec]
+        cells = [f"`{codec}`", _span([p["bpp"] for p in mine], ".3f"), _span([p["metrics"]["psnr"] for p in mine], ".2f"),
+                 _span([p["metrics"]["ms_ssim"] for p in mine], ".3f")]  # fmt: skip
+        cells += [f"{_bd_rate_cell(_bd_entry(report, codec, a, 'psnr'))} / {_bd_rate_cell(_bd_entry(report, codec, a, 'ms_ssim'))}" for a in anchors]
+        rows.append("| " + " | ".join(cells) + " |")
+    lines = []
+    for codec in (c for c in codecs if c != reference):
+        psnr, ssim = _bd_entry(report, codec, reference, "psnr"), _bd_entry(report, codec, reference, "ms_ssim")
+        metric = psnr["bd_metric"] if psnr and _finite(psnr.get("bd_metric")) else None
+        bd_psnr = f"BD-PSNR {metric:+.2f} dB" if metric is not None else "no BD-PSNR (their rates share no interval either)"
+        lines.append(
+            f"`{codec}` against `{reference}` on the same frames: BD-rate {_bd_rate_cell(psnr)} on PSNR and {_bd_rate_cell(ssim)} on "
+            f"MS-SSIM (positive: more bits for the same quality); {bd_psnr} (`gvc eval` took {report['seconds']:.0f} s)."
+        )
+    return "\n" + "\n".join(rows) + "\n\n" + " ".join(lines) + "\n"
+
+
+def finetune_block(summary: dict[str, Any]) -> str:
+    from gvc_train.finetune_demo import summary_lines
+
+    tok, codec = summary["tokenizer_finetune"], summary["codec_finetune"]
+    lines = summary_lines(summary["bd"], summary["held_out_frames"])
+    lines.append(f"training     tokenizer decoder {tok['steps']} steps {tok['train_seconds']:.0f} s, latent codec {codec['steps']} steps {codec['train_seconds']:.0f} s")
+    return "\n```\n" + "\n".join(lines) + "\n```\n"
+
+
+def frame_sizes_table(results: list[dict[str, Any]]) -> str:
+    """make bench-sizes: each codec's peak and speed at each size (the longest run), the growth of
+    the peak from the shortest run to it, and x265's speed on the same frames."""
+    rows = [
+        "| codec | size | encode: peak MB, frames/s | decode: peak MB, frames/s | decode plan | peak growth | x265 1 thread: encode / decode frames/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        short, long = str(r["short"]), str(r["long"])
+        for size, row in r["sizes"].items():
+            enc, dec = row[long]["encode"], row[long]["decode"]
+            growth = "-" if short == long else f"{max(row[long][k]['peak_mb'] / row[short][k]['peak_mb'] for k in ('encode', 'decode')):.3f} ({short} to {long} frames)"
+            x = row["x265_1thread"]
+            rows.append(
+                f"| `{Path(r['codec']).name}` ({r['family']}) | {size} | {enc['peak_mb']:,.0f}, {enc['fps']:.2f} | {dec['peak_mb']:,.0f}, {dec['fps']:.2f} "
+                f"| {dec.get('plan') or '-'} | {growth} | {x['encode_fps']:.1f} / {x['decode_fps']:.1f} |"
+            )
+    return "\n" + "\n".join(rows) + "\n"
+
+
 def bench_table(bench: dict[str, Any]) -> str:
     from benchmarks.table import HEADER
 
@@ -330,6 +401,7 @@ BLOCKS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "stream_overhead": (RD, stream_overhead),
     "bd_table": (REPORT, bd_table),
     "bd_prose": (REPORT, bd_prose),
+    "equal_compute": (EQUAL, equal_compute_table),
     "bench_table": (BENCH, bench_table),
     "bench_summary": (BENCH, bench_summary),
     "latent_speed": (BENCH, latent_speed),
