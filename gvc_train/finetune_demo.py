@@ -75,6 +75,15 @@ def _latent_shards() -> None:
                             progress=False, log=lambda line: None)  # fmt: skip
 
 
+def _earlier_tokenizer() -> dict[str, Any] | None:
+    """What an earlier run's steps 1-2 left (the tokenizer export, its latent shards), described
+    as :func:`_train` describes a run; None when they are not all there."""
+    if not (TOKENIZER_EXPORT / "tokenizer.json").is_file() or not all((LATENT_SHARDS / s / "index.json").is_file() for s in ("train", "val")):
+        return None
+    prov = json.loads((TOKENIZER_EXPORT / "tokenizer.json").read_text()).get("provenance", {})
+    return {"recipe": TOKENIZER_RECIPE, "steps": prov.get("global_step"), "train_seconds": prov.get("train_seconds")}
+
+
 def finetune_rows(report: dict[str, Any], codec: str, reference: str) -> list[dict[str, Any]]:
     """BD rows of ``codec`` against ``reference`` in a ``gvc eval`` report, one per metric."""
     from gvc_train.eval.report import codec_vs_codec_bd
@@ -105,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=EVAL_FRAMES, help="held-out frames gvc eval codes")
     parser.add_argument("--anchors", default="x264,x265")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the BD figures are written")
+    parser.add_argument(
+        "--reuse-tokenizer", action="store_true",
+        help=f"start at step 3 with the tokenizer already fine-tuned and exported ({TOKENIZER_EXPORT}) and its latent shards written",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     for split in ("train", "val"):
@@ -116,12 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     steps = lambda n: [f"--trainer.max_steps={n}", f"--model.init_args.decay_steps={n}"] if n is not None else []  # noqa: E731
-    print(f"== 1/5 fine-tuning the tokenizer decoder: {TOKENIZER_RECIPE}", flush=True)
-    tokenizer = _train(TOKENIZER_RECIPE, TOKENIZER_RUN, steps(args.tokenizer_steps))
-    if _export(TOKENIZER_RUN, TOKENIZER_EXPORT) != 0:
-        return 2
-    print(f"== 2/5 latent shards of the vtest training and validation frames ({TOKENIZER_EXPORT})", flush=True)
-    _latent_shards()
+    if args.reuse_tokenizer:
+        tokenizer = _earlier_tokenizer()
+        if tokenizer is None:
+            print(f"gvc_train.finetune_demo: --reuse-tokenizer: no tokenizer export in {TOKENIZER_EXPORT} or no latent shards in {LATENT_SHARDS}", file=sys.stderr)
+            return 2
+        print(f"== 1-2/5 reusing {TOKENIZER_EXPORT} ({tokenizer['steps']} steps) and its latent shards", flush=True)
+    else:
+        print(f"== 1/5 fine-tuning the tokenizer decoder: {TOKENIZER_RECIPE}", flush=True)
+        tokenizer = _train(TOKENIZER_RECIPE, TOKENIZER_RUN, steps(args.tokenizer_steps))
+        if _export(TOKENIZER_RUN, TOKENIZER_EXPORT) != 0:
+            return 2
+        print(f"== 2/5 latent shards of the vtest training and validation frames ({TOKENIZER_EXPORT})", flush=True)
+        _latent_shards()
     print(f"== 3/5 fine-tuning the latent codec from {PARENT}: {CODEC_RECIPE}", flush=True)
     codec = _train(CODEC_RECIPE, CODEC_RUN, steps(args.codec_steps))
     if _export(CODEC_RUN, CODEC_EXPORT) != 0:

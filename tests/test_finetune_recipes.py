@@ -100,6 +100,25 @@ def test_every_family_with_a_stage_has_a_finetune_recipe() -> None:
     assert set(FAMILIES) - NO_STAGE - families - {"controlled_text", "ssf"} == set(), "a family without a fine-tune recipe"
 
 
+@pytest.mark.parametrize("recipe", FINETUNE)
+def test_a_finetune_keeps_its_parents_model_config_and_lambdas(recipe: str) -> None:
+    """The recipe repeats the parent's constructor config and rate-point lambdas (the parent's
+    own training recipe, in its codec.json provenance): a fine-tune that moved its rate points
+    would not be comparable with its parent at the same quality index."""
+    import yaml
+
+    init_args = load_recipe(REPO / recipe)["model"]["init_args"]
+    parent = CHECKPOINTS / Path(_init_from(recipe)).name
+    parent_recipe = yaml.safe_load(json.loads((parent / "codec.json").read_text())["provenance"]["recipe"])["model"]["init_args"]
+    for key in ("lambdas",):
+        if key in init_args and key in parent_recipe:
+            assert init_args[key] == parent_recipe[key], f"{recipe}: {key} {init_args[key]}, its parent {parent.name}'s {parent_recipe[key]}"
+    for key in ("codec", "model"):  # the component's constructor config, where the recipe repeats it
+        if isinstance(init_args.get(key), dict) and isinstance(parent_recipe.get(key), dict) and "init_args" in init_args[key]:
+            ours, theirs = init_args[key]["init_args"], parent_recipe[key]["init_args"]
+            assert {k: theirs.get(k) for k in ours} == ours, f"{recipe}: {key} config differs from its parent {parent.name}'s"
+
+
 def test_the_domain_chain_tokenizer_decoder_then_latent_codec(tiny_shards, workdir: Path) -> None:
     """make finetune-demo in miniature: the decoder fine-tune keeps the encoder, so the latent
     codec's fine-tune starts from the parent codec on the new tokenizer."""
