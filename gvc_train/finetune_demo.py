@@ -91,19 +91,24 @@ def finetune_rows(report: dict[str, Any], codec: str, reference: str) -> list[di
     return codec_vs_codec_bd(report, codec, reference, list(METRICS))
 
 
-def _fmt(value: Any, unit: str, signed: bool = True) -> str:
+def _fmt(value: Any, unit: str, decimals: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    return f"{value:+.1f}{unit}" if signed else f"{value:.1f}{unit}"
+    return f"{value:+.{decimals}f}{unit}"
 
 
 def summary_lines(rows: list[dict[str, Any]], frames: str) -> list[str]:
     lines = []
     for row in rows:
-        lines.append(
-            f"BD-rate ({row['metric']}) fine-tuned vs generic on vtest frames {frames}: "
-            f"{_fmt(row.get('bd_rate_percent'), '%')} (BD-{row['metric']} {_fmt(row.get('bd_metric'), ' dB' if row['metric'] == 'psnr' else '')})"
-        )
+        metric, rate = row["metric"], row.get("bd_rate_percent")
+        if rate is None or (isinstance(rate, float) and math.isnan(rate)):
+            rate_text = f"none (the curves share no {metric} interval)"
+        else:
+            overlap = row.get("bd_rate_overlap")
+            shared = f", over {overlap:.0%} of the generic codec's {metric} range" if row.get("bd_rate_warning") and overlap is not None else ""
+            rate_text = f"{_fmt(rate, '%')}{shared}"
+        bd_metric = _fmt(row.get("bd_metric"), " dB", 2) if metric == "psnr" else _fmt(row.get("bd_metric"), "", 3)
+        lines.append(f"BD-rate ({metric}) fine-tuned vs generic on vtest frames {frames}: {rate_text}; BD-{metric} {bd_metric}")
     return lines
 
 

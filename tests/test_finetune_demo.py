@@ -24,9 +24,12 @@ def test_the_printed_bd_rate_is_the_fine_tunes_against_the_generic_codec() -> No
     assert [r["metric"] for r in rows] == ["psnr", "ms_ssim"]
     assert all(r["bd_rate_percent"] == pytest.approx(-20.0, abs=1e-6) for r in rows)
     lines = finetune_demo.summary_lines(rows, "600-695")
-    assert lines[0].startswith("BD-rate (psnr) fine-tuned vs generic on vtest frames 600-695: -20.0% (BD-psnr +")
+    assert lines[0].startswith("BD-rate (psnr) fine-tuned vs generic on vtest frames 600-695: -20.0%; BD-psnr +")
+    assert lines[0].endswith(" dB") and not lines[1].endswith(" dB")
     no_overlap = [{**rows[0], "bd_rate_percent": None}]
-    assert ": n/a (" in finetune_demo.summary_lines(no_overlap, "600-695")[0]
+    assert ": none (the curves share no psnr interval); BD-psnr +" in finetune_demo.summary_lines(no_overlap, "600-695")[0]
+    narrow = [{**rows[1], "bd_rate_warning": "curves overlap on only 9%", "bd_rate_overlap": 0.09}]
+    assert "-20.0%, over 9% of the generic codec's ms_ssim range" in finetune_demo.summary_lines(narrow, "600-695")[0]
 
 
 def test_without_the_vtest_shards_it_says_what_to_run(tmp_path, monkeypatch, capsys) -> None:
