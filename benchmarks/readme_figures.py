@@ -402,6 +402,7 @@ BLOCKS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "bd_table": (REPORT, bd_table),
     "bd_prose": (REPORT, bd_prose),
     "equal_compute": (EQUAL, equal_compute_table),
+    "finetune": (FINETUNE, finetune_block),
     "frame_sizes": (FRAME_SIZES, frame_sizes_table),
     "bench_table": (BENCH, bench_table),
     "bench_summary": (BENCH, bench_summary),
