@@ -85,8 +85,8 @@ def source_frames(size: str, count: int) -> tuple[list[Any], float, str]:
 
 def all_codecs() -> list[str]:
     """Every exported codec folder in checkpoints/ (a codec.json), the reference first."""
-    folders = sorted(str(p.parent.relative_to(REPO)) for p in (REPO / "checkpoints").glob("*/codec.json"))
-    return sorted(folders, key=lambda f: f != "checkpoints/latent_tiny")
+    folders = (str(p.parent.relative_to(REPO)) for p in (REPO / "checkpoints").glob("*/codec.json"))
+    return sorted(folders, key=lambda f: (f != "checkpoints/latent_tiny", f))
 
 
 def bench_sizes(
@@ -127,9 +127,9 @@ def bench_sizes(
 
 def table_rows(r: dict[str, Any]) -> list[str]:
     rows = []
+    n_short, n_long = r["short"], r["long"]
     for size, row in r["sizes"].items():
         for kind in ("encode", "decode"):
-            n_short, n_long = r["short"], r["long"]
             short, long = row[n_short][kind], row[n_long][kind]
             growth = f"peak {n_long} vs {n_short} frames: {long['peak_mb'] / short['peak_mb']:.3f}" if n_long != n_short else f"one length ({n_long} frames)"
             shares = ""

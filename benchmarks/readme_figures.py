@@ -260,11 +260,10 @@ def equal_compute_table(report: dict[str, Any]) -> str:
 
 
 def finetune_block(summary: dict[str, Any]) -> str:
-    from gvc_train.finetune_demo import summary_lines
+    from gvc_train.finetune_demo import summary_lines, training_line
 
-    tok, codec = summary["tokenizer_finetune"], summary["codec_finetune"]
     lines = summary_lines(summary["bd"], summary["held_out_frames"])
-    lines.append(f"training     tokenizer decoder {tok['steps']} steps {tok['train_seconds']:.0f} s, latent codec {codec['steps']} steps {codec['train_seconds']:.0f} s")
+    lines.append(training_line(summary["tokenizer_finetune"], summary["codec_finetune"]))
     return "\n```\n" + "\n".join(lines) + "\n```\n"
 
 

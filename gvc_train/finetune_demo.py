@@ -91,17 +91,19 @@ def finetune_rows(report: dict[str, Any], codec: str, reference: str) -> list[di
     return codec_vs_codec_bd(report, codec, reference, list(METRICS))
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value: Any, unit: str, decimals: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:+.{decimals}f}{unit}"
+    return "n/a" if _missing(value) else f"{value:+.{decimals}f}{unit}"
 
 
 def summary_lines(rows: list[dict[str, Any]], frames: str) -> list[str]:
     lines = []
     for row in rows:
         metric, rate = row["metric"], row.get("bd_rate_percent")
-        if rate is None or (isinstance(rate, float) and math.isnan(rate)):
+        if _missing(rate):
             rate_text = f"none (the curves share no {metric} interval)"
         else:
             overlap = row.get("bd_rate_overlap")
@@ -110,6 +112,12 @@ def summary_lines(rows: list[dict[str, Any]], frames: str) -> list[str]:
         bd_metric = _fmt(row.get("bd_metric"), " dB", 2) if metric == "psnr" else _fmt(row.get("bd_metric"), "", 3)
         lines.append(f"BD-rate ({metric}) fine-tuned vs generic on vtest frames {frames}: {rate_text}; BD-{metric} {bd_metric}")
     return lines
+
+
+def training_line(tokenizer: dict[str, Any], codec: dict[str, Any]) -> str:
+    """The two fine-tunes' steps and wall time, as :func:`_train` describes them."""
+    return (f"training     tokenizer decoder {tokenizer['steps']} steps {tokenizer['train_seconds']:.0f} s, "
+            f"latent codec {codec['steps']} steps {codec['train_seconds']:.0f} s")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in summary_lines(rows, frames):
         print(line)
-    print(f"training     tokenizer decoder {tokenizer['steps']} steps {tokenizer['train_seconds']:.0f} s, latent codec {codec['steps']} steps {codec['train_seconds']:.0f} s")
+    print(training_line(tokenizer, codec))
     print(f"report       {REPORT / 'summary.md'}; figures in {args.results}")
     return 0
 

@@ -110,9 +110,8 @@ def test_a_finetune_keeps_its_parents_model_config_and_lambdas(recipe: str) -> N
     init_args = load_recipe(REPO / recipe)["model"]["init_args"]
     parent = CHECKPOINTS / Path(_init_from(recipe)).name
     parent_recipe = yaml.safe_load(json.loads((parent / "codec.json").read_text())["provenance"]["recipe"])["model"]["init_args"]
-    for key in ("lambdas",):
-        if key in init_args and key in parent_recipe:
-            assert init_args[key] == parent_recipe[key], f"{recipe}: {key} {init_args[key]}, its parent {parent.name}'s {parent_recipe[key]}"
+    if "lambdas" in init_args and "lambdas" in parent_recipe:
+        assert init_args["lambdas"] == parent_recipe["lambdas"], f"{recipe}: lambdas {init_args['lambdas']}, its parent {parent.name}'s {parent_recipe['lambdas']}"
     for key in ("codec", "model"):  # the component's constructor config, where the recipe repeats it
         if isinstance(init_args.get(key), dict) and isinstance(parent_recipe.get(key), dict) and "init_args" in init_args[key]:
             ours, theirs = init_args[key]["init_args"], parent_recipe[key]["init_args"]
