@@ -41,8 +41,9 @@ def _check_budget(codec, stream: Path, recon: list[np.ndarray], width: int, heig
     codec.max_memory = _below_untiled(codec, width, height)
     start = len(decode_plans)
     decoded: list[np.ndarray] = []
-    codec.decode(stream, decoded.append)
+    report = codec.decode(stream, decoded.append)
     assert decode_plans[start:] and all(p != DecodePlan() for p in decode_plans[start:])
+    assert report.stats["plan"] == decode_plans[-1].describe()  # the report says which plan decoded (make bench-sizes' table)
     assert len(decoded) == len(recon) and all(np.array_equal(a, b) for a, b in zip(decoded, recon))
     codec.max_memory = RESIDENT  # nothing left
     shown: list[np.ndarray] = []

@@ -258,6 +258,7 @@ class ControlledCodec(Codec):
         return CodingReport(
             str(output), run.frames, info.width, info.height, fps, rate_point, output.stat().st_size,
             run.payload_bytes, run.chunks + 1 + int(writer is not None), time.perf_counter() - started, run.keys.model_bits,
+            stats={"plan": run.generator.plan},
         )  # fmt: skip
 
     # ---- decoding -----------------------------------------------------------------------------
@@ -270,10 +271,10 @@ class ControlledCodec(Codec):
             raise BitstreamError(f"no bitstream at {path}")
         with open(path, "rb") as f, inference_mode(self.deterministic):
             header, config, chunks = self._open_stream(f)
-            payload_bytes, count = self._decode_chunks(header, config, chunks, on_frame)
+            payload_bytes, count, plan = self._decode_chunks(header, config, chunks, on_frame)
         return CodingReport(
             str(path), header.frames, header.width, header.height, header.fps, config.keyframe_quality,
-            path.stat().st_size, payload_bytes, count, time.perf_counter() - started,
+            path.stat().st_size, payload_bytes, count, time.perf_counter() - started, stats={"plan": plan},
         )  # fmt: skip
 
     def _open_stream(self, f: BinaryIO) -> tuple[StreamHeader, StreamConfig, Iterator[Chunk]]:
@@ -310,8 +311,8 @@ class ControlledCodec(Codec):
 
     def _decode_chunks(
         self, header: StreamHeader, config: StreamConfig, chunks: Iterator[Chunk], on_frame: FrameCallback | None
-    ) -> tuple[int, int]:
-        """Every frame to ``on_frame``; ``(payload bytes, chunks read)``."""
+    ) -> tuple[int, int, str | None]:
+        """Every frame to ``on_frame``; ``(payload bytes, chunks read, the clips' decoding plan)``."""
         reader = self._control_reader(config, chunks)
         keys = KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, config.keyframe_quality, header.width, header.height, self.max_memory)
         sampling = Sampling(config.num_steps, config.shift, config.guidance_scale, config.seed, config.end_role_name)
@@ -347,7 +348,7 @@ class ControlledCodec(Codec):
             raise BitstreamError(f"the last keyframe is frame {first.frame}; the stream has {header.frames} frames")
         if next(chunks, None) is not None:
             raise BitstreamError(f"more chunks than the {config.keyframes} keyframes and their controls the stream announces")
-        return payload_bytes, count
+        return payload_bytes, count, generator.plan
 
 
 class _EncodeRun:

@@ -157,6 +157,7 @@ class ClipGenerator:
         self.tokenizer, self.model, self.text_encoder = tokenizer, transformer, text_encoder
         self.latent_scale, self.sampling, self.width, self.height = latent_scale, sampling, width, height
         self.max_memory = max_memory
+        self.plan: str | None = None  # the tokenizer's decoding plan for the last clip (a report's stats)
         # The latent grid of a frame (padded to the tokenizer's stride) must split into whole
         # tokens: refused here, before the encoder writes or the decoder shows a frame, instead of
         # a ValueError from the transformer at the first clip.
@@ -169,6 +170,9 @@ class ClipGenerator:
             )
         # The modalities the model can be told are dropped, as the stage's dropout names them.
         self.names = modality_names(transformer, text_encoder is not None)
+
+    def _note_plan(self, plan: str) -> None:
+        self.plan = plan
 
     def control_maps(self, controls: dict[str, Any], latent_thw: tuple[int, int, int], clip: int) -> dict[str, torch.Tensor]:
         """The clip's (padded) map controls as ``1 x C x T x H x W`` maps on the grid the model expects."""
@@ -215,6 +219,6 @@ class ClipGenerator:
             self.model, shape, cond, generator=generator, num_steps=s.num_steps, shift=s.shift,
             guidance_scale=s.guidance_scale, unconditional=uncond if s.guidance_scale != 1.0 else None,
         )  # fmt: skip
-        out = decode_frames(self.tokenizer, latent / self.latent_scale, self.width, self.height, self.max_memory, frames)
+        out = decode_frames(self.tokenizer, latent / self.latent_scale, self.width, self.height, self.max_memory, frames, self._note_plan)
         out[0], out[-1] = first.pixels_HWC, closing.pixels_HWC
         return out

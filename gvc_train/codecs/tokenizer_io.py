@@ -29,7 +29,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -202,13 +202,22 @@ class FrameEmitter:
 
 
 def decode_frames(
-    tokenizer: Any, z_BCthw: torch.Tensor, width: int, height: int, max_memory: int | None = None, frames: int | None = None
+    tokenizer: Any,
+    z_BCthw: torch.Tensor,
+    width: int,
+    height: int,
+    max_memory: int | None = None,
+    frames: int | None = None,
+    on_plan: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """The latent frames of a new stream (the first coded alone) as uint8 ``T x H x W x 3``,
     cropped to ``height x width`` and cut to ``frames``: ``tokenizer.decode``'s pixels, clamped,
-    one latent frame at a time in the plan ``max_memory`` allows (:class:`FrameEmitter`)."""
+    one latent frame at a time in the plan ``max_memory`` allows (:class:`FrameEmitter`), which
+    ``on_plan`` hears described (a coding report's ``stats["plan"]``)."""
     out: list[np.ndarray] = []
     emitter = FrameEmitter(tokenizer, width, height, out.append, max_memory)
+    if on_plan is not None and emitter.plan is not None:
+        on_plan(emitter.plan.describe())
     try:
         emitter.emit([z_BCthw[:, :, i] for i in range(z_BCthw.shape[2])], frames if frames is not None else 1 << 62)
     finally:

@@ -250,6 +250,7 @@ class ZeroShotCodec(Codec):
         return CodingReport(
             str(path), header.frames, header.width, header.height, header.fps, self.settings.atoms.index(config.atoms)
             if config.atoms in self.settings.atoms else -1, path.stat().st_size, run.payload_bytes, run.chunks + 1, time.perf_counter() - started,
+            stats={"plan": run.plan},
         )  # fmt: skip
 
     def _open_stream(self, f: BinaryIO) -> tuple[StreamHeader, ZeroShotConfig, str | None, Any]:
@@ -304,6 +305,7 @@ class _GopRunner:
         self.atom_information_bits = 0.0
         self.atom_groups: list[int] = []  # atoms per coded group, for the stats
         self.previous: np.ndarray | None = None  # the last frame shown
+        self.plan: str | None = None  # the tokenizer's decoding plan for the last GOP (None: a pipeline's VAE)
 
     # ---- what both sides compute ----
 
@@ -346,10 +348,13 @@ class _GopRunner:
             self.config.seed, gop, device=self.gen.device, **coding,
         )  # fmt: skip
 
+    def _note_plan(self, plan: str) -> None:
+        self.plan = plan
+
     def _show(self, gop: int, length: int, latent: torch.Tensor, first: np.ndarray | None, last: np.ndarray | None) -> None:
         tokenizer = getattr(self.gen, "tokenizer", None)
         if hasattr(tokenizer, "decode_chunk"):  # a streaming tokenizer's latents: decode within the memory budget
-            out = decode_frames(tokenizer, latent / self.gen.latent_scale, self.width, self.height, self.owner.max_memory, length)
+            out = decode_frames(tokenizer, latent / self.gen.latent_scale, self.width, self.height, self.owner.max_memory, length, self._note_plan)
         else:  # a pipeline's own VAE (Wan): at once
             out = tensor_to_frames(self.gen.decode_latent(latent)[0, :, :length, : self.height, : self.width]).copy()
         if first is not None:
@@ -421,13 +426,15 @@ class _GopRunner:
         return keyframe.pixels_HWC
 
     def stats(self) -> dict[str, Any]:
-        """The atoms' bits as coded, as packed (``log2 K + 1`` an atom) and the atom count."""
+        """The atoms' bits as coded, as packed (``log2 K + 1`` an atom), the atom count and the
+        tokenizer's decoding plan."""
         K = self.config.codebook_size
         return {
             "atoms": sum(self.atom_groups),
             "atom_bits_packed": sum(packed_bits(K, m) for m in self.atom_groups),
             "atom_bits_information": self.atom_information_bits,
             "groups": len(self.atom_groups),
+            "plan": self.plan,
         }
 
     # ---- decoder ----
