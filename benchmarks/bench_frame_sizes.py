@@ -47,6 +47,7 @@ SHORT, LONG = 5, 13
 def _child(job: dict[str, Any]) -> dict[str, Any]:
     from gvc_train.codecs.base import open_codec
     from gvc_train.codecs.memory_plan import default_max_memory
+    from gvc_train.models.tokenizer.tiling import tileable
 
     codec = open_codec(job["codec"])
     if job["kind"] == "encode" and codec.family == "latent":
@@ -59,8 +60,12 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
     else:
         report = codec.decode(job["input"], lambda frame: None)
     seconds = time.perf_counter() - started
+    tokenizer = getattr(codec, "tokenizer", None)
     return {"frames": report.frames, "seconds": seconds, "fps": report.frames / seconds, "peak_mb": vmhwm_mb(), "loaded_mb": loaded,
-            "bpp": report.bpp, "plan": report.stats.get("plan"), "stage_seconds": report.stats.get("stage_seconds")}  # fmt: skip
+            "bpp": report.bpp, "plan": report.stats.get("plan"), "stage_seconds": report.stats.get("stage_seconds"),
+            "budget_mb": codec.max_memory / 2**20,
+            # False: the tokenizer normalises whole frames (GroupNorm), so its only plans are untiled
+            "tiles": None if tokenizer is None or not hasattr(tokenizer, "decoder") else tileable(tokenizer)}  # fmt: skip
 
 
 def run_child(**job: Any) -> dict[str, Any]:
@@ -137,6 +142,9 @@ def table_rows(r: dict[str, Any]) -> list[str]:
                 total = sum(long["stage_seconds"].values()) or 1.0
                 shares = "; time: " + ", ".join(f"{k} {v / total:.0%}" for k, v in long["stage_seconds"].items())
             x1, xn = row["x265_1thread"][f"{kind}_fps"], row["x265_threads"][f"{kind}_fps"]
+            if long["peak_mb"] > long.get("budget_mb", 1536):
+                over = "its tokenizer normalises whole frames, so it cannot decode in strips" if long.get("tiles") is False else "the estimate fell short"
+                shares += f"; OVER the budget ({over})"
             rows.append(
                 f"| {r.get('family', 'latent')} codec {kind}, {size} ({row['source']}), default budget 1.5 GiB, {r['codec']} "
                 f"| peak {long['peak_mb']:.0f} MB at {n_long} frames ({long['loaded_mb']:.0f} MB after imports + load), "

@@ -90,3 +90,19 @@ def test_bd_prose_names_the_anchor_settings_that_reached_a_metric() -> None:
         for a, ok in [("x264 (low-delay)", True), ("x264 (random-access)", True), ("svtav1 (low-delay)", True), ("svtav1 (random-access)", False)]
     ]
     assert "it reached the codec's MS-SSIM range for x264 and SVT-AV1 (low-delay) only," in readme_figures.bd_prose(_report(span))
+
+
+def test_frame_sizes_marks_a_peak_over_the_budget_and_a_tokenizer_that_cannot_tile() -> None:
+    def run(peak: float, tiles: bool | None, plan: str = "1 strip(s), 1 frame(s) at once, cache in RAM") -> dict:
+        return {"peak_mb": peak, "fps": 0.5, "plan": plan, "budget_mb": 1536.0, "tiles": tiles}
+
+    x265 = {"encode_fps": 9.0, "decode_fps": 90.0}
+    results = [
+        {"codec": "checkpoints/a", "family": "latent", "short": 5, "long": 5,
+         "sizes": {"1920x1080": {"5": {"encode": run(1400, True), "decode": run(1200, True)}, "x265_1thread": x265}}},
+        {"codec": "checkpoints/b", "family": "progressive", "short": 5, "long": 5,
+         "sizes": {"1920x1080": {"5": {"encode": run(2264, False), "decode": run(3566, False)}, "x265_1thread": x265}}},
+    ]  # fmt: skip
+    a, b = readme_figures.frame_sizes_table(results).strip().splitlines()[2:]
+    assert "over budget" not in a and "no strips" not in a
+    assert "| 2,264 (over budget), 0.50 | 3,566 (over budget), 0.50 | 1 strip(s), 1 frame(s) at once, cache in RAM; whole-frame norms, no strips |" in b

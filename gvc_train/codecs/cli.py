@@ -221,7 +221,7 @@ MAX_MEMORY_HELP = (
     "large frames then decode in strips, their caches in a temporary file, with the same pixels"
 )
 DEVICE_HELP = (
-    "where the networks run (latent codecs: the tokenizer; the entropy coding stays on the CPU): a stream's latents are "
+    "where the networks run (latent and progressive codecs: the tokenizer; the entropy coding stays on the CPU): a stream's latents are "
     "the same on every device, its pixels equal the encoder's reconstruction on the device kind that encoded it"
 )
 

@@ -84,6 +84,10 @@ class ProgressiveCodec(TokenizerCodec):
     cut_fills = tuple(dict.fromkeys((DEFAULT_FILL, "expectation", "zero", "argmax")))
     run_name = "group"
     max_latents_per_run = MAX_LATENTS_PER_GROUP
+    # The tokenizer runs on the GPU (TokenizerCodec._move_to); the quantizer, the context model
+    # and the entropy coding stay on the CPU, so a stream's tokens are the same whichever device
+    # decodes it (each scale's CRC checks them).
+    devices = ("cpu", "cuda")
 
     def __init__(self, folder: str | os.PathLike, deterministic: bool = True) -> None:
         modules = self._load_folder(folder, deterministic)
