@@ -56,7 +56,10 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
     loaded = vmhwm_mb()
     started = time.perf_counter()
     if job["kind"] == "encode":
-        report = codec.encode(job["input"], job["output"], codec.default_rate_point, max_frames=job["frames"])
+        try:
+            report = codec.encode(job["input"], job["output"], codec.default_rate_point, max_frames=job["frames"])
+        except ValueError as e:  # a size the codec refuses in one line (a limit, a budget): a row that says so
+            return {"refused": str(e)}
     else:
         report = codec.decode(job["input"], lambda frame: None)
     seconds = time.perf_counter() - started
@@ -119,10 +122,9 @@ def bench_sizes(
             for count in sorted(set(lengths)):
                 print(f"frame sizes: {which}, {size}, {count} frames ...", flush=True)
                 stream = work / f"{size}_{count}.gvc"
-                row[count] = {
-                    "encode": run_child(kind="encode", codec=folder, input=video, output=stream, frames=count),
-                    "decode": run_child(kind="decode", codec=folder, input=stream),
-                }
+                encode = run_child(kind="encode", codec=folder, input=video, output=stream, frames=count)
+                decode = encode if "refused" in encode else run_child(kind="decode", codec=folder, input=stream)
+                row[count] = {"encode": encode, "decode": decode}
             if size not in x265:
                 x265[size] = {"x265_1thread": x265_fps(frames, fps, 1, 1), "x265_threads": x265_fps(frames, fps, None, 1)}
             row.update(x265[size])
@@ -136,6 +138,9 @@ def table_rows(r: dict[str, Any]) -> list[str]:
     for size, row in r["sizes"].items():
         for kind in ("encode", "decode"):
             short, long = row[n_short][kind], row[n_long][kind]
+            if "refused" in long:
+                rows.append(f"| {r.get('family', 'latent')} codec {kind}, {size}, {r['codec']} | refused: {long['refused']} | - | - |")
+                continue
             growth = f"peak {n_long} vs {n_short} frames: {long['peak_mb'] / short['peak_mb']:.3f}" if n_long != n_short else f"one length ({n_long} frames)"
             shares = ""
             if long.get("stage_seconds"):

@@ -103,6 +103,9 @@ def test_frame_sizes_marks_a_peak_over_the_budget_and_a_tokenizer_that_cannot_ti
         {"codec": "checkpoints/b", "family": "progressive", "short": 5, "long": 5,
          "sizes": {"1920x1080": {"5": {"encode": run(2264, False), "decode": run(3566, False)}, "x265_1thread": x265}}},
     ]  # fmt: skip
-    a, b = readme_figures.frame_sizes_table(results).strip().splitlines()[2:]
+    results.append({"codec": "checkpoints/c", "family": "controlled", "short": 5, "long": 5,
+                    "sizes": {"1920x1080": {"5": {"encode": {"refused": "over the clip limit"}, "decode": {"refused": "over the clip limit"}}, "x265_1thread": x265}}})  # fmt: skip
+    a, b, c = readme_figures.frame_sizes_table(results).strip().splitlines()[2:]
+    assert c == "| `c` (controlled) | 1920x1080 | refused: over the clip limit | - | - | - | 9.0 / 90.0 |"
     assert "over budget" not in a and "no strips" not in a
     assert "| 2,264 (over budget), 0.50 | 3,566 (over budget), 0.50 | 1 strip(s), 1 frame(s) at once, cache in RAM; whole-frame norms, no strips |" in b

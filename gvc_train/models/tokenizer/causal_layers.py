@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gvc_train.models.tokenizer.exact_kernels import conv_forward, group_norm_per_frame, rms_normalize
+from gvc_train.models.tokenizer.exact_kernels import cat_for_conv, conv_forward, group_norm_per_frame, rms_normalize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ class CausalConv3d(nn.Conv3d, Streaming):
             if past is None:
                 b, c, _, h, w = x_BCThw.shape
                 past = x_BCThw.new_zeros(b, c, self.time_pad, h, w)
-            x_BCThw = torch.cat([past, x_BCThw], dim=2)
+            x_BCThw = cat_for_conv([past, x_BCThw], dim=2)
             ctx.store(self.cache_key, x_BCThw[:, :, -self.time_pad :])
         return conv_forward(self, x_BCThw)
 
@@ -238,7 +238,7 @@ class CausalDownsample(Streaming):
         ctx.store(self.cache_key, (rest if rest.shape[2] else prev)[:, :, -1:])
         parts = [head] if head is not None else []
         if rest.shape[2]:
-            parts.append(conv_forward(self.time_conv, torch.cat([prev, rest], dim=2)))
+            parts.append(conv_forward(self.time_conv, cat_for_conv([prev, rest], dim=2)))
         return torch.cat(parts, dim=2)
 
 
