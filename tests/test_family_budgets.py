@@ -81,3 +81,18 @@ def test_zeroshot(tmp_path: Path, decode_plans: list[DecodePlan]) -> None:
     recon: list[np.ndarray] = []
     codec.encode(sample_video("carphone_pristine.mp4"), tmp_path / "s.gvc", 0, max_frames=5, on_recon=recon.append, mode="i2v")
     _check_budget(codec, tmp_path / "s.gvc", recon, 176, 144, decode_plans)
+
+
+def test_controlled_clips_are_sized_by_the_budget_not_a_pixel_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A clip is sampled whole (no smaller plan): its need is checked against the budget before
+    # anything is allocated. 1920x1080 clips of the reference's 5 latent frames fit the default
+    # budget (they were refused by a fixed 16.7 M-pixel clip limit before); a budget that leaves
+    # less than the estimate is refused in one line.
+    codec = open_codec(Path(__file__).resolve().parents[1] / "checkpoints" / "cgvc_tiny")
+    need = codec.clip_memory(1920, 1080, 5)
+    assert 300 * 2**20 < need < 512 * 2**20, need
+    assert codec._clip_refusal(1920, 1080, 5) is None
+    codec.max_memory = RESIDENT + SLACK_BYTES + need - 1
+    assert codec._clip_refusal(1920, 1080, 5).startswith("sampling 1920x1080 clips of 5 latent frames needs ~")
+    codec.max_memory = RESIDENT + SLACK_BYTES + need
+    assert codec._clip_refusal(1920, 1080, 5) is None

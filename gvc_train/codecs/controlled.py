@@ -53,7 +53,8 @@ from gvc_train.codecs.controlled_stream import (
 )
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import read_config_chunk
-from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, assemble_stream, stream_body, stream_header
+from gvc_train.codecs.memory_plan import OverBudget, whole_pass_refusal
+from gvc_train.codecs.tokenizer_io import assemble_stream, stream_body, stream_header
 from gvc_train.coding.container import (
     MAX_CHUNK_BYTES,
     BitstreamError,
@@ -70,6 +71,7 @@ from gvc_train.controls.keyframes import build_keyframe_policy
 from gvc_train.controls.registry import build_extractor
 from gvc_train.data.video_io import VideoReader, caption_path, read_caption
 from gvc_train.frames import frames_to_tensor
+from gvc_train.models.controlled.transformer import sampling_bytes
 from gvc_train.models.fixed_point import FixedPointError
 from gvc_train.models.tokenizer.streaming import require_streaming_tokenizer
 
@@ -89,9 +91,6 @@ class ControlledCodec(Codec):
         self.transformer = modules["transformer"].eval()
         self.settings = modules["coding"]
         self.text_encoder = modules["text_encoder"].eval() if "text_encoder" in modules else None
-        # A clip is generated and decoded at once: its padded pixels bound memory (tokenizer_io's
-        # MAX_CHUNK_PIXELS); a stream over it is refused before anything is allocated.
-        self.max_clip_pixels = MAX_CHUNK_PIXELS
         try:
             self.tables = self.latent_codec.cdf_tables()
             self.net = self.latent_codec.fixed_point()
@@ -143,10 +142,20 @@ class ControlledCodec(Codec):
     def default_rate_point(self) -> int:
         return min(self.settings.keyframe_quality, self.num_rate_points - 1)
 
-    def clip_pixels(self, width: int, height: int, clip_latent_frames: int) -> int:
-        """Padded pixels of the longest clip of ``width x height`` frames (what a clip's decode allocates for)."""
+    def clip_memory(self, width: int, height: int, clip_latent_frames: int) -> int:
+        """Bytes generating the longest clip of ``width x height`` frames holds beside what the
+        tokenizer's decoding plan takes (that one is chosen within the budget when the clip is
+        decoded): the transformer's sampling and the clip's frames, twice, as uint8."""
         s = self.tokenizer.spatial_stride
-        return clip_frames_of(clip_latent_frames, self.tokenizer.temporal_stride) * (-(-height // s) * s) * (-(-width // s) * s)
+        latent_thw = (clip_latent_frames, -(-height // s), -(-width // s))
+        return sampling_bytes(self.transformer, latent_thw) + 2 * self.max_clip_frames * height * width * 3
+
+    def _clip_refusal(self, width: int, height: int, clip_latent_frames: int) -> str | None:
+        """Why clips of this size do not fit the memory budget (None: they do). A clip is sampled
+        whole, so there is no smaller plan to fall back on: the check runs before anything is
+        allocated, and refuses a forged header's 16384x16384 clips too."""
+        need = self.clip_memory(width, height, clip_latent_frames)
+        return whole_pass_refusal(f"sampling {width}x{height} clips of {clip_latent_frames} latent frames", need, self.max_memory)
 
     @property
     def max_clip_frames(self) -> int:
@@ -236,11 +245,9 @@ class ControlledCodec(Codec):
         with stream_body(output, source) as body_path:
             with VideoReader(source) as reader, open(body_path, "wb") as body, inference_mode(self.deterministic):
                 info = reader.info
-                if self.clip_pixels(info.width, info.height, s.clip_latent_frames) > self.max_clip_pixels:
-                    raise ValueError(
-                        f"{info.width}x{info.height} clips of {s.clip_latent_frames} latent frames are over this codec's "
-                        f"{self.max_clip_pixels}-pixel clip limit: scale the video down"
-                    )
+                refusal = self._clip_refusal(info.width, info.height, s.clip_latent_frames)
+                if refusal is not None:
+                    raise OverBudget(refusal)
                 run = _EncodeRun(self, rate_point, sampling, policy, extractors, writer, caption, info.width, info.height, body, on_recon)
                 for frame in reader.frames(max_frames):
                     run.add(frame)
@@ -289,11 +296,9 @@ class ControlledCodec(Codec):
             raise BitstreamError(f"clips of {config.clip_latent_frames} latent frames exceed this model's {self.transformer.max_latent_frames}")
         if config.keyframes > header.frames:
             raise BitstreamError(f"{config.keyframes} keyframes in a stream of {header.frames} frames")
-        if self.clip_pixels(header.width, header.height, config.clip_latent_frames) > self.max_clip_pixels:
-            raise BitstreamError(
-                f"{header.width}x{header.height} clips of {config.clip_latent_frames} latent frames are over this decoder's "
-                f"{self.max_clip_pixels}-pixel clip limit ({type(self).__name__}.max_clip_pixels)"
-            )
+        refusal = self._clip_refusal(header.width, header.height, config.clip_latent_frames)
+        if refusal is not None:
+            raise OverBudget(refusal)
         keyframe_coder = KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, 0, header.width, header.height, self.max_memory)
         clip = clip_frames_of(config.clip_latent_frames, self.tokenizer.temporal_stride)
         # Chunks are a keyframe (its symbols at < 8 bytes each) or one clip's control (< 64 bytes a pixel and frame).

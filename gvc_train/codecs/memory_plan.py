@@ -89,5 +89,20 @@ def budget_left(max_memory: int | None) -> int:
     return max(left, DEFAULT_HEADROOM) if isinstance(total, DefaultBudget) else left
 
 
+def whole_pass_refusal(what: str, need: int, max_memory: int | None) -> str | None:
+    """For a pass that has no smaller plan (a transformer sampling a whole clip): None when its
+    ``need`` bytes fit what the budget leaves now, else why not, in one line. Without a budget
+    (``max_memory`` None) the default one applies here: this check is also what refuses a forged
+    header's 16384x16384 clips before anything is allocated."""
+    budget = default_max_memory() if max_memory is None else max_memory
+    left = budget_left(budget)
+    if need <= left:
+        return None
+    return (
+        f"{what} needs ~{describe_bytes(need)}, more than the memory budget of {describe_bytes(budget)} leaves "
+        f"({describe_bytes(max(0, left))}): raise --max-memory (or {ENV_VAR}) or scale the video down"
+    )
+
+
 def describe_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

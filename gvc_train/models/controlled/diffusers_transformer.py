@@ -177,7 +177,7 @@ class DiffusersControlledTransformer(ConditionInputs, nn.Module):
         self.max_latent_frames = max_latent_frames
         self.control_names = sorted(controls)  # sorted: the sum's order must not follow the JSON's
         self.gradient_checkpointing = gradient_checkpointing
-        width = self.wan.patch_embedding.out_channels
+        width = self.width = self.wan.patch_embedding.out_channels
 
         self.key_patch_embed = nn.Conv3d(channels_in + 1, width, kernel_size=self.patch_size, stride=self.patch_size)
         self.key_role_embed = nn.Parameter(torch.zeros(len(KEY_ROLES), width))

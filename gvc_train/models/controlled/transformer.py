@@ -55,6 +55,20 @@ from gvc_train.models.controlled.embeddings import KEY_ROLES, TimestepEmbedding,
 from gvc_train.models.registry import register_component
 
 MAX_PARAMETERS = 1 << 32
+# Floats a token holds per unit of the transformer's width at a velocity evaluation's peak, weights
+# aside: 18-21 measured (the tiny recipe's transformer sampling 640x272 and 1280x720 clips of five
+# latent frames, peak resident growth with a fixed mmap threshold); 24 leaves room.
+SAMPLING_FLOATS_PER_WIDTH = 24
+
+
+def sampling_bytes(transformer: nn.Module, latent_thw: tuple[int, int, int]) -> int:
+    """What sampling a clip of ``latent_thw`` (latent frames, rows, columns) holds at its peak,
+    beside the weights: tokens x width x :data:`SAMPLING_FLOATS_PER_WIDTH` float32s. Attention
+    runs through ``scaled_dot_product_attention``, whose CPU and GPU kernels hold no tokens x
+    tokens matrix, so the need grows with the tokens, not their square (time does)."""
+    (t, h, w), (pt, ph, pw) = latent_thw, transformer.patch_size
+    tokens = -(-t // pt) * -(-h // ph) * -(-w // pw)
+    return tokens * int(transformer.width) * SAMPLING_FLOATS_PER_WIDTH * 4
 
 
 def estimated_parameters(width: int, depth: int, control_depth: int, mlp_ratio: float) -> float:
@@ -122,7 +136,7 @@ class ControlledVideoTransformer(ConditionInputs, nn.Module):
         estimate = estimated_parameters(width, depth, control_depth if controls else 0, mlp_ratio)
         if estimate > MAX_PARAMETERS:
             raise ValueError(f"about {estimate:.3g} parameters is more than {MAX_PARAMETERS}")
-        self.latent_channels = latent_channels
+        self.latent_channels, self.width = latent_channels, width
         self.patch_size = tuple(int(p) for p in patch_size)
         self.heads, self.rope_theta, self.max_latent_frames = heads, rope_theta, max_latent_frames
         self.control_names = sorted(controls)  # sorted: the sum's order must not follow the JSON's
