@@ -42,7 +42,7 @@ import numpy as np
 
 from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
 from gvc_train.codecs.codec_folder import CodecFolderError
-from gvc_train.codecs.controlled_clips import CAPTION, ClipGenerator, Keyframe, KeyframeCoder, Sampling
+from gvc_train.codecs.controlled_clips import CAPTION, ClipGenerator, Keyframe, KeyframeCoder, Sampling, clip_multiple, padded_size
 from gvc_train.codecs.controlled_stream import (
     END_ROLES,
     StreamConfig,
@@ -142,13 +142,19 @@ class ControlledCodec(Codec):
     def default_rate_point(self) -> int:
         return min(self.settings.keyframe_quality, self.num_rate_points - 1)
 
+    def keyframe_coder(self, quality: int, width: int, height: int) -> KeyframeCoder:
+        """Keyframes of ``width x height`` frames on the clips' latent grid (padded to whole tokens)."""
+        multiple = clip_multiple(self.tokenizer, self.transformer)
+        return KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, quality, width, height, self.max_memory, multiple)
+
     def clip_memory(self, width: int, height: int, clip_latent_frames: int) -> int:
         """Bytes generating the longest clip of ``width x height`` frames holds beside what the
         tokenizer's decoding plan takes (that one is chosen within the budget when the clip is
-        decoded): the transformer's sampling and the clip's frames, twice, as uint8."""
+        decoded): the transformer's sampling and the clip's padded frames, twice, as uint8."""
         s = self.tokenizer.spatial_stride
-        latent_thw = (clip_latent_frames, -(-height // s), -(-width // s))
-        return sampling_bytes(self.transformer, latent_thw) + 2 * self.max_clip_frames * height * width * 3
+        padded_w, padded_h = padded_size(width, height, clip_multiple(self.tokenizer, self.transformer))
+        latent_thw = (clip_latent_frames, padded_h // s, padded_w // s)
+        return sampling_bytes(self.transformer, latent_thw) + 2 * self.max_clip_frames * padded_h * padded_w * 3
 
     def _clip_refusal(self, width: int, height: int, clip_latent_frames: int) -> str | None:
         """Why clips of this size do not fit the memory budget (None: they do). A clip is sampled
@@ -299,7 +305,7 @@ class ControlledCodec(Codec):
         refusal = self._clip_refusal(header.width, header.height, config.clip_latent_frames)
         if refusal is not None:
             raise OverBudget(refusal)
-        keyframe_coder = KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, 0, header.width, header.height, self.max_memory)
+        keyframe_coder = self.keyframe_coder(0, header.width, header.height)
         clip = clip_frames_of(config.clip_latent_frames, self.tokenizer.temporal_stride)
         # Chunks are a keyframe (its symbols at < 8 bytes each) or one clip's control (< 64 bytes a pixel and frame).
         bound = min(MAX_CHUNK_BYTES, (1 << 16) + max(8 * keyframe_coder.symbols, 64 * clip * header.width * header.height))
@@ -319,7 +325,7 @@ class ControlledCodec(Codec):
     ) -> tuple[int, int, str | None]:
         """Every frame to ``on_frame``; ``(payload bytes, chunks read, the clips' decoding plan)``."""
         reader = self._control_reader(config, chunks)
-        keys = KeyframeCoder(self.tokenizer, self.latent_codec, self.tables, self.net, config.keyframe_quality, header.width, header.height, self.max_memory)
+        keys = self.keyframe_coder(config.keyframe_quality, header.width, header.height)
         sampling = Sampling(config.num_steps, config.shift, config.guidance_scale, config.seed, config.end_role_name)
         generator = ClipGenerator(self.tokenizer, self.transformer, self.text_encoder, self.settings.latent_scale, sampling, header.width, header.height, self.max_memory)
         max_gap = clip_frames_of(config.clip_latent_frames, self.tokenizer.temporal_stride) - 1
@@ -367,7 +373,7 @@ class _EncodeRun:
         self.selector = policy.selector()
         self.extractors, self.writer, self.caption, self.body, self.on_recon = extractors, writer, caption, body, on_recon
         self.reader = ControlReader(writer.payload) if writer is not None else None  # the decoder's side of the same table
-        self.keys = KeyframeCoder(owner.tokenizer, owner.latent_codec, owner.tables, owner.net, quality, width, height, owner.max_memory)
+        self.keys = owner.keyframe_coder(quality, width, height)
         self.generator = ClipGenerator(owner.tokenizer, owner.transformer, owner.text_encoder, owner.settings.latent_scale, sampling, width, height, owner.max_memory)
         self.max_clip = owner.max_clip_frames
         self.buffer: list[np.ndarray] = []  # the current clip's frames, its first keyframe first

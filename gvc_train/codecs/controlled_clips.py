@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
@@ -57,17 +58,27 @@ class Keyframe:
     pixels_HWC: np.ndarray
 
 
+def padded_size(width: int, height: int, multiple: int) -> tuple[int, int]:
+    """``(width, height)`` rounded up to multiples of ``multiple``."""
+    return -(-width // multiple) * multiple, -(-height // multiple) * multiple
+
+
 class KeyframeCoder:
-    """Keyframes to the latent codec's bytes and back, for frames of ``width x height``."""
+    """Keyframes to the latent codec's bytes and back, for frames of ``width x height`` padded
+    (edge rows and columns repeated) to multiples of ``multiple`` (default: the tokenizer's stride;
+    the controlled family: stride x patch, so that the latent grid splits into the transformer's
+    tokens)."""
 
     def __init__(
-        self, tokenizer: Any, latent_codec: Any, tables: Any, net: Any, quality: int, width: int, height: int, max_memory: int | None = None
-    ) -> None:
+        self, tokenizer: Any, latent_codec: Any, tables: Any, net: Any, quality: int, width: int, height: int,
+        max_memory: int | None = None, multiple: int | None = None,
+    ) -> None:  # fmt: skip
         self.tokenizer, self.codec, self.tables, self.net, self.quality = tokenizer, latent_codec, tables, net, quality
         self.width, self.height, self.max_memory = width, height, max_memory
         s = tokenizer.spatial_stride
-        self.pad_hw = (-height % s, -width % s)
-        self.latent_hw = (-(-height // s), -(-width // s))
+        self.padded_wh = padded_size(width, height, multiple or s)
+        self.pad_hw = (self.padded_wh[1] - height, self.padded_wh[0] - width)
+        self.latent_hw = (self.padded_wh[1] // s, self.padded_wh[0] // s)
         self.symbols = latent_codec.symbols_per_frame(*self.latent_hw)
         self.model_bits = 0.0
 
@@ -96,8 +107,16 @@ class KeyframeCoder:
         return self.keyframe(frame, latent)
 
     def keyframe(self, frame: int, latent_1Chw: torch.Tensor) -> Keyframe:
-        pixels_HWC = decode_frames(self.tokenizer, latent_1Chw[:, :, None], self.width, self.height, self.max_memory)[0]
+        pixels_HWC = decode_frames(self.tokenizer, latent_1Chw[:, :, None], *self.padded_wh, self.max_memory)[0]
+        pixels_HWC = np.ascontiguousarray(pixels_HWC[: self.height, : self.width])
         return Keyframe(frame, latent_1Chw, pixels_HWC)
+
+
+def clip_multiple(tokenizer: Any, transformer: Any) -> int:
+    """Frame sizes a clip is generated at are multiples of this: the tokenizer's stride times the
+    transformer's spatial patch (a latent grid of whole tokens)."""
+    _, ph, pw = transformer.patch_size
+    return tokenizer.spatial_stride * math.lcm(int(ph), int(pw))
 
 
 def pad_control(name: str, control: Any, frames: int, padded: int, where: str) -> Any:
@@ -158,16 +177,11 @@ class ClipGenerator:
         self.latent_scale, self.sampling, self.width, self.height = latent_scale, sampling, width, height
         self.max_memory = max_memory
         self.plan: str | None = None  # the tokenizer's decoding plan for the last clip (a report's stats)
-        # The latent grid of a frame (padded to the tokenizer's stride) must split into whole
-        # tokens: refused here, before the encoder writes or the decoder shows a frame, instead of
-        # a ValueError from the transformer at the first clip.
-        s, (_, ph, pw) = tokenizer.spatial_stride, transformer.patch_size
-        h, w = -(-height // s), -(-width // s)
-        if h % ph or w % pw:
-            raise BitstreamError(
-                f"{width}x{height} frames make a {w}x{h} latent grid, not a multiple of the transformer's "
-                f"{pw}x{ph} patch: this codec cannot generate clips of that size (crop or scale the video)"
-            )
+        # Frames are padded to multiples of this (the keyframes by KeyframeCoder, the clips'
+        # latents on the same grid), so that the latent grid splits into whole tokens: 1920x1080
+        # is coded as 1920x1088 under a 2x2 patch at stride 8 (135 latent rows would not split).
+        # The control maps are resized onto that grid as in training (a stretch of under 1%).
+        self.padded_wh = padded_size(width, height, clip_multiple(tokenizer, transformer))
         # The modalities the model can be told are dropped, as the stage's dropout names them.
         self.names = modality_names(transformer, text_encoder is not None)
 
@@ -219,6 +233,7 @@ class ClipGenerator:
             self.model, shape, cond, generator=generator, num_steps=s.num_steps, shift=s.shift,
             guidance_scale=s.guidance_scale, unconditional=uncond if s.guidance_scale != 1.0 else None,
         )  # fmt: skip
-        out = decode_frames(self.tokenizer, latent / self.latent_scale, self.width, self.height, self.max_memory, frames, self._note_plan)
+        out = decode_frames(self.tokenizer, latent / self.latent_scale, *self.padded_wh, self.max_memory, frames, self._note_plan)
+        out = np.ascontiguousarray(out[:, : self.height, : self.width])
         out[0], out[-1] = first.pixels_HWC, closing.pixels_HWC
         return out
