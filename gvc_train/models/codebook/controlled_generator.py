@@ -45,7 +45,9 @@ class ControlledGenerator(VideoGenerator):
         return self.text_encoder is not None
 
     def encode_video(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
-        return self.tokenizer.encode(video_BCTHW).mode().float() * self.latent_scale
+        # One latent frame at a time through the causal cache: the same latents, bit for bit, as a
+        # whole-GOP encode (exact_kernels.py), with the activations of 4 frames, not the GOP's.
+        return self.tokenizer.encode(video_BCTHW, chunk_frames=self.temporal_stride).mode().float() * self.latent_scale
 
     def decode_latent(self, latent_BCThw: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode(latent_BCThw / self.latent_scale).clamp(0, 1)
