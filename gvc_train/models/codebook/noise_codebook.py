@@ -36,7 +36,17 @@ _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
 _TWO_PI = 2 * math.pi
 _U24 = 1.0 / (1 << 24)
-SCORE_CHUNK = 512  # atoms scored at once: 512 x D float32 (13 MB at D = 6336)
+SCORE_CHUNK = 512  # atoms scored at once at most: 512 x D float32 (13 MB at D = 6336)
+# Drawing n atoms of D values holds ~16 n D bytes at its peak (the int64 counters and hashes, the
+# Box-Muller temporaries): fewer atoms at once for a large latent frame (D = 230,400 at 1280x720:
+# 18, where 512 held 2.4 GB). Scoring is the encoder's alone, so the chunk never changes a stream's
+# decoding; up to 8,192 values a frame (176x144 at 16 latent channels: 6,336) it stays 512.
+SCORE_BYTES = 64 * 2**20
+
+
+def score_chunk(dim: int) -> int:
+    """Atoms :func:`atom_scores` draws at once for latent frames of ``dim`` values."""
+    return max(1, min(SCORE_CHUNK, SCORE_BYTES // (16 * dim)))
 
 
 def _signed(value: int) -> int:
@@ -83,9 +93,11 @@ def gaussian(key: int, shape: tuple[int, ...]) -> torch.Tensor:
     return atoms(key, [0], math.prod(shape)).reshape(shape)
 
 
-def atom_scores(key: int, residual_D: torch.Tensor, codebook_size: int, chunk: int = SCORE_CHUNK) -> torch.Tensor:
-    """``<z_i, r>`` for every atom of the codebook (float32, ``codebook_size``), drawn ``chunk`` atoms at a time."""
+def atom_scores(key: int, residual_D: torch.Tensor, codebook_size: int, chunk: int | None = None) -> torch.Tensor:
+    """``<z_i, r>`` for every atom of the codebook (float32, ``codebook_size``), drawn ``chunk``
+    atoms at a time (default: :func:`score_chunk`)."""
     r = residual_D.detach().float().cpu().reshape(-1)
+    chunk = score_chunk(r.numel()) if chunk is None else chunk
     out = torch.empty(codebook_size)
     for start in range(0, codebook_size, chunk):
         stop = min(start + chunk, codebook_size)
