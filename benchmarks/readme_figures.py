@@ -278,11 +278,11 @@ def frame_sizes_table(results: list[dict[str, Any]]) -> str:
         short, long = str(r["short"]), str(r["long"])
         for size, row in r["sizes"].items():
             enc, dec = row[long]["encode"], row[long]["decode"]
+            x = row["x265_1thread"]
             if "refused" in enc:
-                rows.append(f"| `{Path(r['codec']).name}` ({r['family']}) | {size} | refused: {enc['refused']} | - | - | - | {row['x265_1thread']['encode_fps']:.1f} / {row['x265_1thread']['decode_fps']:.1f} |")
+                rows.append(f"| `{Path(r['codec']).name}` ({r['family']}) | {size} | refused: {enc['refused']} | - | - | - | {x['encode_fps']:.1f} / {x['decode_fps']:.1f} |")
                 continue
             growth = "-" if short == long else f"{max(row[long][k]['peak_mb'] / row[short][k]['peak_mb'] for k in ('encode', 'decode')):.3f} ({short} to {long} frames)"
-            x = row["x265_1thread"]
             plan = (dec.get("plan") or "-") + ("; whole-frame norms, no strips" if dec.get("tiles") is False else "")
             rows.append(
                 f"| `{Path(r['codec']).name}` ({r['family']}) | {size} | {_peak_cell(enc)}, {enc['fps']:.2f} | {_peak_cell(dec)}, {dec['fps']:.2f} "

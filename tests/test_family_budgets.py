@@ -96,3 +96,25 @@ def test_controlled_clips_are_sized_by_the_budget_not_a_pixel_limit(monkeypatch:
     assert codec._clip_refusal(1920, 1080, 5).startswith("sampling 1920x1080 clips of 5 latent frames needs ~")
     codec.max_memory = RESIDENT + SLACK_BYTES + need
     assert codec._clip_refusal(1920, 1080, 5) is None
+
+
+
+def test_zeroshot_gops_are_sized_by_the_budget_where_the_generator_estimates_its_sampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As the controlled clips: a GOP is sampled whole, so its need is checked against the budget
+    # before anything is allocated (1920x1080 GOPs of 17 frames were refused by a fixed pixel bound
+    # whatever the budget); a generator without an estimate (a pipeline's own VAE) keeps the bound.
+    from PIL import Image
+
+    codec = open_codec(Path(__file__).resolve().parents[1] / "checkpoints" / "zeroshot_tiny")
+    need = codec.gop_memory(1920, 1080, 17)
+    assert 600 * 2**20 < need < 1024 * 2**20 and codec.gop_memory(1280, 720, 17) < need, need
+    (tmp_path / "hd").mkdir()
+    Image.fromarray(np.zeros((1080, 1920, 3), np.uint8)).save(tmp_path / "hd" / "im1.png")
+    codec.max_memory = RESIDENT + SLACK_BYTES + need - 1
+    with pytest.raises(OverBudget, match=r"^coding 1920x1080 GOPs of 17 frames needs ~.* raise --max-memory"):
+        codec.encode(tmp_path / "hd", tmp_path / "s.gvc", 0)
+    assert not (tmp_path / "s.gvc").exists()
+    assert memory_plan.whole_pass_refusal("coding", need, codec.max_memory + 1) is None
+    monkeypatch.setattr(codec.generator, "sampling_bytes", lambda latent_thw: None)
+    with pytest.raises(ValueError, match="16711680-pixel limit"):
+        codec.encode(tmp_path / "hd", tmp_path / "s.gvc", 0)

@@ -46,6 +46,7 @@ from gvc_train.codecs.controlled_clips import Keyframe, KeyframeCoder
 from gvc_train.codecs.controlled_stream import keyframe_payload, parse_keyframe
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import read_config_chunk
+from gvc_train.codecs.memory_plan import OverBudget, whole_pass_refusal
 from gvc_train.codecs.tokenizer_io import MAX_CHUNK_PIXELS, assemble_stream, decode_frames, stream_body, stream_header
 from gvc_train.codecs.zeroshot_stream import (
     MAX_ATOM_BYTES,
@@ -91,7 +92,7 @@ class ZeroShotCodec(Codec):
         self.tokenizer = modules["tokenizer"].eval()
         self.latent_codec = modules["latent_codec"].eval()
         self.settings = modules["zeroshot"]
-        self.max_gop_pixels = MAX_CHUNK_PIXELS
+        self.max_gop_pixels = MAX_CHUNK_PIXELS  # for a generator without a memory estimate (a pipeline's own VAE)
         try:
             self.tables = self.latent_codec.cdf_tables()
             self.net = self.latent_codec.fixed_point()
@@ -150,6 +151,16 @@ class ZeroShotCodec(Codec):
         s = self.generator.size_multiple
         frames = 1 + self.generator.temporal_stride * -(-(gop_frames - 1) // self.generator.temporal_stride)
         return frames * (-(-height // s) * s) * (-(-width // s) * s)
+
+    def gop_memory(self, width: int, height: int, gop_frames: int) -> int | None:
+        """Bytes a GOP holds beside the tokenizer's planned passes: the generator's sampling and the
+        frames (uint8 as read and padded, float32 to encode: 18 bytes a padded pixel); None without
+        the generator's estimate (a pipeline's own VAE: the fixed pixel bound applies)."""
+        s, ts = self.generator.spatial_stride, self.generator.temporal_stride
+        m = self.generator.size_multiple
+        latent_thw = (1 + -(-(gop_frames - 1) // ts), -(-height // m) * m // s, -(-width // m) * m // s)
+        sampling = self.generator.sampling_bytes(latent_thw)
+        return None if sampling is None else sampling + 18 * self.gop_pixels(width, height, gop_frames)
 
     # ---- encoding -----------------------------------------------------------------------------
 
@@ -227,11 +238,18 @@ class ZeroShotCodec(Codec):
             )
 
     def _check_size(self, width: int, height: int, config: ZeroShotConfig, error: type[Exception]) -> None:
-        if self.gop_pixels(width, height, config.gop_frames) > self.max_gop_pixels:
-            raise error(f"{width}x{height} GOPs of {config.gop_frames} frames are over this codec's {self.max_gop_pixels}-pixel limit: scale the video down")
+        """Refuse, before anything is allocated, GOPs over the generator's length, over the memory
+        budget (none set: the default's) or, without an estimate, over the pixel bound; a mode it cannot do."""
         latents = 1 + -(-(config.gop_frames - 1) // self.generator.temporal_stride)
         if self.generator.max_latent_frames is not None and latents > self.generator.max_latent_frames:
             raise error(f"GOPs of {config.gop_frames} frames make {latents} latent frames, over this generator's {self.generator.max_latent_frames}")
+        need = self.gop_memory(width, height, config.gop_frames)
+        if need is not None:
+            refusal = whole_pass_refusal(f"coding {width}x{height} GOPs of {config.gop_frames} frames", need, self.max_memory)
+            if refusal is not None:
+                raise OverBudget(refusal)
+        elif self.gop_pixels(width, height, config.gop_frames) > self.max_gop_pixels:
+            raise error(f"{width}x{height} GOPs of {config.gop_frames} frames are over this codec's {self.max_gop_pixels}-pixel limit: scale the video down")
         if config.mode_name not in self.modes:
             raise error(f"mode {config.mode_name!r}: this codec's generator codes {self.modes}")
 

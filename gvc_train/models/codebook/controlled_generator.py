@@ -49,6 +49,11 @@ class ControlledGenerator(VideoGenerator):
         # whole-GOP encode (exact_kernels.py), with the activations of 4 frames, not the GOP's.
         return self.tokenizer.encode(video_BCTHW, chunk_frames=self.temporal_stride).mode().float() * self.latent_scale
 
+    def sampling_bytes(self, latent_thw: tuple[int, int, int]) -> int | None:
+        from gvc_train.models.controlled.transformer import sampling_bytes
+
+        return sampling_bytes(self.model, latent_thw)
+
     def decode_latent(self, latent_BCThw: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode(latent_BCThw / self.latent_scale).clamp(0, 1)
 

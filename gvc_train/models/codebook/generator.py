@@ -70,6 +70,12 @@ class VideoGenerator(abc.ABC):
         """Where :meth:`velocity` wants ``x`` (the trajectory's state lives there)."""
         return torch.device("cpu")
 
+    def sampling_bytes(self, latent_thw: tuple[int, int, int]) -> int | None:
+        """What sampling a clip of ``latent_thw`` (latent frames, rows, columns) holds at its peak
+        beside the weights, or None where the generator has no estimate (the codec then keeps a
+        fixed bound on a GOP's pixels)."""
+        return None
+
     @property
     def takes_text(self) -> bool:
         """Whether a caption changes :meth:`velocity`."""
