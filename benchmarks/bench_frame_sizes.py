@@ -34,6 +34,7 @@ from typing import Any
 from benchmarks.bench_codec_memory import FIXED_MALLOC, REPO, vmhwm_mb, codec_folder, read_frames, run_job, write_lossless, x265_fps
 from benchmarks.table import print_table
 from gvc_train import strict_json
+from gvc_train.codecs.memory_plan import DEFAULT_MAX_MEMORY
 
 SOURCES = {
     "176x144": ("carphone_pristine.mp4", None),
@@ -147,7 +148,7 @@ def table_rows(r: dict[str, Any]) -> list[str]:
                 total = sum(long["stage_seconds"].values()) or 1.0
                 shares = "; time: " + ", ".join(f"{k} {v / total:.0%}" for k, v in long["stage_seconds"].items())
             x1, xn = row["x265_1thread"][f"{kind}_fps"], row["x265_threads"][f"{kind}_fps"]
-            if long["peak_mb"] > long.get("budget_mb", 1536):
+            if long["peak_mb"] > long.get("budget_mb", DEFAULT_MAX_MEMORY / 2**20):
                 over = "its tokenizer normalises whole frames, so it cannot decode in strips" if long.get("tiles") is False else "the estimate fell short"
                 shares += f"; OVER the budget ({over})"
             rows.append(

@@ -154,7 +154,8 @@ class ControlledCodec(Codec):
         s = self.tokenizer.spatial_stride
         padded_w, padded_h = padded_size(width, height, clip_multiple(self.tokenizer, self.transformer))
         latent_thw = (clip_latent_frames, padded_h // s, padded_w // s)
-        return sampling_bytes(self.transformer, latent_thw) + 2 * self.max_clip_frames * padded_h * padded_w * 3
+        frames = clip_frames_of(clip_latent_frames, self.tokenizer.temporal_stride)  # a stream's clips, not this codec's default
+        return sampling_bytes(self.transformer, latent_thw) + 2 * frames * padded_h * padded_w * 3
 
     def _clip_refusal(self, width: int, height: int, clip_latent_frames: int) -> str | None:
         """Why clips of this size do not fit the memory budget (None: they do). A clip is sampled

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from gvc_train.codecs.base import Codec, CodingReport, FrameCallback
 from gvc_train.codecs.codec_folder import CodecFolderError
-from gvc_train.codecs.controlled_clips import Keyframe, KeyframeCoder
+from gvc_train.codecs.controlled_clips import Keyframe, KeyframeCoder, padded_size
 from gvc_train.codecs.controlled_stream import keyframe_payload, parse_keyframe
 from gvc_train.codecs.determinism import inference_mode
 from gvc_train.codecs.stream_layout import read_config_chunk
@@ -157,8 +157,8 @@ class ZeroShotCodec(Codec):
         frames (uint8 as read and padded, float32 to encode: 18 bytes a padded pixel); None without
         the generator's estimate (a pipeline's own VAE: the fixed pixel bound applies)."""
         s, ts = self.generator.spatial_stride, self.generator.temporal_stride
-        m = self.generator.size_multiple
-        latent_thw = (1 + -(-(gop_frames - 1) // ts), -(-height // m) * m // s, -(-width // m) * m // s)
+        padded_w, padded_h = padded_size(width, height, self.generator.size_multiple)
+        latent_thw = (1 + -(-(gop_frames - 1) // ts), padded_h // s, padded_w // s)
         sampling = self.generator.sampling_bytes(latent_thw)
         return None if sampling is None else sampling + 18 * self.gop_pixels(width, height, gop_frames)
 
